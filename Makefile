@@ -1,0 +1,36 @@
+# Two commands do all set-up on a fresh machine: `make run` and `make test` (see README.md).
+SHELL := /bin/bash
+# uv from PATH, else bootstrapped with pip and run as a module (no PATH assumptions on a fresh machine).
+UV := $(shell command -v uv 2>/dev/null)
+ifeq ($(UV),)
+UV := python3 -m uv
+endif
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export GX_ANALYTICS_ENABLED ?= false
+export MLFLOW_ENABLE_TELEMETRY ?= false
+export DO_NOT_TRACK ?= true
+
+.PHONY: install run test lint bench clean
+
+# The environment follows the committed uv.lock exactly (`--locked` fails if it is out of date).
+install:
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	$(UV) sync --locked --quiet
+
+run: install  ## the fraud pipeline end to end on embedded defaults (simulated data, SQLite MLflow, local Prefect)
+	$(UV) run mlops run fraud $(ARGS)
+
+test: install  ## lint, then every test
+	$(UV) run ruff check .
+	$(UV) run ruff format --check .
+	$(UV) run pytest -q
+
+lint: install
+	$(UV) run ruff check --fix .
+	$(UV) run ruff format .
+
+bench: install  ## figures on the full handbook data (../shared/data/fraud-handbook)
+	$(UV) run python bench/pipeline.py
+
+clean:
+	rm -rf .mlops .venv

@@ -1,0 +1,126 @@
+"""The fraud use case's data checks, as code: one GX suite for the raw transactions, one for the features.
+
+The raw suite follows the Fraud Detection Handbook's transaction schema (TRANSACTION_ID, TX_DATETIME,
+CUSTOMER_ID, TERMINAL_ID, TX_AMOUNT, TX_FRAUD; other columns such as TX_FRAUD_SCENARIO are allowed). The
+loader parses TX_DATETIME with `pd.to_datetime(errors="coerce")` before validation, so an unparseable
+timestamp arrives here as NaT and is reported by the not-null check on TX_DATETIME.
+
+Suites are built fresh on every call (GX suites are mutable), and are not added to any data context:
+`tasks.validate.validate_frame` runs them against an in-memory batch.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+import great_expectations as gx  # noqa: E402  (the analytics switch must be set before the import)
+from great_expectations import expectations as gxe  # noqa: E402
+
+RAW_SUITE_NAME = "fraud_raw"
+FEATURE_SUITE_NAME = "fraud_features"
+
+ID_COLUMNS = ("TRANSACTION_ID", "CUSTOMER_ID", "TERMINAL_ID")
+REQUIRED_COLUMNS = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT", "TX_FRAUD")
+LABEL = "TX_FRAUD"
+
+# The handbook simulates ~0.8 % fraud (14,681 of 1,754,155 transactions). Real card fraud sits around 0.1 %
+# to 1 %. Below 0.05 % a window of the size we train on holds too few positives to learn or to evaluate
+# (average precision becomes noise); above 20 % the label is almost certainly wrong (a flipped or
+# mis-joined column, a filtered extract of fraud cases) rather than a real fraud wave. Both bounds are
+# deliberately loose: this check catches broken data, not drift.
+MIN_FRAUD_RATE = 0.0005
+MAX_FRAUD_RATE = 0.2
+# Fewer rows than this cannot fill the train / validation / test windows with enough frauds to score.
+MIN_ROWS = 1_000
+
+# GX compares the pandas dtype against these names: numpy names match numpy dtypes, pandas extension
+# dtypes must be given by their class name ("Int64Dtype"; the alias "Int64" is silently never matched).
+# Parquet gives int64; CSV gives int64 (or float64 when a value is missing, which the not-null check
+# reports); nullable loaders give Int64.
+INTEGER_TYPES = ["int64", "int32", "Int64Dtype", "Int32Dtype"]
+LABEL_TYPES = ["int64", "int32", "int16", "int8", "Int64Dtype", "Int32Dtype", "Int16Dtype", "Int8Dtype"]
+NUMERIC_TYPES = ["float64", "float32", "Float64Dtype", "Float32Dtype", *INTEGER_TYPES]
+# pandas < 3 parses to nanoseconds, pandas 3 infers the unit (microseconds for most strings).
+DATETIME_TYPES = ["datetime64[ns]", "datetime64[us]", "datetime64[ms]", "datetime64[s]"]
+
+# The handbook's 15 baseline features, in the order `usecases.fraud.features.FEATURES` uses.
+FEATURE_COLUMNS = [
+    "TX_AMOUNT",
+    "TX_DURING_WEEKEND",
+    "TX_DURING_NIGHT",
+    "CUSTOMER_ID_NB_TX_1DAY_WINDOW",
+    "CUSTOMER_ID_AVG_AMOUNT_1DAY_WINDOW",
+    "CUSTOMER_ID_NB_TX_7DAY_WINDOW",
+    "CUSTOMER_ID_AVG_AMOUNT_7DAY_WINDOW",
+    "CUSTOMER_ID_NB_TX_30DAY_WINDOW",
+    "CUSTOMER_ID_AVG_AMOUNT_30DAY_WINDOW",
+    "TERMINAL_ID_NB_TX_1DAY_WINDOW",
+    "TERMINAL_ID_RISK_1DAY_WINDOW",
+    "TERMINAL_ID_NB_TX_7DAY_WINDOW",
+    "TERMINAL_ID_RISK_7DAY_WINDOW",
+    "TERMINAL_ID_NB_TX_30DAY_WINDOW",
+    "TERMINAL_ID_RISK_30DAY_WINDOW",
+]
+FLAG_COLUMNS = [c for c in FEATURE_COLUMNS if c.startswith("TX_DURING_")]
+COUNT_COLUMNS = [c for c in FEATURE_COLUMNS if "_NB_TX_" in c]
+RISK_COLUMNS = [c for c in FEATURE_COLUMNS if "_RISK_" in c]
+AMOUNT_COLUMNS = [c for c in FEATURE_COLUMNS if c == "TX_AMOUNT" or "_AVG_AMOUNT_" in c]
+
+
+def raw_suite() -> gx.ExpectationSuite:
+    """Schema, completeness, keys, ranges and label sanity of the raw transactions."""
+    expectations: list[gxe.Expectation] = [
+        gxe.ExpectTableRowCountToBeBetween(
+            min_value=MIN_ROWS, description=f"at least {MIN_ROWS:,} transactions"
+        ),
+    ]
+    expectations += [gxe.ExpectColumnToExist(column=column) for column in REQUIRED_COLUMNS]
+    expectations += [
+        gxe.ExpectColumnValuesToBeInTypeList(column=c, type_list=INTEGER_TYPES) for c in ID_COLUMNS
+    ]
+    expectations += [
+        gxe.ExpectColumnValuesToBeInTypeList(column="TX_AMOUNT", type_list=NUMERIC_TYPES),
+        gxe.ExpectColumnValuesToBeInTypeList(column=LABEL, type_list=LABEL_TYPES),
+        gxe.ExpectColumnValuesToBeInTypeList(column="TX_DATETIME", type_list=DATETIME_TYPES),
+    ]
+    expectations += [
+        gxe.ExpectColumnValuesToNotBeNull(
+            column=column,
+            description=(
+                "TX_DATETIME missing or unparseable (NaT after pd.to_datetime(errors='coerce'))"
+                if column == "TX_DATETIME"
+                else None
+            ),
+        )
+        for column in REQUIRED_COLUMNS
+    ]
+    expectations += [
+        gxe.ExpectColumnValuesToBeUnique(column="TRANSACTION_ID"),
+        gxe.ExpectColumnValuesToBeBetween(column="TX_AMOUNT", min_value=0),
+        gxe.ExpectColumnValuesToBeInSet(column=LABEL, value_set=[0, 1]),
+        gxe.ExpectColumnMeanToBeBetween(
+            column=LABEL,
+            min_value=MIN_FRAUD_RATE,
+            max_value=MAX_FRAUD_RATE,
+            description=f"fraud rate within [{MIN_FRAUD_RATE}, {MAX_FRAUD_RATE}]",
+        ),
+    ]
+    return gx.ExpectationSuite(name=RAW_SUITE_NAME, expectations=expectations)
+
+
+def feature_suite() -> gx.ExpectationSuite:
+    """Every handbook feature present and complete, with counts, amounts, risks and flags in range."""
+    columns = [*FEATURE_COLUMNS, LABEL]
+    expectations: list[gxe.Expectation] = [gxe.ExpectColumnToExist(column=column) for column in columns]
+    expectations += [gxe.ExpectColumnValuesToNotBeNull(column=column) for column in columns]
+    expectations += [gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0) for c in COUNT_COLUMNS]
+    expectations += [gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0) for c in AMOUNT_COLUMNS]
+    expectations += [
+        gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0, max_value=1) for c in RISK_COLUMNS
+    ]
+    expectations += [
+        gxe.ExpectColumnValuesToBeInSet(column=c, value_set=[0, 1]) for c in [*FLAG_COLUMNS, LABEL]
+    ]
+    return gx.ExpectationSuite(name=FEATURE_SUITE_NAME, expectations=expectations)

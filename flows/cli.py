@@ -1,0 +1,146 @@
+"""`mlops`: the command line over the flows.
+
+Exit codes of `mlops run`: 0 promoted; 3 completed without promotion (a gate refused, or registration was
+switched off); 2 the input could not be read or failed its data checks (nothing trained or registered);
+1 anything else.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+from typing import Any
+
+# No network here, and no surprise telemetry anywhere: set before Prefect/GX are imported.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from usecases import SPEC_MODULES, spec_module  # noqa: E402
+
+EXIT_PROMOTED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_PROMOTED = 0, 1, 2, 3
+
+app = typer.Typer(
+    help="Gated model factory: validate data, train, evaluate, gate, register and promote models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+run_app = typer.Typer(help="Run a use case's gated training pipeline end to end.", no_args_is_help=True)
+app.add_typer(run_app, name="run")
+console = Console(stderr=False)
+
+
+def _options_from(params_model) -> list[inspect.Parameter]:
+    """One `--option` per field of a use case's Params, with its description as help and bounds shown."""
+    parameters = []
+    for name, field in params_model.model_fields.items():
+        bounds = [
+            f"{op} {getattr(m, attr)}"
+            for m in field.metadata
+            for attr, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+            if getattr(m, attr, None) is not None
+        ]
+        help_text = field.description or ""
+        if bounds:
+            help_text += f" [{', '.join(bounds)}]"
+        annotation = field.annotation
+        if annotation in (str | None, int | None, float | None):
+            annotation = next(a for a in annotation.__args__ if a is not type(None))
+        flag = f"--{name.replace('_', '-')}"
+        if annotation is bool:
+            flag = f"{flag}/--no-{name.replace('_', '-')}"
+        option = typer.Option(field.default, flag, help=help_text)
+        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
+    return parameters
+
+
+def _make_run_command(use_case: str):
+    module = spec_module(use_case)
+
+    def command(**options: Any) -> None:
+        raise typer.Exit(run_use_case(use_case, module.Params(**options)))
+
+    command.__signature__ = inspect.Signature(_options_from(module.Params))
+    command.__doc__ = (module.__doc__ or "").strip().split("\n\n")[0]
+    return command
+
+
+for _name in SPEC_MODULES:
+    run_app.command(_name)(_make_run_command(_name))
+
+
+def run_use_case(use_case: str, params) -> int:
+    """Run the use case's training flow and map its outcome to an exit code, printing a summary."""
+    from pydantic import ValidationError
+
+    from flows.training import training_flow
+    from tasks.ingest import DataReadError
+    from tasks.split import SplitError
+    from tasks.validate import DataValidationError
+
+    try:
+        outcome = training_flow(use_case)(params)
+    except (DataReadError, DataValidationError, SplitError, ValidationError) as exc:
+        console.print(f"[bold red]input rejected[/]: {exc}")
+        console.print("Nothing was trained or registered; the champion is unchanged.")
+        return EXIT_BAD_INPUT
+    except Exception as exc:
+        console.print(f"[bold red]run failed[/]: {type(exc).__name__}: {exc}")
+        return EXIT_FAILED
+    print_summary(outcome)
+    return EXIT_PROMOTED if outcome.promoted else EXIT_NOT_PROMOTED
+
+
+def print_summary(outcome) -> None:
+    primary = outcome.primary_metric
+    table = Table(title=f"{outcome.use_case}: test metrics ({outcome.windows['test'][0]} .. "
+                  f"{outcome.windows['test'][1]})")
+    table.add_column("metric")
+    table.add_column("candidate", justify="right")
+    for name in outcome.baseline_metrics:
+        table.add_column(name, justify="right")
+    if outcome.champion_before.metrics:
+        table.add_column(f"champion v{outcome.champion_before.version}", justify="right")
+    for metric, value in outcome.metrics.items():
+        if metric in {"tn", "fp", "fn", "tp", "threshold"}:
+            continue
+        row = [metric + (" *" if metric == primary else ""), f"{value:.4f}"]
+        row += [f"{m.get(metric, float('nan')):.4f}" for m in outcome.baseline_metrics.values()]
+        if outcome.champion_before.metrics:
+            row.append(f"{outcome.champion_before.metrics.get(metric, float('nan')):.4f}")
+        table.add_row(*row)
+    console.print(table)
+
+    gates = Table(title="gates")
+    for column in ("gate", "value", "threshold", "verdict"):
+        gates.add_column(column)
+    for r in outcome.verdict.results:
+        verdict = "[green]passed[/]" if r.passed else "[red]refused[/]"
+        gates.add_row(r.name, f"{r.value:.4f}", f"{r.threshold:.4f}", f"{verdict}  {r.detail}")
+    console.print(gates)
+
+    colour = {"promoted": "green", "registered": "yellow", "rejected": "red"}[outcome.decision.status]
+    console.print(f"[bold {colour}]{outcome.decision.status}[/]: {outcome.decision.summary}")
+    if outcome.registration is not None:
+        alias = "champion" if outcome.promoted else "(no alias)"
+        console.print(
+            f"model: models:/{outcome.registered_model}/{outcome.registration.version} {alias}; "
+            f"consumers load models:/{outcome.registered_model}@champion"
+        )
+    console.print(f"MLflow: {outcome.tracking_uri}  run {outcome.run_id}")
+    if outcome.tracking_uri.startswith("sqlite:///"):
+        console.print(f"  open the UI: uv run mlflow ui --backend-store-uri {outcome.tracking_uri}")
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,206 @@
+"""The one generic gated-training flow. Every use case runs through it with its own spec.
+
+    ingest → validate raw → features → validate features → split → train (+ baselines) → evaluate
+    (+ champion re-scored on the same test window) → gate → register → promote → report
+
+One MLflow run per flow run records params, the dataset, metrics, plots, the validation results and the gate
+report. Nothing reaches the registry unless the absolute and baseline gates pass, and the `champion` alias
+moves only when the champion gate passes too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Param
+from prefect import flow, runtime
+
+from tasks import _tracking as tracking
+from tasks.evaluate import ChampionScore, evaluate, evaluate_champion
+from tasks.features import featurize
+from tasks.gate import GateVerdict, gate
+from tasks.ingest import ingest
+from tasks.promote import Promotion, promote
+from tasks.register import FINGERPRINT_TAG, Registration, fingerprint, log_candidate, register
+from tasks.report import Decision, report
+from tasks.split import Splits, split
+from tasks.train import train, train_baselines
+from tasks.validate import validate
+from usecases.spec import TrainingParams, UseCaseSpec
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    use_case: str
+    registered_model: str
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+    windows: dict
+    metrics: dict
+    baseline_metrics: dict
+    primary_metric: str
+    verdict: GateVerdict
+    champion_before: ChampionScore
+    registration: Registration | None
+    promotion: Promotion | None
+    decision: Decision
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def promoted(self) -> bool:
+        return self.promotion is not None
+
+
+@flow(name="gated-training", validate_parameters=False, log_prints=True)
+def gated_training(spec: UseCaseSpec, params: TrainingParams) -> TrainingOutcome:
+    uri = tracking.configure()
+    experiment = tracking.experiment_id(spec.name)
+    client = MlflowClient()
+    run = client.create_run(
+        experiment,
+        run_name=f"{spec.name}-{runtime.flow_run.name or 'local'}",
+        tags={
+            "use_case": spec.name,
+            "registered_model": spec.registered_model,
+            "prefect.flow_run_id": str(runtime.flow_run.id or ""),
+            "code_version": tracking.code_version(),
+            **spec.tags,
+        },
+    )
+    run_id = run.info.run_id
+    status = "FAILED"
+    try:
+        _log_params(client, run_id, spec, params)
+
+        raw = ingest(spec.load, params)
+        raw_check = validate(raw, spec.raw_suite, run_id)
+        table = featurize(raw, spec.build_features)
+        feature_check = validate(table, spec.feature_suite, run_id)
+        splits = split(
+            table, spec.split, spec.time_column, spec.target if spec.problem == "binary" else None,
+            spec.test_filter,
+        )
+        data_digest = _log_datasets(run_id, spec, raw, splits)
+
+        candidate = train(
+            splits, spec.features, spec.target, spec.problem, dict(spec.model.params),
+            spec.model.num_boost_round, spec.model.early_stopping_rounds, spec.model.balance_classes,
+            params.seed,
+        )
+        baselines = train_baselines(splits, spec.baselines, spec.features, spec.target)
+
+        evaluation = evaluate(
+            candidate, baselines, splits, spec.metrics, spec.problem, spec.target, spec.time_column, run_id
+        )
+        champion = evaluate_champion(spec.registered_model, splits, spec.metrics)
+
+        verdict = gate(
+            spec.gates, evaluation.candidate.metrics, evaluation.baseline_metrics, champion.metrics,
+            spec.metrics.primary, spec.metrics.greater_is_better, champion.version, champion.error,
+        )
+        logged = log_candidate(candidate, splits.test.head(5), run_id)
+
+        registration = None
+        if verdict.registrable and not params.dry_run:
+            lineage = {
+                "use_case": spec.name,
+                "lineage.run_id": run_id,
+                "lineage.data_digest": data_digest,
+                "lineage.data_source": raw.attrs.get("source", "unknown"),
+                "lineage.code_version": tracking.code_version(),
+                "lineage.windows": str(splits.windows),
+                FINGERPRINT_TAG: fingerprint(
+                    use_case=spec.name, data=data_digest, code=tracking.code_version(),
+                    params=params.model_dump(exclude={"champion_margin", "dry_run"}),
+                ),
+                "validation.raw": raw_check.headline(),
+                "validation.features": feature_check.headline(),
+                f"test_{spec.metrics.primary}": f"{evaluation.candidate.metrics[spec.metrics.primary]:.6f}",
+                **verdict.as_tags(),
+            }
+            registration = register(
+                logged, spec.registered_model, spec.description,
+                _model_card(spec, splits, evaluation, verdict, data_digest, run_id), lineage, run_id,
+            )
+
+        promotion = None
+        if registration is not None and verdict.promotable:
+            promotion = promote(spec.registered_model, registration.version, champion.version, run_id)
+
+        decision = report(
+            spec.name, spec.registered_model, verdict, registration, promotion,
+            evaluation.candidate.metrics, run_id,
+        )
+        status = "FINISHED"
+        return TrainingOutcome(
+            use_case=spec.name,
+            registered_model=spec.registered_model,
+            run_id=run_id,
+            experiment_id=experiment,
+            tracking_uri=uri,
+            windows=splits.windows,
+            metrics=evaluation.candidate.metrics,
+            baseline_metrics=evaluation.baseline_metrics,
+            primary_metric=spec.metrics.primary,
+            verdict=verdict,
+            champion_before=champion,
+            registration=registration,
+            promotion=promotion,
+            decision=decision,
+        )
+    finally:
+        client.set_terminated(run_id, status)
+
+
+def _log_params(client: MlflowClient, run_id: str, spec: UseCaseSpec, params: TrainingParams) -> None:
+    flat = {f"param.{k}": v for k, v in params.model_dump().items()}
+    flat.update({f"model.{k}": v for k, v in spec.model.params.items()})
+    flat.update(
+        {
+            "model.num_boost_round": spec.model.num_boost_round,
+            "model.early_stopping_rounds": spec.model.early_stopping_rounds,
+            "split.train": spec.split.train,
+            "split.validation": spec.split.validation,
+            "split.test": spec.split.test,
+            "split.gap": spec.split.gap,
+            "split.unit": spec.split.unit,
+            "split.end": spec.split.end,
+            "features": ",".join(spec.features),
+        }
+    )
+    client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in flat.items()])
+
+
+def _log_datasets(run_id: str, spec: UseCaseSpec, raw, splits: Splits) -> str:
+    """Record the input table and the three windows as MLflow datasets; return the input's digest."""
+    source = raw.attrs.get("source", "unknown")
+    dataset = mlflow.data.from_pandas(raw, source=source, name=f"{spec.name}-raw")
+    with tracking.resumed(run_id):
+        mlflow.log_input(dataset, context="raw")
+        for name in ("train", "validation", "test"):
+            part = getattr(splits, name)
+            mlflow.log_input(
+                mlflow.data.from_pandas(part, source=source, targets=spec.target, name=f"{spec.name}-{name}"),
+                context=name,
+            )
+    MlflowClient().set_tag(run_id, "data_digest", dataset.digest)
+    return dataset.digest
+
+
+def _model_card(spec: UseCaseSpec, splits: Splits, evaluation, verdict: GateVerdict, digest, run_id) -> str:
+    primary = spec.metrics.primary
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in evaluation.candidate.metrics.items() if k not in {"tn", "fp"})
+    baselines = "; ".join(
+        f"{name}: {primary} {m[primary]:.4f}" for name, m in evaluation.baseline_metrics.items()
+    )
+    windows = ", ".join(f"{k} {lo} .. {hi}" for k, (lo, hi) in splits.windows.items())
+    gates = "; ".join(f"{r.name} {'passed' if r.passed else 'refused'} ({r.detail})" for r in verdict.results)
+    return (
+        f"{spec.description}\n\n"
+        f"Trained on data {digest} ({windows}); {len(spec.features)} features: {', '.join(spec.features)}.\n\n"
+        f"Test metrics: {metrics}.\nBaselines on the same test window: {baselines}.\nGates: {gates}.\n\n"
+        f"MLflow run {run_id}. Load with mlflow.pyfunc.load_model('models:/{spec.registered_model}@champion')."
+    )

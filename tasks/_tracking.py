@@ -1,0 +1,99 @@
+"""Where MLflow records go, and how stages write to the flow's run.
+
+Embedded default: one project-local folder (`MLOPS_HOME`, default `./.mlops`) holding a SQLite tracking and
+registry store (`mlflow.db`) and the artifacts (`artifacts/`). `MLFLOW_TRACKING_URI`, when set, wins (e.g. an
+MLflow server on Postgres); the registry follows the tracking URI unless `MLFLOW_REGISTRY_URI` is set.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+
+DEFAULT_HOME = ".mlops"
+
+
+def mlops_home() -> Path:
+    return Path(os.environ.get("MLOPS_HOME", DEFAULT_HOME)).resolve()
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{mlops_home() / 'mlflow.db'}"
+
+
+def configure() -> str:
+    """Point MLflow at the configured store, creating the local folder when embedded."""
+    # Known-noisy MLflow hints that say nothing about this pipeline: a dataset source registered twice
+    # under one name, and the generic "integer columns cannot hold missing values" hint (features are
+    # validated non-null before a model sees them).
+    warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+    warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        mlops_home().mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def experiment_id(name: str) -> str:
+    """The experiment for a use case; embedded stores keep its artifacts under MLOPS_HOME."""
+    client = MlflowClient()
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if tracking_uri().startswith("sqlite:///"):
+        location = (mlops_home() / "artifacts").as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:
+        # Created by a concurrent run between our lookup and create.
+        return client.get_experiment_by_name(name).experiment_id
+
+
+@contextmanager
+def resumed(run_id: str):
+    """Make `run_id` the active run for fluent MLflow calls (log_model, log_input) inside a stage.
+
+    Stages may run in worker threads where the flow's run is not active; resuming does not end it.
+    """
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        yield active
+        return
+    run = mlflow.start_run(run_id=run_id)
+    try:
+        yield run
+    finally:
+        # Leave the run RUNNING: the flow sets its final status.
+        mlflow.end_run(status="RUNNING")
+
+
+def code_version() -> str:
+    """The git commit of the code that trained (with `-dirty` when the tree has local changes)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import version
+
+        return f"mlops-factory=={version('mlops-factory')}"

@@ -1,0 +1,229 @@
+"""Evaluate: score the candidate, the baselines and the current champion on the same test window.
+
+Whatever depends on a choice (e.g. the decision threshold) is calibrated on the validation window for each
+model separately, then applied unchanged to test. Metrics are logged as `test_<metric>` for the candidate and
+`<baseline>_test_<metric>` for each baseline; plots go to the MLflow run under `plots/`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: plots are files logged to MLflow
+
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from prefect import get_run_logger  # noqa: E402
+from sklearn import metrics as skm  # noqa: E402
+
+from tasks._stage import mlflow_stage, stage  # noqa: E402
+from tasks.split import Splits  # noqa: E402
+
+CHAMPION = "champion"
+
+
+# --- generic metrics, composed by use cases -------------------------------------------------------------
+
+
+def best_f1_threshold(frame: pd.DataFrame, scores: np.ndarray, target: str) -> dict[str, float]:
+    """The score threshold that maximises F1 on the given (validation) window."""
+    precision, recall, thresholds = skm.precision_recall_curve(frame[target].to_numpy(), scores)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    best = int(np.nanargmax(f1[:-1])) if len(thresholds) else 0
+    return {"threshold": float(thresholds[best]) if len(thresholds) else 0.5}
+
+
+def binary_metrics(y: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    predicted = (scores >= threshold).astype(int)
+    tn, fp, fn, tp = skm.confusion_matrix(y, predicted, labels=[0, 1]).ravel()
+    both_classes = len(np.unique(y)) == 2
+    return {
+        "roc_auc": float(skm.roc_auc_score(y, scores)) if both_classes else float("nan"),
+        "average_precision": float(skm.average_precision_score(y, scores)) if both_classes else float("nan"),
+        "precision": float(skm.precision_score(y, predicted, zero_division=0)),
+        "recall": float(skm.recall_score(y, predicted, zero_division=0)),
+        "f1": float(skm.f1_score(y, predicted, zero_division=0)),
+        "threshold": float(threshold),
+        "tn": float(tn),
+        "fp": float(fp),
+        "fn": float(fn),
+        "tp": float(tp),
+    }
+
+
+def regression_metrics(y: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+    error = predictions - y
+    return {"mae": float(np.mean(np.abs(error))), "rmse": float(np.sqrt(np.mean(error**2)))}
+
+
+# --- plots ----------------------------------------------------------------------------------------------
+
+
+def binary_plots(y: np.ndarray, scores: np.ndarray, threshold: float, label: str) -> dict[str, plt.Figure]:
+    figures = {}
+    fig, ax = plt.subplots(figsize=(5, 4))
+    skm.RocCurveDisplay.from_predictions(y, scores, ax=ax, name=label)
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set_title(f"ROC curve on test ({label})")
+    figures["roc_curve"] = fig
+    fig, ax = plt.subplots(figsize=(5, 4))
+    skm.PrecisionRecallDisplay.from_predictions(y, scores, ax=ax, name=label)
+    ax.set_title(f"Precision-recall curve on test ({label})")
+    figures["pr_curve"] = fig
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    skm.ConfusionMatrixDisplay.from_predictions(
+        y, (scores >= threshold).astype(int), ax=ax, colorbar=False, values_format="d"
+    )
+    ax.set_title(f"Confusion matrix, threshold {threshold:.3f} ({label})")
+    figures["confusion_matrix"] = fig
+    return figures
+
+
+def regression_plots(times: pd.Series, y: np.ndarray, predictions: np.ndarray, label: str) -> dict:
+    figures = {}
+    order = np.argsort(times.to_numpy())
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.plot(times.to_numpy()[order], y[order], lw=0.8, label="actual")
+    ax.plot(times.to_numpy()[order], predictions[order], lw=0.8, label=label)
+    ax.set_title(f"Prediction vs actual on test ({label})")
+    ax.legend()
+    figures["prediction_vs_actual"] = fig
+    by_year = pd.DataFrame({"year": times.dt.year.to_numpy(), "abs_error": np.abs(predictions - y)})
+    fig, ax = plt.subplots(figsize=(6, 4))
+    by_year.groupby("year")["abs_error"].mean().plot.bar(ax=ax)
+    ax.set_ylabel("mean absolute error")
+    ax.set_title(f"Error by year on test ({label})")
+    figures["error_by_year"] = fig
+    return figures
+
+
+def feature_importance_plot(booster, features: Sequence[str]) -> plt.Figure:
+    gain = booster.get_score(importance_type="total_gain")
+    values = pd.Series({f: gain.get(f, 0.0) for f in features}).sort_values()
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(values) + 1.5))
+    values.plot.barh(ax=ax)
+    ax.set_xlabel("total gain")
+    ax.set_title("Feature importance")
+    fig.tight_layout()
+    return fig
+
+
+# --- the stage -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One model's test metrics and the context calibrated for it on validation."""
+
+    metrics: dict[str, float]
+    context: dict[str, float]
+    test_predictions: np.ndarray
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    candidate: Scored
+    baselines: dict[str, Scored]
+
+    @property
+    def baseline_metrics(self) -> dict[str, dict[str, float]]:
+        return {name: s.metrics for name, s in self.baselines.items()}
+
+
+@dataclass(frozen=True)
+class ChampionScore:
+    version: str | None
+    metrics: dict[str, float] | None = None
+    error: str | None = None
+
+
+def score_model(predict, splits: Splits, metrics_spec) -> Scored:
+    context = {}
+    if metrics_spec.calibrate is not None:
+        context = metrics_spec.calibrate(splits.validation, predict(splits.validation))
+    test_predictions = np.asarray(predict(splits.test), dtype=float)
+    return Scored(metrics_spec.compute(splits.test, test_predictions, context), context, test_predictions)
+
+
+def _plots(problem: str, splits: Splits, target: str, time_column: str, scored: Scored, label: str) -> dict:
+    y = splits.test[target].to_numpy()
+    if problem == "binary":
+        return binary_plots(y, scored.test_predictions, scored.context.get("threshold", 0.5), label)
+    return regression_plots(splits.test[time_column], y, scored.test_predictions, label)
+
+
+def _log_figures(client: MlflowClient, run_id: str, figures: Mapping[str, plt.Figure], prefix: str) -> None:
+    for name, fig in figures.items():
+        client.log_figure(run_id, fig, f"plots/{prefix}{name}.png")
+        plt.close(fig)
+
+
+@stage
+def evaluate(
+    candidate, baselines, splits: Splits, metrics_spec, problem: str, target: str, time_column: str, run_id
+) -> Evaluation:
+    client = MlflowClient()
+    scored = score_model(candidate.predict, splits, metrics_spec)
+    scored_baselines = {b.name: score_model(b.predict, splits, metrics_spec) for b in baselines}
+    logged = {f"test_{k}": v for k, v in scored.metrics.items()}
+    for name, s in scored_baselines.items():
+        logged.update({f"{name}_test_{k}": v for k, v in s.metrics.items()})
+    mlflow_metrics = [
+        mlflow.entities.Metric(k, float(v), int(pd.Timestamp.now().value // 1_000_000), 0)
+        for k, v in logged.items()
+        if np.isfinite(v)
+    ]
+    client.log_batch(run_id, metrics=mlflow_metrics)
+    _log_figures(client, run_id, _plots(problem, splits, target, time_column, scored, "candidate"), "")
+    best = _best_baseline(scored_baselines, metrics_spec)
+    if best is not None:
+        figures = _plots(problem, splits, target, time_column, scored_baselines[best], best)
+        _log_figures(client, run_id, figures, f"{best}_")
+    _log_figures(
+        client, run_id, {"feature_importance": feature_importance_plot(candidate.booster, candidate.features)}, ""
+    )
+    get_run_logger().info(
+        "test %s: candidate %.4f; %s",
+        metrics_spec.primary,
+        scored.metrics[metrics_spec.primary],
+        ", ".join(f"{n} {s.metrics[metrics_spec.primary]:.4f}" for n, s in scored_baselines.items()),
+    )
+    return Evaluation(scored, scored_baselines)
+
+
+def _best_baseline(scored: Mapping[str, Scored], metrics_spec) -> str | None:
+    if not scored:
+        return None
+    sign = 1 if metrics_spec.greater_is_better else -1
+    return max(scored, key=lambda n: sign * np.nan_to_num(scored[n].metrics[metrics_spec.primary], nan=-np.inf))
+
+
+@mlflow_stage
+def evaluate_champion(registered_model: str, splits: Splits, metrics_spec) -> ChampionScore:
+    """Re-score the current champion on this run's windows, so the champion gate compares like with like."""
+    client = MlflowClient()
+    try:
+        version = client.get_model_version_by_alias(registered_model, CHAMPION)
+    except mlflow.exceptions.MlflowException as exc:
+        if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower():
+            return ChampionScore(None)
+        raise
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{registered_model}@{CHAMPION}")
+        columns = [c.name for c in model.metadata.get_input_schema().inputs]
+        scored = score_model(lambda f: np.asarray(model.predict(f[columns])).ravel(), splits, metrics_spec)
+    except Exception as exc:  # an incompatible champion refuses promotion with the reason, never crashes
+        return ChampionScore(version.version, error=f"{type(exc).__name__}: {exc}")
+    get_run_logger().info(
+        "champion v%s on the same test window: %s %.4f",
+        version.version,
+        metrics_spec.primary,
+        scored.metrics[metrics_spec.primary],
+    )
+    return ChampionScore(version.version, scored.metrics)

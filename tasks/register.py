@@ -1,0 +1,103 @@
+"""Register: log the candidate as an MLflow LoggedModel and, when the gates allow, make it a registry version.
+
+The model is stored in XGBoost's native UBJ format (never pickle) with a signature and an input example.
+A version is created in one registry call carrying all its lineage tags and its model card, so no consumer
+ever sees a version without them; it gets no alias here (promotion is a separate, gated step).
+Re-registering the same data, code and parameters returns the existing version instead of a duplicate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.models import infer_signature
+from prefect import get_run_logger
+
+from tasks._stage import mlflow_stage
+from tasks._tracking import resumed
+
+FINGERPRINT_TAG = "lineage.fingerprint"
+
+
+@dataclass(frozen=True)
+class LoggedCandidate:
+    model_id: str
+    model_uri: str
+
+
+@dataclass(frozen=True)
+class Registration:
+    name: str
+    version: str
+    deduplicated: bool  # an identical earlier registration was reused
+
+
+def fingerprint(**parts) -> str:
+    """A stable hash of what determines a model: data digest, code version, parameters."""
+    payload = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+@mlflow_stage
+def log_candidate(candidate, example: pd.DataFrame, run_id: str) -> LoggedCandidate:
+    example = example[list(candidate.features)]
+    signature = infer_signature(example, candidate.predict(example))
+    with resumed(run_id):
+        info = mlflow.xgboost.log_model(
+            candidate.booster,
+            name="model",
+            signature=signature,
+            input_example=example,
+            model_format="ubj",
+            params={k: str(v) for k, v in candidate.params.items()},
+        )
+    return LoggedCandidate(info.model_id, info.model_uri)
+
+
+def find_registered(client: MlflowClient, name: str, fingerprint_value: str):
+    versions = client.search_model_versions(f"name = '{name}' and tags.`{FINGERPRINT_TAG}` = '{fingerprint_value}'")
+    return min(versions, key=lambda v: int(v.version)) if versions else None
+
+
+@mlflow_stage
+def register(
+    logged: LoggedCandidate,
+    registered_model: str,
+    model_description: str,
+    version_card: str,
+    tags: Mapping[str, str],
+    run_id: str,
+) -> Registration:
+    log = get_run_logger()
+    client = MlflowClient()
+    try:
+        client.get_registered_model(registered_model)
+    except mlflow.exceptions.MlflowException:
+        try:
+            client.create_registered_model(registered_model, description=model_description)
+        except mlflow.exceptions.MlflowException:
+            pass  # created concurrently by another run
+    existing = find_registered(client, registered_model, tags[FINGERPRINT_TAG])
+    if existing is not None:
+        log.info(
+            "identical data, code and parameters already registered as %s v%s: not creating another version",
+            registered_model,
+            existing.version,
+        )
+        return Registration(registered_model, existing.version, deduplicated=True)
+    version = client.create_model_version(
+        registered_model,
+        source=logged.model_uri,
+        run_id=run_id,
+        tags=dict(tags),
+        description=version_card,
+        model_id=logged.model_id,
+    )
+    log.info("registered %s v%s", registered_model, version.version)
+    return Registration(registered_model, version.version, deduplicated=False)

@@ -1,0 +1,114 @@
+"""Report: record the run's decision where people look — the MLflow run and the Prefect UI.
+
+The gate report (every gate's value, threshold and verdict) is logged as `gate_report.json` on the MLflow
+run and as a markdown artifact `decision-<use case>` in Prefect, together with what happened in the registry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mlflow import MlflowClient
+from prefect.artifacts import create_markdown_artifact
+from prefect.events import emit_event
+
+from tasks._stage import mlflow_stage
+from tasks.gate import GateVerdict
+from tasks.promote import Promotion
+from tasks.register import Registration
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: str  # "promoted" | "registered" | "rejected"
+    summary: str
+
+
+def decide(verdict: GateVerdict, registration: Registration | None, promotion: Promotion | None) -> Decision:
+    refused = "; ".join(r.detail for r in verdict.refusals)
+    if promotion is not None:
+        moved = "already champion" if not promotion.moved else f"previous champion v{promotion.previous or '-'}"
+        dedupe = " (identical earlier registration reused)" if registration.deduplicated else ""
+        return Decision("promoted", f"{promotion.name} v{promotion.version} is champion{dedupe}; {moved}")
+    if registration is not None:
+        dedupe = " (identical earlier registration reused)" if registration.deduplicated else ""
+        reason = f"champion gate refused: {refused}" if refused else "promotion not requested"
+        return Decision(
+            "registered", f"registered {registration.name} v{registration.version}{dedupe}, not promoted: {reason}"
+        )
+    reason = f"gates refused: {refused}" if refused else "dry run: registration skipped"
+    return Decision("rejected", f"not registered: {reason}")
+
+
+@mlflow_stage
+def report(
+    use_case: str,
+    registered_model: str,
+    verdict: GateVerdict,
+    registration: Registration | None,
+    promotion: Promotion | None,
+    metrics: dict[str, float],
+    run_id: str,
+) -> Decision:
+    decision = decide(verdict, registration, promotion)
+    client = MlflowClient()
+    client.log_dict(
+        run_id,
+        {
+            "status": decision.status,
+            "summary": decision.summary,
+            "registered_model": registered_model,
+            "version": registration.version if registration else None,
+            "gates": verdict.as_records(),
+        },
+        "gate_report.json",
+    )
+    client.set_tag(run_id, "decision", decision.status)
+    client.set_tag(run_id, "decision.summary", decision.summary[:5000])
+    if registration is not None:
+        client.set_tag(run_id, "registered_version", registration.version)
+    headline = {"promoted": "Promoted", "registered": "Registered, not promoted", "rejected": "Rejected"}
+    metric_rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items())
+    create_markdown_artifact(
+        key=f"decision-{use_case}",
+        description=f"{registered_model}: {decision.status}",
+        markdown=(
+            f"# {headline[decision.status]}: {registered_model}\n\n{decision.summary}\n\n"
+            f"## Gates\n\n{verdict.to_markdown()}\n\n## Test metrics\n\n| metric | value |\n|---|---|\n"
+            f"{metric_rows}\n\nMLflow run: `{run_id}`\n"
+        ),
+    )
+    _emit_decision_event(use_case, registered_model, decision, verdict, registration, promotion, metrics, run_id)
+    return decision
+
+
+def _emit_decision_event(use_case, registered_model, decision, verdict, registration, promotion, metrics, run_id):
+    """`mlops.model.promoted` or `mlops.model.rejected`, so consumers (model servers, notifications,
+    downstream deployments) can trigger on the registry changing without polling it."""
+    if decision.status == "promoted":
+        name, payload = "mlops.model.promoted", {
+            "version": promotion.version,
+            "previous_version": promotion.previous,
+            "moved": promotion.moved,
+        }
+    else:
+        name, payload = "mlops.model.rejected", {
+            "version": registration.version if registration else None,
+            "refused": [r.name for r in verdict.refusals],
+        }
+    payload.update(
+        {
+            "registered_model": registered_model,
+            "use_case": use_case,
+            "status": decision.status,
+            "summary": decision.summary,
+            "metrics": {k: float(v) for k, v in metrics.items()},
+            "gates": verdict.as_records(),
+            "mlflow_run_id": run_id,
+        }
+    )
+    emit_event(
+        event=name,
+        resource={"prefect.resource.id": f"mlflow.registered-model.{registered_model}", "use-case": use_case},
+        payload=payload,
+    )

@@ -1,0 +1,118 @@
+"""Split: train, validation and test windows taken by time from the end of the data.
+
+    ... | train | gap | validation | gap | test |  <- end of data (or `end`)
+
+The gap keeps labels that would not be known yet (fraud's label delay, a forecast's horizon) from leaking
+from one window into the next. Windows are counted in calendar days or in distinct time steps (e.g. trading
+days, so that a multi-ticker table splits on dates, never inside one date).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from prefect import get_run_logger
+
+from tasks._stage import stage
+
+
+class SplitError(ValueError):
+    """The data cannot be split as configured (too short, or a window lacks a class it needs)."""
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    test: int
+    validation: int
+    gap: int
+    # None: everything before the validation window (minus the gap).
+    train: int | None = None
+    unit: Literal["days", "steps"] = "days"
+    # Last day/step of the test window, inclusive; None: the end of the data.
+    end: str | None = None
+    # Binary problems: each window must contain at least this many positives.
+    min_positives: int = 1
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+    # Human-readable window bounds, logged as params: {"train": ("2018-07-25", "2018-07-31"), ...}
+    windows: dict[str, tuple[str, str]]
+
+
+def _keys(times: pd.Series, unit: str) -> tuple[pd.Series, np.ndarray]:
+    """Map each row to a position on the split axis: its day or its time step."""
+    if unit == "days":
+        keys = times.dt.normalize()
+    else:
+        keys = times
+    return keys, np.sort(keys.unique())
+
+
+def split_frame(
+    table: pd.DataFrame,
+    spec: SplitSpec,
+    time_column: str,
+    target: str | None = None,
+    test_filter: Callable[[pd.DataFrame, pd.DataFrame], pd.DataFrame] | None = None,
+) -> Splits:
+    """Cut the windows; `test_filter(test, table)` may then drop test rows a use case must not score
+    (e.g. cards already known to be compromised). Binary targets are checked for positives per window."""
+    keys, axis = _keys(table[time_column], spec.unit)
+    if spec.end is not None:
+        axis = axis[axis <= pd.Timestamp(spec.end).to_datetime64()]
+    n = len(axis)
+    need = spec.test + spec.validation + 2 * spec.gap + (spec.train or 1)
+    if n < need:
+        raise SplitError(
+            f"not enough history to split: {n} {spec.unit} available, {need} needed "
+            f"(train {spec.train or '>=1'}, validation {spec.validation}, test {spec.test}, "
+            f"2 gaps of {spec.gap})"
+        )
+    test_lo = n - spec.test
+    val_hi = test_lo - spec.gap
+    val_lo = val_hi - spec.validation
+    train_hi = val_lo - spec.gap
+    train_lo = 0 if spec.train is None else train_hi - spec.train
+    bounds = {
+        "train": (axis[train_lo], axis[train_hi - 1]),
+        "validation": (axis[val_lo], axis[val_hi - 1]),
+        "test": (axis[test_lo], axis[n - 1]),
+    }
+    parts = {
+        name: table[(keys >= lo) & (keys <= hi)].reset_index(drop=True) for name, (lo, hi) in bounds.items()
+    }
+    if test_filter is not None:
+        parts["test"] = test_filter(parts["test"], table).reset_index(drop=True)
+    if target is not None and spec.min_positives > 0:
+        for name, part in parts.items():
+            positives = int(part[target].sum())
+            if positives < spec.min_positives:
+                raise SplitError(
+                    f"the {name} window {pd.Timestamp(bounds[name][0]).date()} .. "
+                    f"{pd.Timestamp(bounds[name][1]).date()} has {positives} positive "
+                    f"'{target}' rows; at least {spec.min_positives} needed"
+                )
+    windows = {
+        name: (str(pd.Timestamp(lo).date()), str(pd.Timestamp(hi).date())) for name, (lo, hi) in bounds.items()
+    }
+    return Splits(parts["train"], parts["validation"], parts["test"], windows)
+
+
+@stage
+def split(table: pd.DataFrame, spec: SplitSpec, time_column: str, target=None, test_filter=None) -> Splits:
+    splits = split_frame(table, spec, time_column, target, test_filter)
+    get_run_logger().info(
+        "windows: %s",
+        ", ".join(
+            f"{name} {lo} .. {hi} ({len(getattr(splits, name))} rows)" for name, (lo, hi) in splits.windows.items()
+        ),
+    )
+    return splits

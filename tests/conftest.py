@@ -1,0 +1,38 @@
+"""Shared fixtures: a real Prefect test server for the session and a fresh SQLite MLflow store per test."""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+import mlflow  # noqa: E402
+import pytest  # noqa: E402
+from prefect.testing.utilities import prefect_test_harness  # noqa: E402
+
+HANDBOOK = Path(__file__).resolve().parents[1].parent / "shared/data/fraud-handbook/transactions.parquet"
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def mlops_home(tmp_path, monkeypatch):
+    """A project-local MLflow store (SQLite + artifacts) of this test's own."""
+    home = tmp_path / "mlops"
+    monkeypatch.setenv("MLOPS_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield home
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="session")
+def handbook_path():
+    if not HANDBOOK.exists():
+        pytest.skip(f"reference data not found at {HANDBOOK}")
+    return HANDBOOK

@@ -1,0 +1,1 @@
+"""Card-fraud use case after the Fraud Detection Handbook (Le Borgne et al.): simulator, features, metrics."""

@@ -1,0 +1,115 @@
+"""The typed contract between a use case and the generic gated-training flow.
+
+A use case is one module that builds a `UseCaseSpec` from its run parameters: where the data comes from,
+which data checks apply, how features are made, how to split, the model, the baselines, the metrics and the
+gates. The flow in `flows/gated_training.py` knows nothing else about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:  # types only: `Params` must import fast (CLI help, deployment forms)
+    import numpy as np
+    import pandas as pd
+
+    from tasks.gate import GateSpec
+    from tasks.split import SplitSpec
+
+Problem = Literal["binary", "regression"]
+
+
+class TrainingParams(BaseModel):
+    """Parameters every use case accepts; use cases subclass it with their own typed options.
+
+    The Prefect UI renders these as the form behind "Run"; descriptions and bounds show there.
+    """
+
+    data: str | None = Field(
+        default=None,
+        description="Path to a Parquet or CSV file. Empty: the use case's embedded default data.",
+    )
+    seed: int = Field(default=42, ge=0, description="Seed for data generation, sampling and training.")
+    champion_margin: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="How much worse than the current champion (relative, on the primary metric) a candidate "
+        "may be and still be promoted. 0 means 'not worse'.",
+    )
+    dry_run: bool = Field(
+        default=False, description="Train, evaluate and gate, but neither register nor promote."
+    )
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A simple reference model the candidate must beat, fitted on the same training window.
+
+    `fit(train_frame, feature_columns, target) -> predict(frame) -> np.ndarray`: predictions on the same
+    scale as the candidate's (probabilities for binary problems, target units for regression).
+    """
+
+    name: str
+    fit: Callable[[pd.DataFrame, list[str], str], Callable[[pd.DataFrame], np.ndarray]]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """How a use case scores predictions.
+
+    `compute(frame, predictions, context)` returns metric name -> value for the test window (no prefix;
+    the flow adds `test_` and `<baseline>_test_`). `context` carries what was decided on validation, such
+    as a decision threshold, so baselines and champions are scored the same way.
+    `primary` is the metric gates compare against baselines and the champion.
+    """
+
+    compute: Callable[[pd.DataFrame, np.ndarray, Mapping[str, float]], dict[str, float]]
+    primary: str
+    greater_is_better: bool
+    # Decided on the validation window (e.g. a decision threshold), passed to `compute` as `context`.
+    calibrate: Callable[[pd.DataFrame, np.ndarray], dict[str, float]] | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The XGBoost candidate: booster parameters and training rounds (early stopping on validation)."""
+
+    params: Mapping[str, object]
+    num_boost_round: int = 500
+    early_stopping_rounds: int = 50
+    # Binary problems: weight positives by the negative/positive ratio of the training window.
+    balance_classes: bool = False
+
+
+@dataclass(frozen=True)
+class UseCaseSpec:
+    name: str
+    registered_model: str
+    problem: Problem
+    description: str
+    # Data source: params -> raw frame. Raises tasks.ingest.DataReadError when it cannot read.
+    load: Callable[[TrainingParams], pd.DataFrame]
+    # Data checks (data_checks/): raw frame -> GX ExpectationSuite, feature frame -> suite.
+    raw_suite: Callable[[], object]
+    feature_suite: Callable[[], object]
+    # raw frame -> feature table (one row per example, with time, id, target and feature columns)
+    build_features: Callable[[pd.DataFrame], pd.DataFrame]
+    features: tuple[str, ...]
+    target: str
+    time_column: str
+    id_columns: tuple[str, ...]
+    split: SplitSpec
+    model: ModelSpec
+    baselines: tuple[Baseline, ...]
+    metrics: Metrics
+    gates: GateSpec
+    # Optional: filter applied to the test window using the full table (e.g. the fraud handbook removes
+    # cards already known to be compromised). (test_frame, full_table, split) -> test_frame
+    test_filter: Callable[[pd.DataFrame, pd.DataFrame], pd.DataFrame] | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
