@@ -56,7 +56,9 @@ def _options_from(params_model) -> list[inspect.Parameter]:
         if annotation is bool:
             flag = f"{flag}/--no-{name.replace('_', '-')}"
         option = typer.Option(field.default, flag, help=help_text)
-        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
+        parameters.append(
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+        )
     return parameters
 
 
@@ -87,11 +89,12 @@ def run_use_case(use_case: str, params) -> int:
     try:
         outcome = training_flow(use_case)(params)
     except (DataReadError, DataValidationError, SplitError, ValidationError) as exc:
-        console.print(f"[bold red]input rejected[/]: {exc}")
+        console.print(f"[bold red]input rejected[/]: {exc}", soft_wrap=True)
         console.print("Nothing was trained or registered; the champion is unchanged.")
         return EXIT_BAD_INPUT
     except Exception as exc:
-        console.print(f"[bold red]run failed[/]: {type(exc).__name__}: {exc}")
+        console.print_exception(max_frames=12)  # an unexpected failure: its traceback is the report
+        console.print(f"[bold red]run failed[/]: {type(exc).__name__}: {exc}", soft_wrap=True)
         return EXIT_FAILED
     print_summary(outcome)
     return EXIT_PROMOTED if outcome.promoted else EXIT_NOT_PROMOTED
@@ -99,8 +102,10 @@ def run_use_case(use_case: str, params) -> int:
 
 def print_summary(outcome) -> None:
     primary = outcome.primary_metric
-    table = Table(title=f"{outcome.use_case}: test metrics ({outcome.windows['test'][0]} .. "
-                  f"{outcome.windows['test'][1]})")
+    table = Table(
+        title=f"{outcome.use_case}: test metrics ({outcome.windows['test'][0]} .. "
+        f"{outcome.windows['test'][1]})"
+    )
     table.add_column("metric")
     table.add_column("candidate", justify="right")
     for name in outcome.baseline_metrics:
@@ -126,7 +131,7 @@ def print_summary(outcome) -> None:
     console.print(gates)
 
     colour = {"promoted": "green", "registered": "yellow", "rejected": "red"}[outcome.decision.status]
-    console.print(f"[bold {colour}]{outcome.decision.status}[/]: {outcome.decision.summary}")
+    console.print(f"[bold {colour}]{outcome.decision.status}[/]: {outcome.decision.summary}", soft_wrap=True)
     if outcome.registration is not None:
         alias = "champion" if outcome.promoted else "(no alias)"
         console.print(
@@ -136,6 +141,11 @@ def print_summary(outcome) -> None:
     console.print(f"MLflow: {outcome.tracking_uri}  run {outcome.run_id}")
     if outcome.tracking_uri.startswith("sqlite:///"):
         console.print(f"  open the UI: uv run mlflow ui --backend-store-uri {outcome.tracking_uri}")
+
+
+from flows.server_cli import register_commands  # noqa: E402 - server mode: deploy, serve, notify-data
+
+register_commands(app)
 
 
 def main() -> None:  # pragma: no cover - console script entry

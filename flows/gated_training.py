@@ -10,6 +10,7 @@ moves only when the champion gate passes too.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import mlflow
@@ -20,10 +21,11 @@ from prefect import flow, runtime
 from tasks import _tracking as tracking
 from tasks.evaluate import ChampionScore, evaluate, evaluate_champion
 from tasks.features import featurize
-from tasks.gate import GateVerdict, gate
+from tasks.gate import GateResult, GateVerdict, gate
 from tasks.ingest import ingest
-from tasks.promote import Promotion, promote
+from tasks.promote import Promotion, current_champion, mark_not_promoted, promote, rolled_back_hold
 from tasks.register import FINGERPRINT_TAG, Registration, fingerprint, log_candidate, register
+from tasks.registry_lock import champion_lock
 from tasks.report import Decision, report
 from tasks.split import Splits, split
 from tasks.train import train, train_baselines
@@ -76,63 +78,112 @@ def gated_training(spec: UseCaseSpec, params: TrainingParams) -> TrainingOutcome
         _log_params(client, run_id, spec, params)
 
         raw = ingest(spec.load, params)
-        raw_check = validate(raw, spec.raw_suite, run_id)
+        checked = spec.raw_check_view(raw) if spec.raw_check_view else raw  # + derived cross-row columns
+        raw_check = validate(checked, spec.raw_suite, run_id)
         table = featurize(raw, spec.build_features)
+        # A target not known yet (a forecast's last `horizon` rows) can neither train nor test: batch scoring
+        # forecasts from those rows, training drops them.
+        unknown = table[spec.target].isna()
+        if unknown.any():
+            table = table[~unknown].reset_index(drop=True)
         feature_check = validate(table, spec.feature_suite, run_id)
         splits = split(
-            table, spec.split, spec.time_column, spec.target if spec.problem == "binary" else None,
+            table,
+            spec.split,
+            spec.time_column,
+            spec.target if spec.problem == "binary" else None,
             spec.test_filter,
         )
         data_digest = _log_datasets(run_id, spec, raw, splits)
 
         candidate = train(
-            splits, spec.features, spec.target, spec.problem, dict(spec.model.params),
-            spec.model.num_boost_round, spec.model.early_stopping_rounds, spec.model.balance_classes,
+            splits,
+            spec.features,
+            spec.target,
+            spec.problem,
+            dict(spec.model.params),
+            spec.model.num_boost_round,
+            spec.model.early_stopping_rounds,
+            spec.model.balance_classes,
             params.seed,
+            target_transform=spec.model.target_transform,
+            offset_features=spec.model.offset_features,
+            search=dict(spec.model.search),
+            folds=spec.model.folds,
+            time_column=spec.time_column,
+            gap=spec.split.gap,
+            unit=spec.split.unit,
+            run_id=run_id,
         )
         baselines = train_baselines(splits, spec.baselines, spec.features, spec.target)
 
         evaluation = evaluate(
             candidate, baselines, splits, spec.metrics, spec.problem, spec.target, spec.time_column, run_id
         )
-        champion = evaluate_champion(spec.registered_model, splits, spec.metrics)
-
-        verdict = gate(
-            spec.gates, evaluation.candidate.metrics, evaluation.baseline_metrics, champion.metrics,
-            spec.metrics.primary, spec.metrics.greater_is_better, champion.version, champion.error,
-        )
         logged = log_candidate(candidate, splits.test.head(5), run_id)
+        lineage = {
+            "use_case": spec.name,
+            "lineage.run_id": run_id,
+            "lineage.data_digest": data_digest,
+            "lineage.data_source": raw.attrs.get("source", "unknown"),
+            "lineage.code_version": tracking.code_version(),
+            "lineage.windows": str(splits.windows),
+            FINGERPRINT_TAG: fingerprint(
+                use_case=spec.name,
+                data=data_digest,
+                code=tracking.code_version(),
+                params=params.model_dump(exclude={"champion_margin", "dry_run"}),
+            ),
+            "validation.raw": raw_check.headline(),
+            "validation.features": feature_check.headline(),
+            f"test_{spec.metrics.primary}": f"{evaluation.candidate.metrics[spec.metrics.primary]:.6f}",
+        }
 
-        registration = None
-        if verdict.registrable and not params.dry_run:
-            lineage = {
-                "use_case": spec.name,
-                "lineage.run_id": run_id,
-                "lineage.data_digest": data_digest,
-                "lineage.data_source": raw.attrs.get("source", "unknown"),
-                "lineage.code_version": tracking.code_version(),
-                "lineage.windows": str(splits.windows),
-                FINGERPRINT_TAG: fingerprint(
-                    use_case=spec.name, data=data_digest, code=tracking.code_version(),
-                    params=params.model_dump(exclude={"champion_margin", "dry_run"}),
-                ),
-                "validation.raw": raw_check.headline(),
-                "validation.features": feature_check.headline(),
-                f"test_{spec.metrics.primary}": f"{evaluation.candidate.metrics[spec.metrics.primary]:.6f}",
-                **verdict.as_tags(),
-            }
-            registration = register(
-                logged, spec.registered_model, spec.description,
-                _model_card(spec, splits, evaluation, verdict, data_digest, run_id), lineage, run_id,
+        # Champion comparison, registration and promotion are one step per registered model: concurrent
+        # runs take turns here, each re-reading and re-scoring the champion it has to beat
+        # (tasks/registry_lock.py).
+        # Registration depends on the absolute and baseline gates only; the alias moves only if the champion
+        # gate passed too. A version without the alias is invisible to consumers, who load by alias.
+        lock = (
+            nullcontext() if params.dry_run else champion_lock(spec.registered_model, holder=f"run {run_id}")
+        )
+        with lock:
+            champion = evaluate_champion(spec.registered_model, splits, spec.metrics)
+            verdict = gate(
+                spec.gates,
+                evaluation.candidate.metrics,
+                evaluation.baseline_metrics,
+                champion.metrics,
+                spec.metrics.primary,
+                spec.metrics.greater_is_better,
+                champion.version,
+                champion.error,
             )
-
-        promotion = None
-        if registration is not None and verdict.promotable:
-            promotion = promote(spec.registered_model, registration.version, champion.version, run_id)
+            registration = None
+            if verdict.registrable and not params.dry_run:
+                registration = register(
+                    logged,
+                    spec.registered_model,
+                    spec.description,
+                    _model_card(spec, splits, evaluation, verdict, data_digest, run_id),
+                    {**lineage, **verdict.as_tags()},
+                    run_id,
+                )
+                verdict = _hold_rolled_back(verdict, registration, evaluation.candidate.metrics, spec)
+            promotion = None
+            if registration is not None:
+                promotion = _promote_or_say_why_not(
+                    spec.registered_model, verdict, registration, champion, run_id
+                )
 
         decision = report(
-            spec.name, spec.registered_model, verdict, registration, promotion,
-            evaluation.candidate.metrics, run_id,
+            spec.name,
+            spec.registered_model,
+            verdict,
+            registration,
+            promotion,
+            evaluation.candidate.metrics,
+            run_id,
         )
         status = "FINISHED"
         return TrainingOutcome(
@@ -155,6 +206,43 @@ def gated_training(spec: UseCaseSpec, params: TrainingParams) -> TrainingOutcome
         client.set_terminated(run_id, status)
 
 
+def _promote_or_say_why_not(
+    name: str, verdict: GateVerdict, registration: Registration, champion: ChampionScore, run_id: str
+) -> Promotion | None:
+    """Promote when every gate passed; otherwise tag the version with why it is not champion. If promotion
+    fails, the alias stays on the previous champion, the version says `promotion: failed ...` and the run
+    fails."""
+    version = registration.version
+    if not verdict.promotable:
+        if current_champion(MlflowClient(), name) != version:
+            mark_not_promoted(name, version, "refused", "; ".join(r.detail for r in verdict.refusals))
+        return None
+    try:
+        return promote(name, version, champion.version, run_id)
+    except Exception as exc:
+        mark_not_promoted(name, version, "failed", f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _hold_rolled_back(verdict: GateVerdict, registration: Registration, metrics: dict, spec) -> GateVerdict:
+    """An identical rerun of a version that `mlops rollback` demoted must not quietly promote it again."""
+    reason = (
+        rolled_back_hold(spec.registered_model, registration.version) if registration.deduplicated else None
+    )
+    if reason is None:
+        return verdict
+    held = GateResult(
+        name="champion.rolled_back",
+        kind="champion",
+        metric=spec.metrics.primary,
+        value=float(metrics[spec.metrics.primary]),
+        threshold=float("nan"),
+        passed=False,
+        detail=reason,
+    )
+    return GateVerdict((*verdict.results, held))
+
+
 def _log_params(client: MlflowClient, run_id: str, spec: UseCaseSpec, params: TrainingParams) -> None:
     flat = {f"param.{k}": v for k, v in params.model_dump().items()}
     flat.update({f"model.{k}": v for k, v in spec.model.params.items()})
@@ -162,6 +250,10 @@ def _log_params(client: MlflowClient, run_id: str, spec: UseCaseSpec, params: Tr
         {
             "model.num_boost_round": spec.model.num_boost_round,
             "model.early_stopping_rounds": spec.model.early_stopping_rounds,
+            "model.target_transform": spec.model.target_transform,
+            "model.offset_features": ",".join(spec.model.offset_features),
+            "model.search": dict(spec.model.search),
+            "model.folds": spec.model.folds,
             "split.train": spec.split.train,
             "split.validation": spec.split.validation,
             "split.test": spec.split.test,
@@ -192,7 +284,9 @@ def _log_datasets(run_id: str, spec: UseCaseSpec, raw, splits: Splits) -> str:
 
 def _model_card(spec: UseCaseSpec, splits: Splits, evaluation, verdict: GateVerdict, digest, run_id) -> str:
     primary = spec.metrics.primary
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in evaluation.candidate.metrics.items() if k not in {"tn", "fp"})
+    metrics = ", ".join(
+        f"{k} {v:.4f}" for k, v in evaluation.candidate.metrics.items() if k not in {"tn", "fp"}
+    )
     baselines = "; ".join(
         f"{name}: {primary} {m[primary]:.4f}" for name, m in evaluation.baseline_metrics.items()
     )
@@ -200,7 +294,9 @@ def _model_card(spec: UseCaseSpec, splits: Splits, evaluation, verdict: GateVerd
     gates = "; ".join(f"{r.name} {'passed' if r.passed else 'refused'} ({r.detail})" for r in verdict.results)
     return (
         f"{spec.description}\n\n"
-        f"Trained on data {digest} ({windows}); {len(spec.features)} features: {', '.join(spec.features)}.\n\n"
+        f"Trained on data {digest} ({windows}); "
+        f"{len(spec.features)} features: {', '.join(spec.features)}.\n\n"
         f"Test metrics: {metrics}.\nBaselines on the same test window: {baselines}.\nGates: {gates}.\n\n"
-        f"MLflow run {run_id}. Load with mlflow.pyfunc.load_model('models:/{spec.registered_model}@champion')."
+        f"MLflow run {run_id}. "
+        f"Load with mlflow.pyfunc.load_model('models:/{spec.registered_model}@champion')."
     )

@@ -18,10 +18,13 @@ def training_flow(use_case: str):
     def run(params: Params = Params()) -> TrainingOutcome:  # noqa: B008 - pydantic defaults are immutable
         return gated_training(module.build_spec(params), params)
 
-    run.__doc__ = f"Gated training of the {use_case} use case: {(module.__doc__ or '').strip().splitlines()[0]}"
+    run.__doc__ = (
+        f"Gated training of the {use_case} use case: {(module.__doc__ or '').strip().splitlines()[0]}"
+    )
     return flow(run, name=f"{use_case}-training")
 
 
 fraud_training = training_flow("fraud")
+stock_training = training_flow("stock")
 
-TRAINING_FLOWS = {"fraud": fraud_training}
+TRAINING_FLOWS = {"fraud": fraud_training, "stock": stock_training}

@@ -87,10 +87,12 @@ def binary_plots(y: np.ndarray, scores: np.ndarray, threshold: float, label: str
 
 def regression_plots(times: pd.Series, y: np.ndarray, predictions: np.ndarray, label: str) -> dict:
     figures = {}
-    order = np.argsort(times.to_numpy())
+    # Several series (e.g. tickers) at one time: plot the mean per time; errors by year use every row.
+    per_time = pd.DataFrame({"t": times.to_numpy(), "y": y, "p": predictions}).groupby("t").mean()
+    several = len(per_time) < len(times)
     fig, ax = plt.subplots(figsize=(9, 4))
-    ax.plot(times.to_numpy()[order], y[order], lw=0.8, label="actual")
-    ax.plot(times.to_numpy()[order], predictions[order], lw=0.8, label=label)
+    ax.plot(per_time.index, per_time["y"], lw=0.8, label="actual" + (" (mean per time)" if several else ""))
+    ax.plot(per_time.index, per_time["p"], lw=0.8, label=label)
     ax.set_title(f"Prediction vs actual on test ({label})")
     ax.legend()
     figures["prediction_vs_actual"] = fig
@@ -186,7 +188,10 @@ def evaluate(
         figures = _plots(problem, splits, target, time_column, scored_baselines[best], best)
         _log_figures(client, run_id, figures, f"{best}_")
     _log_figures(
-        client, run_id, {"feature_importance": feature_importance_plot(candidate.booster, candidate.features)}, ""
+        client,
+        run_id,
+        {"feature_importance": feature_importance_plot(candidate.booster, candidate.features)},
+        "",
     )
     get_run_logger().info(
         "test %s: candidate %.4f; %s",
@@ -201,7 +206,9 @@ def _best_baseline(scored: Mapping[str, Scored], metrics_spec) -> str | None:
     if not scored:
         return None
     sign = 1 if metrics_spec.greater_is_better else -1
-    return max(scored, key=lambda n: sign * np.nan_to_num(scored[n].metrics[metrics_spec.primary], nan=-np.inf))
+    return max(
+        scored, key=lambda n: sign * np.nan_to_num(scored[n].metrics[metrics_spec.primary], nan=-np.inf)
+    )
 
 
 @mlflow_stage
@@ -219,11 +226,11 @@ def evaluate_champion(registered_model: str, splits: Splits, metrics_spec) -> Ch
         columns = [c.name for c in model.metadata.get_input_schema().inputs]
         scored = score_model(lambda f: np.asarray(model.predict(f[columns])).ravel(), splits, metrics_spec)
     except Exception as exc:  # an incompatible champion refuses promotion with the reason, never crashes
-        return ChampionScore(version.version, error=f"{type(exc).__name__}: {exc}")
+        return ChampionScore(str(version.version), error=f"{type(exc).__name__}: {exc}")
     get_run_logger().info(
         "champion v%s on the same test window: %s %.4f",
         version.version,
         metrics_spec.primary,
         scored.metrics[metrics_spec.primary],
     )
-    return ChampionScore(version.version, scored.metrics)
+    return ChampionScore(str(version.version), scored.metrics)

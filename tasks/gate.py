@@ -76,10 +76,8 @@ class GateVerdict:
         ]
 
     def as_tags(self) -> dict[str, str]:
-        """One tag per gate, e.g. `gate.baseline.average_precision.logistic_regression = passed 0.71 > 0.62`."""
-        return {
-            f"gate.{r.name}": f"{'passed' if r.passed else 'refused'}: {r.detail}" for r in self.results
-        }
+        """One tag per gate, e.g. `gate.baseline.average_precision.baseline = passed: ...`."""
+        return {f"gate.{r.name}": f"{'passed' if r.passed else 'refused'}: {r.detail}" for r in self.results}
 
     def to_markdown(self) -> str:
         rows = ["| gate | metric | value | threshold | verdict |", "|---|---|---|---|---|"]
@@ -218,6 +216,12 @@ def gate(
     champion_error: str | None = None,
 ) -> GateVerdict:
     return evaluate_gates(
-        spec, metrics, baseline_metrics, champion_metrics, primary, greater_is_better, champion_version,
+        spec,
+        metrics,
+        baseline_metrics,
+        champion_metrics,
+        primary,
+        greater_is_better,
+        champion_version,
         champion_error,
     )

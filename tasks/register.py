@@ -1,6 +1,9 @@
 """Register: log the candidate as an MLflow LoggedModel and, when the gates allow, make it a registry version.
 
 The model is stored in XGBoost's native UBJ format (never pickle) with a signature and an input example.
+A candidate whose booster output is not yet the prediction (a target transform, a linear base margin) is
+logged as a pyfunc "models from code" (`tasks/pyfunc_model.py`) with the UBJ booster and a JSON config as
+artifacts, so the registered model applies both itself and still nothing is pickled.
 A version is created in one registry call carrying all its lineage tags and its model card, so no consumer
 ever sees a version without them; it gets no alias here (promotion is a separate, gated step).
 Re-registering the same data, code and parameters returns the existing version instead of a duplicate.
@@ -8,12 +11,16 @@ Re-registering the same data, code and parameters returns the existing version i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
@@ -44,11 +51,41 @@ def fingerprint(**parts) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
+
+
+def _log_transformed(candidate, example: pd.DataFrame, signature) -> mlflow.models.model.ModelInfo:
+    """Booster (UBJ) + config (JSON) as artifacts of the pyfunc defined in `tasks/pyfunc_model.py`."""
+    import xgboost as xgb
+
+    with tempfile.TemporaryDirectory() as tmp:
+        booster, config = Path(tmp) / "model.ubj", Path(tmp) / "config.json"
+        candidate.booster.save_model(booster)
+        config.write_text(json.dumps(candidate.config, indent=2))
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(MODEL_CODE),
+            artifacts={"booster": str(booster), "config": str(config)},
+            signature=signature,
+            input_example=example,
+            pip_requirements=[
+                f"mlflow=={mlflow.__version__}",
+                f"xgboost=={xgb.__version__}",
+                f"pandas=={pd.__version__}",
+                f"numpy=={np.__version__}",
+            ],
+            params={k: str(v) for k, v in candidate.params.items()},
+        )
+
+
 @mlflow_stage
 def log_candidate(candidate, example: pd.DataFrame, run_id: str) -> LoggedCandidate:
-    example = example[list(candidate.features)]
+    example = example[list(getattr(candidate, "input_columns", candidate.features))]
     signature = infer_signature(example, candidate.predict(example))
     with resumed(run_id):
+        if getattr(candidate, "transformed", False):
+            info = _log_transformed(candidate, example, signature)
+            return LoggedCandidate(info.model_id, info.model_uri)
         info = mlflow.xgboost.log_model(
             candidate.booster,
             name="model",
@@ -61,7 +98,9 @@ def log_candidate(candidate, example: pd.DataFrame, run_id: str) -> LoggedCandid
 
 
 def find_registered(client: MlflowClient, name: str, fingerprint_value: str):
-    versions = client.search_model_versions(f"name = '{name}' and tags.`{FINGERPRINT_TAG}` = '{fingerprint_value}'")
+    versions = client.search_model_versions(
+        f"name = '{name}' and tags.`{FINGERPRINT_TAG}` = '{fingerprint_value}'"
+    )
     return min(versions, key=lambda v: int(v.version)) if versions else None
 
 
@@ -79,10 +118,9 @@ def register(
     try:
         client.get_registered_model(registered_model)
     except mlflow.exceptions.MlflowException:
-        try:
+        # Another run may create it between our lookup and create: that is fine.
+        with contextlib.suppress(mlflow.exceptions.MlflowException):
             client.create_registered_model(registered_model, description=model_description)
-        except mlflow.exceptions.MlflowException:
-            pass  # created concurrently by another run
     existing = find_registered(client, registered_model, tags[FINGERPRINT_TAG])
     if existing is not None:
         log.info(
@@ -90,7 +128,7 @@ def register(
             registered_model,
             existing.version,
         )
-        return Registration(registered_model, existing.version, deduplicated=True)
+        return Registration(registered_model, str(existing.version), deduplicated=True)
     version = client.create_model_version(
         registered_model,
         source=logged.model_uri,
@@ -100,4 +138,4 @@ def register(
         model_id=logged.model_id,
     )
     log.info("registered %s v%s", registered_model, version.version)
-    return Registration(registered_model, version.version, deduplicated=False)
+    return Registration(registered_model, str(version.version), deduplicated=False)

@@ -27,14 +27,17 @@ class Decision:
 def decide(verdict: GateVerdict, registration: Registration | None, promotion: Promotion | None) -> Decision:
     refused = "; ".join(r.detail for r in verdict.refusals)
     if promotion is not None:
-        moved = "already champion" if not promotion.moved else f"previous champion v{promotion.previous or '-'}"
+        moved = (
+            "already champion" if not promotion.moved else f"previous champion v{promotion.previous or '-'}"
+        )
         dedupe = " (identical earlier registration reused)" if registration.deduplicated else ""
         return Decision("promoted", f"{promotion.name} v{promotion.version} is champion{dedupe}; {moved}")
     if registration is not None:
         dedupe = " (identical earlier registration reused)" if registration.deduplicated else ""
         reason = f"champion gate refused: {refused}" if refused else "promotion not requested"
         return Decision(
-            "registered", f"registered {registration.name} v{registration.version}{dedupe}, not promoted: {reason}"
+            "registered",
+            f"registered {registration.name} v{registration.version}{dedupe}, not promoted: {reason}",
         )
     reason = f"gates refused: {refused}" if refused else "dry run: registration skipped"
     return Decision("rejected", f"not registered: {reason}")
@@ -78,24 +81,34 @@ def report(
             f"{metric_rows}\n\nMLflow run: `{run_id}`\n"
         ),
     )
-    _emit_decision_event(use_case, registered_model, decision, verdict, registration, promotion, metrics, run_id)
+    _emit_decision_event(
+        use_case, registered_model, decision, verdict, registration, promotion, metrics, run_id
+    )
     return decision
 
 
-def _emit_decision_event(use_case, registered_model, decision, verdict, registration, promotion, metrics, run_id):
+def _emit_decision_event(
+    use_case, registered_model, decision, verdict, registration, promotion, metrics, run_id
+):
     """`mlops.model.promoted` or `mlops.model.rejected`, so consumers (model servers, notifications,
     downstream deployments) can trigger on the registry changing without polling it."""
     if decision.status == "promoted":
-        name, payload = "mlops.model.promoted", {
-            "version": promotion.version,
-            "previous_version": promotion.previous,
-            "moved": promotion.moved,
-        }
+        name, payload = (
+            "mlops.model.promoted",
+            {
+                "version": promotion.version,
+                "previous_version": promotion.previous,
+                "moved": promotion.moved,
+            },
+        )
     else:
-        name, payload = "mlops.model.rejected", {
-            "version": registration.version if registration else None,
-            "refused": [r.name for r in verdict.refusals],
-        }
+        name, payload = (
+            "mlops.model.rejected",
+            {
+                "version": registration.version if registration else None,
+                "refused": [r.name for r in verdict.refusals],
+            },
+        )
     payload.update(
         {
             "registered_model": registered_model,

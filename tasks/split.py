@@ -49,10 +49,7 @@ class Splits:
 
 def _keys(times: pd.Series, unit: str) -> tuple[pd.Series, np.ndarray]:
     """Map each row to a position on the split axis: its day or its time step."""
-    if unit == "days":
-        keys = times.dt.normalize()
-    else:
-        keys = times
+    keys = times.dt.normalize() if unit == "days" else times
     return keys, np.sort(keys.unique())
 
 
@@ -101,9 +98,38 @@ def split_frame(
                     f"'{target}' rows; at least {spec.min_positives} needed"
                 )
     windows = {
-        name: (str(pd.Timestamp(lo).date()), str(pd.Timestamp(hi).date())) for name, (lo, hi) in bounds.items()
+        name: (str(pd.Timestamp(lo).date()), str(pd.Timestamp(hi).date()))
+        for name, (lo, hi) in bounds.items()
     }
     return Splits(parts["train"], parts["validation"], parts["test"], windows)
+
+
+def rolling_origin_folds(
+    frame: pd.DataFrame, time_column: str, folds: int, gap: int, unit: str = "days"
+) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
+    """Walk-forward (rolling-origin) folds inside one window, for model selection.
+
+    The window's last `folds` blocks of equal length are validation blocks in turn; each fold trains on
+    everything before its block minus `gap` (an expanding window), so every fold looks forward like the
+    real split does. Blocks are `n // (folds + 2)` days/steps long, so the first fold trains on at least
+    two blocks' worth.
+    """
+    keys, axis = _keys(frame[time_column], unit)
+    n = len(axis)
+    block = n // (folds + 2) if folds > 0 else 0
+    if block < 1 or n - folds * block - gap < 1:
+        raise SplitError(
+            f"not enough history for {folds} walk-forward folds: {n} {unit} in the training window "
+            f"(gap {gap})"
+        )
+    out = []
+    for k in range(folds):
+        val_lo = n - (folds - k) * block
+        fit_hi = val_lo - gap  # exclusive
+        fit = frame[keys <= axis[fit_hi - 1]].reset_index(drop=True)
+        validation = frame[(keys >= axis[val_lo]) & (keys <= axis[val_lo + block - 1])].reset_index(drop=True)
+        out.append((fit, validation))
+    return out
 
 
 @stage
@@ -112,7 +138,8 @@ def split(table: pd.DataFrame, spec: SplitSpec, time_column: str, target=None, t
     get_run_logger().info(
         "windows: %s",
         ", ".join(
-            f"{name} {lo} .. {hi} ({len(getattr(splits, name))} rows)" for name, (lo, hi) in splits.windows.items()
+            f"{name} {lo} .. {hi} ({len(getattr(splits, name))} rows)"
+            for name, (lo, hi) in splits.windows.items()
         ),
     )
     return splits

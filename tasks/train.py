@@ -2,20 +2,29 @@
 
 Early stopping keeps training past the best round; the candidate is cut back to `best_iteration` before it
 is returned, so every prediction (evaluation, registry, serving) uses the same trees.
+
+Optional, per use case (`ModelSpec`): a target transform (the booster learns e.g. log(target)), a linear
+offset (least squares on some feature columns, fitted on the training window, used as the booster's base
+margin so the trees learn a correction to it, e.g. to HAR's forecast), and a walk-forward model selection
+(each combination of a small parameter grid scored on rolling-origin folds inside the training window).
+The candidate's `predict` applies offset and inverse transform (`tasks/pyfunc_model.py`, the same code the
+registered model runs), so it returns target units.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 import xgboost as xgb
 from prefect import get_run_logger
 
+from tasks import pyfunc_model
 from tasks._stage import stage
-from tasks.split import Splits
+from tasks.split import Splits, rolling_origin_folds
 
 OBJECTIVES = {
     "binary": {"objective": "binary:logistic", "eval_metric": "aucpr"},
@@ -30,8 +39,37 @@ class Candidate:
     params: dict
     best_iteration: int
     rounds_trained: int
+    target_transform: str = "identity"
+    # Linear base margin {"features": [...], "intercept": b, "coef": [...]}, in the transformed space.
+    offset: dict | None = None
+    # Walk-forward model selection: every combination's fold scores and the one chosen.
+    selection: dict | None = None
+    # The eval metric on validation at `best_iteration` (in the transformed space).
+    validation_score: float = float("nan")
+
+    @property
+    def transformed(self) -> bool:
+        """True when the booster's raw output is not yet the prediction (transform or offset to apply)."""
+        return self.target_transform != "identity" or self.offset is not None
+
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        """Columns a prediction reads: the features, then any offset column that is not one."""
+        extra = [c for c in (self.offset or {}).get("features", ()) if c not in self.features]
+        return (*self.features, *extra)
+
+    @property
+    def config(self) -> dict:
+        """What `tasks/pyfunc_model.py` needs besides the booster; JSON-able."""
+        return {
+            "features": list(self.features),
+            "target_transform": self.target_transform,
+            "offset": self.offset,
+        }
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        if self.transformed:
+            return pyfunc_model.predict(self.booster, frame, self.config)
         return self.booster.predict(xgb.DMatrix(frame[list(self.features)]))
 
 
@@ -55,6 +93,17 @@ class _ProgressLog(xgb.callback.TrainingCallback):
         return False
 
 
+def fit_offset(frame: pd.DataFrame, columns: Sequence[str], label: np.ndarray) -> dict:
+    """Least squares `label ~ intercept + frame[columns] . coef` (e.g. HAR-RV in logs)."""
+    x = np.column_stack([np.ones(len(frame)), frame[list(columns)].to_numpy(dtype=np.float64)])
+    solution = np.linalg.lstsq(x, label, rcond=None)[0]
+    return {
+        "features": list(columns),
+        "intercept": float(solution[0]),
+        "coef": [float(c) for c in solution[1:]],
+    }
+
+
 def fit_candidate(
     splits: Splits,
     features: Sequence[str],
@@ -66,6 +115,9 @@ def fit_candidate(
     balance_classes: bool,
     seed: int,
     log=None,
+    *,
+    target_transform: str = "identity",
+    offset_features: Sequence[str] = (),
 ) -> Candidate:
     features = tuple(features)
     full_params = {"tree_method": "hist", "seed": seed, **OBJECTIVES[problem], **params}
@@ -73,8 +125,17 @@ def fit_candidate(
     if problem == "binary" and balance_classes:
         positives = max(int(y_train.sum()), 1)
         full_params.setdefault("scale_pos_weight", (len(y_train) - positives) / positives)
-    dtrain = xgb.DMatrix(splits.train[list(features)], label=y_train)
-    dval = xgb.DMatrix(splits.validation[list(features)], label=splits.validation[target].to_numpy())
+    offset = None
+    if target_transform != "identity" or offset_features:
+        y_train = pyfunc_model.forward(y_train, target_transform)
+        y_val = pyfunc_model.forward(splits.validation[target].to_numpy(), target_transform)
+        if offset_features:
+            offset = fit_offset(splits.train, offset_features, y_train)
+        margins = [pyfunc_model.offset_margin(part, offset) for part in (splits.train, splits.validation)]
+    else:
+        y_val, margins = splits.validation[target].to_numpy(), [None, None]
+    dtrain = xgb.DMatrix(splits.train[list(features)], label=y_train, base_margin=margins[0])
+    dval = xgb.DMatrix(splits.validation[list(features)], label=y_val, base_margin=margins[1])
     callbacks = [_ProgressLog(log)] if log is not None else []
     booster = xgb.train(
         full_params,
@@ -87,8 +148,87 @@ def fit_candidate(
     )
     rounds = booster.num_boosted_rounds()
     best = booster.best_iteration
+    score = float(booster.best_score)
     booster = booster[: best + 1]
-    return Candidate(booster, features, full_params, best, rounds)
+    return Candidate(
+        booster, features, full_params, best, rounds, target_transform, offset, validation_score=score
+    )
+
+
+# Eval metrics where higher is better (XGBoost's own early-stopping list).
+_MAXIMIZE = ("auc", "aucpr", "pre", "map", "ndcg")
+
+
+def select_params(
+    train: pd.DataFrame,
+    features: Sequence[str],
+    target: str,
+    problem: str,
+    params: dict,
+    search: Mapping[str, Sequence],
+    folds: int,
+    num_boost_round: int,
+    early_stopping_rounds: int,
+    balance_classes: bool,
+    seed: int,
+    *,
+    time_column: str,
+    gap: int,
+    unit: str = "days",
+    target_transform: str = "identity",
+    offset_features: Sequence[str] = (),
+) -> tuple[dict, dict]:
+    """Walk-forward model selection inside the training window.
+
+    Every combination of `search` (a grid over booster parameters) is fitted on `folds` rolling-origin folds
+    (expanding training part, `gap` steps, then a validation block; `tasks.split.rolling_origin_folds`), with
+    early stopping on each fold's block, and scored by the booster's eval metric at its best round, averaged
+    over folds. Returns the chosen parameter values and a JSON-able record of every combination.
+    """
+    cut = rolling_origin_folds(train, time_column, folds, gap, unit)
+    names = list(search)
+    base = {"tree_method": "hist", "seed": seed, **OBJECTIVES[problem], **params}
+    metric = str(base["eval_metric"])
+    maximize = metric.split("@")[0] in _MAXIMIZE
+    trials = []
+    for values in itertools.product(*(search[n] for n in names)):
+        chosen = dict(zip(names, values, strict=True))
+        scores, rounds = [], []
+        for fit_part, val_part in cut:
+            fitted = fit_candidate(
+                Splits(fit_part, val_part, val_part, {}),
+                features,
+                target,
+                problem,
+                {**params, **chosen},
+                num_boost_round,
+                early_stopping_rounds,
+                balance_classes,
+                seed,
+                target_transform=target_transform,
+                offset_features=offset_features,
+            )
+            scores.append(fitted.validation_score)
+            rounds.append(fitted.best_iteration + 1)
+        trials.append(
+            {"params": chosen, "fold_scores": scores, "fold_rounds": rounds, "mean": float(np.mean(scores))}
+        )
+    best = (max if maximize else min)(trials, key=lambda t: t["mean"])
+    record = {
+        "metric": metric,
+        "greater_is_better": maximize,
+        "folds": [
+            {
+                "train": [str(f[time_column].min()), str(f[time_column].max()), len(f)],
+                "validation": [str(v[time_column].min()), str(v[time_column].max()), len(v)],
+            }
+            for f, v in cut
+        ],
+        "trials": trials,
+        "selected": best["params"],
+        "selected_mean": best["mean"],
+    }
+    return dict(best["params"]), record
 
 
 @stage
@@ -102,15 +242,82 @@ def train(
     early_stopping_rounds: int,
     balance_classes: bool,
     seed: int,
+    *,
+    target_transform: str = "identity",
+    offset_features: Sequence[str] = (),
+    search: Mapping[str, Sequence] | None = None,
+    folds: int = 0,
+    time_column: str | None = None,
+    gap: int = 0,
+    unit: str = "days",
+    run_id: str | None = None,
 ) -> Candidate:
     log = get_run_logger()
+    selection = None
+    if search and folds > 0:
+        chosen, selection = select_params(
+            splits.train,
+            features,
+            target,
+            problem,
+            params,
+            search,
+            folds,
+            num_boost_round,
+            early_stopping_rounds,
+            balance_classes,
+            seed,
+            time_column=time_column,
+            gap=gap,
+            unit=unit,
+            target_transform=target_transform,
+            offset_features=offset_features,
+        )
+        params = {**params, **chosen}
+        log.info(
+            "walk-forward selection over %d folds: %s (mean validation %s %.6g); tried %s",
+            folds,
+            chosen,
+            selection["metric"],
+            selection["selected_mean"],
+            ", ".join(f"{t['params']} {t['mean']:.6g}" for t in selection["trials"]),
+        )
+        if run_id is not None:
+            _log_selection(run_id, selection)
     log.info("training XGBoost on %d rows, %d features", len(splits.train), len(features))
     candidate = fit_candidate(
-        splits, features, target, problem, params, num_boost_round, early_stopping_rounds,
-        balance_classes, seed, log,
+        splits,
+        features,
+        target,
+        problem,
+        params,
+        num_boost_round,
+        early_stopping_rounds,
+        balance_classes,
+        seed,
+        log,
+        target_transform=target_transform,
+        offset_features=offset_features,
     )
+    if selection is not None:
+        candidate = replace(candidate, selection=selection)
     log.info("best iteration %d of %d trained", candidate.best_iteration, candidate.rounds_trained)
     return candidate
+
+
+def _log_selection(run_id: str, selection: dict) -> None:
+    """The selection on the MLflow run: `model_selection.json`, `selected.<param>` params, `cv_<metric>`."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    client = MlflowClient()
+    client.log_dict(run_id, selection, "model_selection.json")
+    metric = f"cv_{selection['metric']}".replace("@", "_")
+    client.log_batch(
+        run_id,
+        metrics=[Metric(metric, selection["selected_mean"], int(pd.Timestamp.now().value // 1_000_000), 0)],
+        params=[Param(f"selected.{k}", str(v)) for k, v in selection["selected"].items()],
+    )
 
 
 @stage

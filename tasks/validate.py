@@ -78,7 +78,9 @@ class ValidationReport:
     def headline(self) -> str:
         """One line for tags and summaries, e.g. `passed 23/23 expectations (fraud_raw)`."""
         passed = self.evaluated - len(self.failures)
-        return f"{'passed' if self.success else 'failed'} {passed}/{self.evaluated} expectations ({self.suite})"
+        return (
+            f"{'passed' if self.success else 'failed'} {passed}/{self.evaluated} expectations ({self.suite})"
+        )
 
     def summary(self) -> str:
         """One line per failure; a single line saying so when everything passed."""

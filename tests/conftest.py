@@ -7,6 +7,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 os.environ.setdefault("DO_NOT_TRACK", "true")
+# Prefect's console log handler keeps the stream it was created with; pytest swaps and closes sys.stderr per
+# test, so point the handler at the process's real stderr (still captured by pytest at the fd level).
+os.environ.setdefault("COLUMNS", "160")  # rich tables in captured output: wide enough not to wrap
+os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_STREAM", "ext://sys.__stderr__")
 
 import mlflow  # noqa: E402
 import pytest  # noqa: E402

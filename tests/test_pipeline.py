@@ -1,9 +1,10 @@
-"""The fraud pipeline end to end through the `mlops` CLI: a real Prefect test server and a SQLite MLflow store.
+"""The fraud pipeline end to end through the `mlops` CLI, on a real Prefect test server and SQLite MLflow.
 
 Exit codes: 0 promoted, 3 completed without promotion, 2 bad input (registry untouched), 1 other failures.
 """
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -11,23 +12,32 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from typer.testing import CliRunner
 
 from flows.cli import app
 from usecases.fraud.simulator import simulate_transactions
 
 SMALL = ["--customers", "300", "--terminals", "600", "--days", "70"]
 MODEL = "fraud-detector"
-runner = CliRunner()
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
-def mlops(*args: str):
-    result = runner.invoke(app, ["run", "fraud", *args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
+@dataclass
+class Result:
+    exit_code: int
+    output: str
+
+
+@pytest.fixture
+def mlops(capsys):
+    """Run `mlops run fraud ARGS` in-process (the real CLI parser) and capture what it prints."""
+
+    def run(*args: str) -> Result:
+        capsys.readouterr()
+        code = app(["run", "fraud", *args], standalone_mode=False)
+        return Result(code or 0, capsys.readouterr().out)
+
+    return run
 
 
 def client(home: Path) -> MlflowClient:
@@ -39,8 +49,8 @@ def registry_state(home: Path) -> dict:
     c = client(home)
     state = {}
     for model in c.search_registered_models():
-        versions = sorted(v.version for v in c.search_model_versions(f"name = '{model.name}'"))
-        state[model.name] = {"versions": versions, "aliases": dict(model.aliases)}
+        versions = sorted(str(v.version) for v in c.search_model_versions(f"name = '{model.name}'"))
+        state[model.name] = {"versions": versions, "aliases": {k: str(v) for k, v in dict(model.aliases).items()}}
     return state
 
 
@@ -51,21 +61,28 @@ def champion(home: Path):
 @pytest.fixture
 def small_data(tmp_path) -> Path:
     path = tmp_path / "transactions.parquet"
-    simulate_transactions(n_customers=300, n_terminals=600, n_days=70, seed=7).to_parquet(path)
+    simulate_transactions(n_customers=300, n_terminals=600, n_days=70, seed=42).to_parquet(path)
     return path
 
 
-def test_first_run_promotes_and_records_everything(mlops_home):
+def test_first_run_promotes_and_records_everything(mlops, mlops_home):
     result = mlops(*SMALL)
     assert result.exit_code == 0, result.output
     assert "promoted" in result.output and "fraud-detector" in result.output
 
     c = client(mlops_home)
     version = champion(mlops_home)
-    assert version.version == "1"
+    assert str(version.version) == "1"
     # lineage tags and a model card
-    for tag in ("lineage.data_digest", "lineage.code_version", "lineage.fingerprint", "validation.raw",
-                "validation.features", "gate.champion", "gate.baseline.average_precision.baseline"):
+    for tag in (
+        "lineage.data_digest",
+        "lineage.code_version",
+        "lineage.fingerprint",
+        "validation.raw",
+        "validation.features",
+        "gate.champion",
+        "gate.baseline.average_precision.baseline",
+    ):
         assert version.tags.get(tag), tag
     assert version.tags["validation.raw"].startswith("passed")
     assert "Card-fraud detector" in version.description and "Test metrics" in version.description
@@ -81,10 +98,17 @@ def test_first_run_promotes_and_records_everything(mlops_home):
     artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
     assert {"gate_report.json", "validation", "plots"} <= artifacts
     plots = {a.path for a in c.list_artifacts(run.info.run_id, "plots")}
-    assert {"plots/roc_curve.png", "plots/pr_curve.png", "plots/confusion_matrix.png",
-            "plots/feature_importance.png"} <= plots
-    report = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
-                                                                  artifact_path="gate_report.json")).read_text())
+    assert {
+        "plots/roc_curve.png",
+        "plots/pr_curve.png",
+        "plots/confusion_matrix.png",
+        "plots/feature_importance.png",
+    } <= plots
+    report = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="gate_report.json")
+        ).read_text()
+    )
     assert report["status"] == "promoted" and all(g["passed"] for g in report["gates"])
 
     # native XGBoost format, never pickle; loadable by alias as consumers do
@@ -96,7 +120,7 @@ def test_first_run_promotes_and_records_everything(mlops_home):
     assert ((scores >= 0) & (scores <= 1)).all()
 
 
-def test_rerun_with_identical_inputs_reuses_the_version(mlops_home):
+def test_rerun_with_identical_inputs_reuses_the_version(mlops, mlops_home):
     assert mlops(*SMALL).exit_code == 0
     again = mlops(*SMALL)
     assert again.exit_code == 0, again.output
@@ -104,7 +128,7 @@ def test_rerun_with_identical_inputs_reuses_the_version(mlops_home):
     assert registry_state(mlops_home)[MODEL]["versions"] == ["1"]
 
 
-def test_worse_model_is_refused_and_champion_stays(mlops_home):
+def test_worse_model_is_refused_and_champion_stays(mlops, mlops_home):
     assert mlops(*SMALL).exit_code == 0
     before = registry_state(mlops_home)
     worse = mlops(*SMALL, "--max-depth", "1", "--rounds", "2", "--learning-rate", "0.05")
@@ -114,14 +138,16 @@ def test_worse_model_is_refused_and_champion_stays(mlops_home):
     assert after[MODEL]["aliases"] == before[MODEL]["aliases"] == {"champion": "1"}
 
 
-def test_better_model_moves_the_champion(mlops_home):
-    weak = mlops(*SMALL, "--max-depth", "2", "--rounds", "8", "--min-average-precision", "0", "--min-roc-auc", "0")
+def test_better_model_moves_the_champion(mlops, mlops_home):
+    weak = mlops(
+        *SMALL, "--max-depth", "2", "--rounds", "8", "--min-average-precision", "0", "--min-roc-auc", "0"
+    )
     # the weak model may or may not beat logistic regression; what matters is that a better one moves it
     first = registry_state(mlops_home).get(MODEL, {}).get("aliases", {}).get("champion")
     strong = mlops(*SMALL)
     assert strong.exit_code == 0, weak.output + strong.output
     now = champion(mlops_home)
-    assert now.version != first
+    assert str(now.version) != first
     if first is not None:
         assert now.tags["previous_champion"] == first
         assert float(now.tags["test_average_precision"]) >= float(
@@ -154,7 +180,7 @@ def _corrupt(frame: pd.DataFrame, defect: str) -> pd.DataFrame:
         ("duplicate_ids", "TRANSACTION_ID"),
     ],
 )
-def test_invalid_data_exits_2_and_touches_nothing(mlops_home, small_data, tmp_path, defect, expected):
+def test_invalid_data_exits_2_and_touches_nothing(mlops, mlops_home, small_data, tmp_path, defect, expected):
     assert mlops("--data", str(small_data)).exit_code == 0
     before = registry_state(mlops_home)
     bad = tmp_path / f"{defect}.csv"
@@ -166,21 +192,23 @@ def test_invalid_data_exits_2_and_touches_nothing(mlops_home, small_data, tmp_pa
 
 
 @pytest.mark.parametrize("content, reason", [("", "no rows"), ("not,a\x00parquet", "cannot be read")])
-def test_unreadable_or_empty_file_exits_2(mlops_home, tmp_path, content, reason):
+def test_unreadable_or_empty_file_exits_2(mlops, mlops_home, tmp_path, content, reason):
     bad = tmp_path / ("empty.csv" if not content else "broken.parquet")
-    bad.write_text(content if content else "TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD\n")
+    bad.write_text(
+        content if content else "TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_FRAUD\n"
+    )
     result = mlops("--data", str(bad))
     assert result.exit_code == 2, result.output
     assert reason in result.output
     assert registry_state(mlops_home) == {}
 
 
-def test_missing_file_exits_2(mlops_home, tmp_path):
+def test_missing_file_exits_2(mlops, mlops_home, tmp_path):
     result = mlops("--data", str(tmp_path / "nope.parquet"))
     assert result.exit_code == 2 and "no such file" in result.output
 
 
-def test_handbook_slice_trains_and_promotes(mlops_home, handbook_path, tmp_path):
+def test_handbook_slice_trains_and_promotes(mlops, mlops_home, handbook_path, tmp_path):
     frame = pd.read_parquet(handbook_path)
     sliced = frame[(frame.TX_DATETIME >= "2018-06-01") & (frame.TX_DATETIME < "2018-08-15")]
     path = tmp_path / "handbook-slice.parquet"

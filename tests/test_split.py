@@ -51,7 +51,10 @@ def test_window_without_positives_is_an_error():
 
 def test_test_filter_applies_to_test_only():
     s = split_frame(
-        frame(), SplitSpec(train=10, validation=5, test=7, gap=3), "t", "y",
+        frame(),
+        SplitSpec(train=10, validation=5, test=7, gap=3),
+        "t",
+        "y",
         test_filter=lambda test, table: test[test.x % 2 == 0],
     )
     assert len(s.test) == 35 and (s.test.x % 2 == 0).all() and len(s.train) == 100

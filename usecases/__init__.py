@@ -7,6 +7,7 @@ from importlib import import_module
 
 SPEC_MODULES = {
     "fraud": "usecases.fraud.spec",
+    "stock": "usecases.stock.spec",
 }
 
 

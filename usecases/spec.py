@@ -7,8 +7,9 @@ gates. The flow in `flows/gated_training.py` knows nothing else about it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
@@ -85,6 +86,18 @@ class ModelSpec:
     early_stopping_rounds: int = 50
     # Binary problems: weight positives by the negative/positive ratio of the training window.
     balance_classes: bool = False
+    # Regression: the booster learns the target through this transform ("log": log(target), predictions
+    # exp(...)). The registered model applies the inverse itself (a pyfunc from `tasks/pyfunc_model.py`).
+    target_transform: Literal["identity", "log"] = "identity"
+    # Regression: a linear base margin, least squares of the (transformed) target on these columns over the
+    # training window; the booster learns a correction to it (e.g. boosting from HAR's forecast). The
+    # registered model applies it itself.
+    offset_features: tuple[str, ...] = ()
+    # Walk-forward model selection: every combination of these booster parameters is scored on `folds`
+    # rolling-origin folds inside the training window (logged as `model_selection.json`); the best is
+    # fitted. Empty or folds=0: `params` as given.
+    search: Mapping[str, Sequence[object]] = field(default_factory=dict)
+    folds: int = 0
 
 
 @dataclass(frozen=True)
@@ -113,3 +126,12 @@ class UseCaseSpec:
     # cards already known to be compromised). (test_frame, full_table, split) -> test_frame
     test_filter: Callable[[pd.DataFrame, pd.DataFrame], pd.DataFrame] | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+    # Optional: raw frame -> the frame the raw suite validates, with derived columns for cross-row checks
+    # (e.g. days since the previous row of the same ticker); the data itself goes on unchanged.
+    raw_check_view: Callable[[pd.DataFrame], pd.DataFrame] | None = None
+    # Batch scoring and serving: the name of the output column (a probability for binary problems).
+    score_column: str = "prediction"
+    # How far back `build_features` looks from a row (e.g. the longest rolling window plus a label delay):
+    # rows older than this do not change a row's features, so batch scoring can process a time-ordered
+    # input in chunks carrying only this much history. None: the input is scored in one piece.
+    feature_history: timedelta | None = None

@@ -29,7 +29,9 @@ class Params(TrainingParams):
     validation_days: int = Field(default=7, ge=1, le=90, description="Validation window (early stopping).")
     test_days: int = Field(default=7, ge=1, le=90, description="Test window, at the end of the data.")
     delay_days: int = Field(default=7, ge=0, le=60, description="Label delay: gap between windows.")
-    end: str | None = Field(default=None, description="Last day of the test window (YYYY-MM-DD); empty: data end.")
+    end: str | None = Field(
+        default=None, description="Last day of the test window (YYYY-MM-DD); empty: data end."
+    )
     max_depth: int = Field(default=6, ge=1, le=16, description="XGBoost tree depth.")
     learning_rate: float = Field(default=0.1, gt=0, le=1, description="XGBoost learning rate (eta).")
     rounds: int = Field(default=300, ge=1, le=5000, description="Maximum boosting rounds (early stopping).")
@@ -80,11 +82,13 @@ def compute_metrics(frame, scores, context) -> dict[str, float]:
 
 
 def build_spec(params: Params):
+    from datetime import timedelta
+
     from data_checks import fraud as checks
     from tasks.evaluate import best_f1_threshold
     from tasks.gate import AbsoluteGate, BaselineGate, GateSpec
     from tasks.split import SplitSpec
-    from usecases.fraud.features import FEATURES, build_features
+    from usecases.fraud.features import FEATURES, WINDOWS, build_features
     from usecases.fraud.metrics import remove_known_compromised
     from usecases.spec import Baseline, Metrics, ModelSpec, UseCaseSpec
 
@@ -106,6 +110,8 @@ def build_spec(params: Params):
         target=TARGET,
         time_column=TIME,
         id_columns=("TRANSACTION_ID",),
+        score_column="fraud_score",
+        feature_history=timedelta(days=max(WINDOWS) + params.delay_days),
         split=SplitSpec(
             train=params.train_days,
             validation=params.validation_days,
@@ -120,7 +126,9 @@ def build_spec(params: Params):
             early_stopping_rounds=50,
             balance_classes=True,
         ),
-        baselines=(Baseline("baseline", fit_logistic_regression, "logistic regression, standardised features"),),
+        baselines=(
+            Baseline("baseline", fit_logistic_regression, "logistic regression, standardised features"),
+        ),
         metrics=Metrics(
             compute=compute_metrics,
             primary="average_precision",

@@ -1,0 +1,284 @@
+"""`mlops deploy`, `mlops serve`, `mlops notify-data`: the factory in server mode.
+
+They talk to the Prefect server at `PREFECT_API_URL` (and flow runs to the MLflow server at
+`MLFLOW_TRACKING_URI`); `make up` or `docker compose up` start both and print what to export.
+The deployments themselves are defined in `infra/deployments.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err = Console(stderr=True)
+
+USE_CASE_HELP = "Only this use case (repeatable). Default: every use case in usecases.SPEC_MODULES."
+
+
+def register_commands(app: typer.Typer) -> None:
+    """Add the server-mode commands to the `mlops` app."""
+    for name, command in (("deploy", deploy), ("serve", serve), ("notify-data", notify_data)):
+        app.command(name, help=_reflow(command.__doc__))(command)
+
+
+def _reflow(doc: str | None) -> str:
+    """Docstring paragraphs as single lines, so the terminal wraps them (not the source's line breaks)."""
+    paragraphs = (doc or "").strip().split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
+UseCases = Annotated[
+    list[str] | None,
+    typer.Option("--use-case", "-u", metavar="USE_CASE", help=USE_CASE_HELP, show_default=False),
+]
+
+
+def _known_use_cases() -> list[str]:
+    from usecases import SPEC_MODULES
+
+    return list(SPEC_MODULES)
+
+
+def _check_use_cases(use_cases: list[str] | None) -> list[str] | None:
+    if not use_cases:
+        return None
+    known = _known_use_cases()
+    unknown = [u for u in use_cases if u not in known]
+    if unknown:
+        raise typer.BadParameter(f"unknown use case {', '.join(unknown)}; known: {', '.join(known)}")
+    return use_cases
+
+
+def _require_prefect_server() -> str:
+    """The Prefect API these commands act on; refuse Prefect's throwaway in-process server."""
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    if not api:
+        err.print(
+            "[bold red]PREFECT_API_URL is not set[/]: start the servers (`make up`, or `docker compose up "
+            "-d`) and export what they print, e.g. `export PREFECT_API_URL=http://127.0.0.1:4200/api`."
+        )
+        raise typer.Exit(2)
+    import httpx
+
+    try:
+        httpx.get(f"{api.rstrip('/')}/health", timeout=10).raise_for_status()
+    except httpx.HTTPError as exc:
+        err.print(f"[bold red]Prefect server at {api} is not answering[/]: {exc}")
+        raise typer.Exit(2) from None
+    return api
+
+
+def _ui_url(api: str) -> str:
+    from prefect.settings import PREFECT_UI_URL
+
+    return PREFECT_UI_URL.value() or api.rstrip("/").removesuffix("/api")
+
+
+def _plans(use_cases: list[str] | None):
+    from infra.deployments import all_plans
+
+    return all_plans(use_cases)
+
+
+def _plans_table(plans, work_pool: str | None) -> Table:
+    table = Table(title="deployments", show_lines=True)
+    for column in ("deployment", "schedule", "triggers", "concurrency", "tags", "runs on"):
+        table.add_column(column)
+    for plan in plans:
+        table.add_row(
+            plan.full_name,
+            plan.timing.note if plan.timing else "-",
+            "\n".join(f"{', '.join(sorted(t.expect))} ({plan.use_case})" for t in plan.triggers) or "-",
+            f"{plan.concurrency.limit} at a time, queued" if plan.concurrency else "-",
+            ", ".join(plan.tags),
+            f"work pool {work_pool}" if work_pool else "mlops serve",
+        )
+    return table
+
+
+def deploy(
+    use_case: UseCases = None,
+    work_pool: Annotated[
+        str | None,
+        typer.Option(
+            "--work-pool",
+            "-p",
+            metavar="NAME",
+            help="Register for the workers of this Prefect process work pool (created when missing; start "
+            "them with `prefect worker start --pool NAME` in this project's environment) instead of for "
+            "`mlops serve`.",
+        ),
+    ] = None,
+    paused: Annotated[
+        bool,
+        typer.Option("--paused", help="Register with schedules paused: runs come only from UI, API, events."),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be registered; contact nothing.")
+    ] = False,
+) -> None:
+    """Register the deployments with the Prefect server at PREFECT_API_URL.
+
+    One per training flow (`<use case>-training/<registered model>`), with its schedule, its typed parameter
+    form, a trigger on the `mlops.data.arrived` event and a limit of one run at a time; plus any scoring and
+    monitoring flows. Safe to repeat: it updates them in place. Scheduled and UI-triggered runs then wait
+    for `mlops serve` (or a worker of --work-pool) to execute them.
+    """
+    use_cases = _check_use_cases(use_case)
+    plans = _plans(use_cases)
+    if dry_run:
+        console.print(_plans_table(plans, work_pool))
+        return
+    api = _require_prefect_server()
+    if work_pool:
+        _ensure_process_pool(work_pool)
+    for plan in plans:
+        deployment = plan.to_deployment(work_pool=work_pool, paused=paused or None)
+        deployment.apply(work_pool_name=work_pool)
+    console.print(_plans_table(plans, work_pool))
+    ui = _ui_url(api)
+    console.print(f"Registered {len(plans)} deployment(s) with {api}. See them at {ui}/deployments")
+    if work_pool:
+        console.print(f"Run them: `prefect worker start --pool {work_pool}` (in this project's environment).")
+    else:
+        console.print(
+            "Run them: `mlops serve` (keep it running: it executes scheduled and UI-triggered runs)."
+        )
+
+
+def _ensure_process_pool(name: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+    from prefect.workers.process import ProcessWorker
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_work_pool(
+                WorkPoolCreate(
+                    name=name, type="process", base_job_template=ProcessWorker.get_default_base_job_template()
+                )
+            )
+            console.print(f"Created process work pool {name!r}.")
+        except ObjectAlreadyExists:
+            pool = client.read_work_pool(name)
+            if pool.type != "process":
+                err.print(f"[bold red]work pool {name!r} exists with type {pool.type!r}, not 'process'[/]")
+                raise typer.Exit(2) from None
+
+
+def serve(
+    use_case: UseCases = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit",
+            min=1,
+            metavar="N",
+            help="At most N flow runs at once in this process (each deployment also runs one at a time).",
+        ),
+    ] = None,
+    pause_on_shutdown: Annotated[
+        bool,
+        typer.Option(
+            "--pause-on-exit/--keep-schedules",
+            help="On exit, pause the deployments' schedules. Default: keep them; runs that fall due while "
+            "nothing serves them start when `mlops serve` is back.",
+        ),
+    ] = False,
+) -> None:
+    """Execute the deployments' runs: scheduled, UI "Custom run", API and `mlops.data.arrived` triggered.
+
+    Registers (updates) the deployments like `mlops deploy`, then polls the Prefect server at
+    PREFECT_API_URL and runs each flow run in a subprocess of this one, until stopped with Ctrl-C or SIGTERM.
+    Flow runs record to MLFLOW_TRACKING_URI (with MLFLOW_TRACKING_USERNAME/PASSWORD on a server with
+    authentication).
+    """
+    use_cases = _check_use_cases(use_case)
+    api = _require_prefect_server()
+    tracking = os.environ.get("MLFLOW_TRACKING_URI")
+    if not tracking:
+        err.print(
+            "[yellow]MLFLOW_TRACKING_URI is not set[/]: runs will record to the local SQLite store under "
+            "MLOPS_HOME, not to an MLflow server."
+        )
+    from prefect import serve as prefect_serve
+
+    plans = _plans(use_cases)
+    console.print(_plans_table(plans, None))
+    console.print(
+        f"Serving {len(plans)} deployment(s) from {api} (UI {_ui_url(api)}); MLflow: {tracking or 'local'}"
+    )
+    prefect_serve(
+        *(plan.to_deployment() for plan in plans),
+        pause_on_shutdown=pause_on_shutdown,
+        limit=limit,
+        print_starting_message=False,
+    )
+
+
+def notify_data(
+    use_case: Annotated[
+        str,
+        typer.Argument(
+            metavar="USE_CASE", help="The use case the data is for, e.g. fraud.", show_default=False
+        ),
+    ],
+    path: Annotated[
+        str,
+        typer.Argument(
+            metavar="PATH",
+            help="Parquet or CSV file to train on, as the process that runs the flows sees it.",
+            show_default=False,
+        ),
+    ],
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check/--no-check",
+            help="Require PATH to exist here (it is sent made absolute). Turn off for a path only the runner "
+            "sees, e.g. inside its container.",
+        ),
+    ] = True,
+) -> None:
+    """Announce new training data: emit `mlops.data.arrived`, which starts the use case's training run.
+
+    The event (resource `mlops.dataset.<USE_CASE>`, payload `{use_case, path}`) reaches the Prefect server at
+    PREFECT_API_URL; the deployment's trigger starts `<USE_CASE>-training` with `params.data = PATH` and the
+    other parameters at their defaults. Any Prefect client can send the same event.
+    """
+    _check_use_cases([use_case])
+    if check:
+        resolved = Path(path).expanduser().resolve()
+        if not resolved.is_file():
+            err.print(f"[bold red]{path} is not a file[/] (--no-check sends a path only the runner sees)")
+            raise typer.Exit(2)
+        path = str(resolved)
+    _require_prefect_server()
+    from infra.deployments import data_arrived_event
+
+    event = asyncio.run(_emit(data_arrived_event(use_case, path)))
+    console.print(
+        f"Sent {event.event} for {use_case}: {path} (event {event.id}). "
+        f"The {use_case}-training deployment starts a run on it."
+    )
+
+
+async def _emit(spec: dict):
+    """Send one event through Prefect's events client and return it (delivered when the client closes)."""
+    from prefect.events import Event
+    from prefect.events.clients import get_events_client
+
+    event = Event(event=spec["event"], resource=spec["resource"], payload=spec["payload"])
+    async with get_events_client() as client:
+        await client.emit(event)
+    return event

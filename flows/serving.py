@@ -1,0 +1,337 @@
+"""Online serving: an HTTP service answering predictions from a registered model's current champion.
+
+    GET  /health    200 {"status": "ok", "version": "3", ...}: the version served (503 before one loads)
+    POST /predict   {"dataframe_records": [...]}, {"dataframe_split": {"columns": [...], "data": [...]}},
+                    {"instances": [...]} or {"inputs": ...}, as `mlflow models serve` takes them
+                    → {"predictions": [...], "model_version": "3"}
+    POST /invocations  the same, under MLflow's path
+
+The service follows the alias: a background thread asks the registry where `@champion` points every
+`poll_seconds` (and at once when a `mlops.model.promoted` Prefect event for the model arrives, when a Prefect
+API is configured), loads a new version next to the one serving, and swaps them in one assignment. Requests
+in flight finish on the model they started with; no restart, no gap. If loading fails, the old model keeps
+serving and the failure shows in `/health`.
+
+Every payload is checked against the model's signature before it reaches the model: malformed JSON is a 400,
+a missing column, a non-numeric or null value, a fraction in an integer column is a 422 naming the column
+and the row. A bad payload never gets a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from tasks.score import ScoringModel, load_scoring_model, resolve_version
+
+log = logging.getLogger("mlops.serving")
+
+MAX_ROWS = 100_000
+INTEGER_TYPES = {"long", "integer"}
+NUMERIC_TYPES = {"double", "float", "long", "integer", "boolean"}
+
+
+class PayloadError(ValueError):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# ------------------------------------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True)
+class Served:
+    model: ScoringModel
+    loaded_at: str
+
+
+class ChampionFollower:
+    """Holds the model `name@alias` points to, and follows the alias when it moves."""
+
+    def __init__(self, name: str, alias: str = "champion", poll_seconds: float = 10.0):
+        self.name, self.alias, self.poll_seconds = name, alias, poll_seconds
+        self.served: Served | None = None
+        self.last_check: str | None = None
+        self.last_error: str | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def refresh(self) -> bool:
+        """Load the version the alias points to if it is not the one serving; True when it swapped."""
+        try:
+            target = str(resolve_version(self.name, alias=self.alias).version)
+            self.last_check = _now()
+            current = self.served
+            if current is not None and current.model.version == target:
+                self.last_error = None
+                return False
+            model = load_scoring_model(self.name, version=target)
+            self.served = Served(model, _now())  # one assignment: requests see the old or the new model
+            self.last_error = None
+            log.info(
+                "%s@%s: now serving v%s (was %s)",
+                self.name,
+                self.alias,
+                target,
+                f"v{current.model.version}" if current else "nothing",
+            )
+            return True
+        except Exception as exc:  # keep serving what we have; report it on /health
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("%s@%s: could not refresh: %s", self.name, self.alias, self.last_error)
+            return False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        poller = threading.Thread(target=self._poll, name="champion-poller", daemon=True)
+        poller.start()
+        self._threads.append(poller)
+        listener = threading.Thread(target=self._listen, name="champion-events", daemon=True)
+        listener.start()
+        self._threads.append(listener)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.poll_seconds)
+            self._wake.clear()
+            if not self._stop.is_set():
+                self.refresh()
+
+    def _listen(self) -> None:
+        """Refresh at once on a `mlops.model.promoted` event for this model (only with a Prefect API)."""
+        from prefect.settings import PREFECT_API_URL
+
+        if not PREFECT_API_URL.value():
+            return
+        try:
+            asyncio.run(self._listen_async())
+        except Exception as exc:  # polling still follows the alias
+            log.info("not listening for promotion events (%s); polling every %s s", exc, self.poll_seconds)
+
+    async def _listen_async(self) -> None:
+        from prefect.events.clients import get_events_subscriber
+        from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+        wanted = EventFilter(
+            event=EventNameFilter(name=["mlops.model.promoted", "mlops.model.rolled-back"]),
+            resource=EventResourceFilter(id=[f"mlflow.registered-model.{self.name}"]),
+        )
+        async with get_events_subscriber(filter=wanted) as subscriber:
+            async for _event in subscriber:
+                if self._stop.is_set():
+                    return
+                self.wake()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# ------------------------------------------------------------------------------------------- payloads
+
+
+def _column_values(body: dict, columns: tuple[str, ...]) -> tuple[dict[str, list], int]:
+    """Column name -> list of values, from any of the accepted payload shapes; and the row count."""
+    keys = [k for k in ("dataframe_records", "dataframe_split", "instances", "inputs") if k in body]
+    if len(keys) != 1:
+        raise PayloadError(
+            400,
+            "the JSON object must have exactly one of dataframe_records, dataframe_split, instances, inputs"
+            + (f" (got {', '.join(keys)})" if keys else f" (got keys {', '.join(map(str, body)) or 'none'})"),
+        )
+    key = keys[0]
+    data = body[key]
+    if key == "dataframe_split":
+        if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+            raise PayloadError(400, 'dataframe_split must be {"columns": [...], "data": [[...], ...]}')
+        names = data.get("columns", list(columns))
+        if not isinstance(names, list):
+            raise PayloadError(400, "dataframe_split.columns must be a list of column names")
+        rows = data["data"]
+        for i, row in enumerate(rows):
+            if not isinstance(row, list) or len(row) != len(names):
+                raise PayloadError(
+                    422,
+                    f"dataframe_split.data row {i} must be a list of {len(names)} values (one per column)",
+                )
+        position = {n: i for i, n in enumerate(names)}
+        _require(columns, position)
+        return {c: [row[position[c]] for row in rows] for c in columns}, len(rows)
+    if isinstance(data, dict):  # {"column": [values...]} (inputs / instances in columnar form)
+        _require(columns, data)
+        values = {c: data[c] if isinstance(data[c], list) else [data[c]] for c in columns}
+        lengths = {len(v) for v in values.values()}
+        if len(lengths) > 1:
+            raise PayloadError(422, f"{key}: columns have different lengths {sorted(lengths)}")
+        return values, lengths.pop() if lengths else 0
+    if not isinstance(data, list):
+        raise PayloadError(400, f"{key} must be a list of records (or, for instances/inputs, of rows)")
+    if all(isinstance(r, dict) for r in data):
+        for i, record in enumerate(data):
+            missing = [c for c in columns if c not in record]
+            if missing:
+                raise PayloadError(422, f"record {i} is missing required column(s): {', '.join(missing)}")
+        return {c: [r[c] for r in data] for c in columns}, len(data)
+    if key != "dataframe_records" and all(isinstance(r, list) for r in data):
+        for i, row in enumerate(data):
+            if len(row) != len(columns):
+                raise PayloadError(
+                    422,
+                    f"{key} row {i} has {len(row)} values; the model takes {len(columns)}: {list(columns)}",
+                )
+        return {c: [row[j] for row in data] for j, c in enumerate(columns)}, len(data)
+    raise PayloadError(422, f"{key} must hold only JSON objects (records) or only lists (rows)")
+
+
+def _require(columns: tuple[str, ...], present) -> None:
+    missing = [c for c in columns if c not in present]
+    if missing:
+        raise PayloadError(422, f"missing required column(s): {', '.join(missing)}")
+
+
+def to_matrix(body: object, model: ScoringModel) -> np.ndarray:
+    """Check a decoded JSON payload against the model's signature; return its float32 input matrix."""
+    if not isinstance(body, dict):
+        raise PayloadError(400, "the request body must be a JSON object")
+    columns = model.columns
+    values, n = _column_values(body, columns)
+    if n == 0:
+        raise PayloadError(422, "no rows to score")
+    if n > MAX_ROWS:
+        raise PayloadError(413, f"{n:,} rows in one request; at most {MAX_ROWS:,}")
+    matrix = np.empty((n, len(columns)), dtype=np.float32)
+    for j, column in enumerate(columns):
+        column_values = values[column]
+        kind = model.column_types.get(column, "double")
+        if kind not in NUMERIC_TYPES:
+            raise PayloadError(422, f"column {column}: type {kind} is not supported by this service")
+        if not all(type(v) is float or type(v) is int for v in column_values):
+            for i, v in enumerate(column_values):
+                if v is None:
+                    if column in model.required:
+                        raise PayloadError(422, f"column {column}: missing value (null) in row {i}")
+                elif isinstance(v, bool) and kind != "boolean":
+                    raise PayloadError(422, f"column {column}: expected {kind}, got boolean {v} in row {i}")
+                elif not isinstance(v, int | float):
+                    raise PayloadError(
+                        422, f"column {column}: expected {kind}, got {type(v).__name__} {v!r:.40} in row {i}"
+                    )
+            column_values = [math.nan if v is None else float(v) for v in column_values]
+        array = np.asarray(column_values, dtype=np.float64)
+        if column in model.required and not np.isfinite(array).all():
+            i = int(np.flatnonzero(~np.isfinite(array))[0])
+            raise PayloadError(422, f"column {column}: non-finite value {array[i]} in row {i}")
+        if kind in INTEGER_TYPES:
+            fractional = np.flatnonzero(np.isfinite(array) & (array != np.round(array)))
+            if fractional.size:
+                i = int(fractional[0])
+                raise PayloadError(
+                    422, f"column {column}: expected {kind} (a whole number), got {array[i]} in row {i}"
+                )
+        matrix[:, j] = array
+    return matrix
+
+
+# ------------------------------------------------------------------------------------------- the app
+
+
+def _json(content: object, status: int = 200) -> Response:
+    return Response(
+        orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY),
+        status_code=status,
+        media_type="application/json",
+    )
+
+
+def create_app(follower: ChampionFollower, start_following: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        if start_following:
+            follower.start()
+        try:
+            yield
+        finally:
+            follower.stop()
+
+    app = FastAPI(title=f"{follower.name}@{follower.alias}", docs_url=None, redoc_url=None, lifespan=lifespan)
+
+    @app.get("/health")
+    def health() -> Response:
+        served = follower.served
+        body = {
+            "status": "ok" if served else "no model",
+            "registered_model": follower.name,
+            "alias": follower.alias,
+            "version": served.model.version if served else None,
+            "run_id": served.model.run_id if served else None,
+            "loaded_at": served.loaded_at if served else None,
+            "last_check": follower.last_check,
+            "last_error": follower.last_error,
+            "poll_seconds": follower.poll_seconds,
+        }
+        return _json(body, 200 if served else 503)
+
+    @app.get("/ping")
+    def ping() -> Response:
+        return _json({"status": "ok" if follower.served else "no model"}, 200 if follower.served else 503)
+
+    async def predict(request: Request) -> Response:
+        served = follower.served  # one read: the whole request uses this model
+        if served is None:
+            return _json({"error": f"no version of {follower.name} behind @{follower.alias} yet"}, 503)
+        raw = await request.body()
+        try:
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise PayloadError(400, f"the request body is not valid JSON: {exc}") from None
+            matrix = to_matrix(body, served.model)
+        except PayloadError as exc:
+            return _json({"error": exc.message, "model_version": served.model.version}, exc.status)
+        predictions = served.model.predict_matrix(matrix)
+        return _json({"predictions": np.asarray(predictions).ravel(), "model_version": served.model.version})
+
+    app.add_api_route("/predict", predict, methods=["POST"])
+    app.add_api_route("/invocations", predict, methods=["POST"])
+    return app
+
+
+def serve(
+    name: str,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    alias: str = "champion",
+    poll_seconds: float = 10.0,
+) -> None:
+    """Serve `name@alias` until interrupted (blocking)."""
+    import uvicorn
+
+    from tasks import _tracking as tracking
+
+    tracking.configure()
+    follower = ChampionFollower(name, alias, poll_seconds)
+    follower.refresh()  # serve at once if there is a champion; otherwise 503 until there is
+    started = time.perf_counter()
+    log.info("serving %s@%s v%s", name, alias, follower.served.model.version if follower.served else "-")
+    uvicorn.run(create_app(follower), host=host, port=port, log_level="warning", access_log=False)
+    log.info("stopped after %.0f s", time.perf_counter() - started)

@@ -1,0 +1,255 @@
+"""The factory's Prefect deployments, as code.
+
+One deployment per training flow in `flows.training.TRAINING_FLOWS` (so every use case registered in
+`usecases.SPEC_MODULES` gets one, with nothing to add here), named `<use case>-training/<registered model>`:
+
+* parameters: the flow's single `params` argument, the use case's typed `Params` model. Prefect turns it into
+  a JSON schema with descriptions, defaults and bounds, so the UI's "Run > Custom run" is a form, and the API
+  rejects out-of-bounds values before anything runs (`enforce_parameter_schema`);
+* schedule: `SCHEDULES` below (fraud daily, stock on weekdays after the US close), else a daily default;
+* trigger: the custom event `mlops.data.arrived` for that use case starts a run on the dataset it names;
+* concurrency: at most one run per deployment, i.e. per registered model; further runs wait in
+  `AwaitingConcurrencySlot` (scheduled, UI-triggered and event-triggered runs all share the one slot);
+* tags: `mlops`, `training`, `use-case:<name>`, `model:<registered model>`.
+
+Scoring and monitoring flows join the same way when their modules appear (see `OTHER_FLOWS`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.events import DeploymentEventTrigger
+from prefect.schedules import Cron, Schedule
+from prefect.types.entrypoint import EntrypointType
+
+DATA_ARRIVED = "mlops.data.arrived"
+"""Event that starts a training run: resource `mlops.dataset.<use case>`, payload `{"use_case", "path"}`."""
+MODEL_PROMOTED = "mlops.model.promoted"
+MODEL_REJECTED = "mlops.model.rejected"
+
+
+@dataclass(frozen=True)
+class Timing:
+    """A cron schedule and the sentence people read about it."""
+
+    cron: str
+    timezone: str
+    note: str
+
+    def schedule(self) -> Schedule:
+        return Cron(self.cron, timezone=self.timezone)
+
+
+SCHEDULES: dict[str, Timing] = {
+    "fraud-training": Timing("0 2 * * *", "UTC", "daily at 02:00 UTC"),
+    # NYSE/Nasdaq close at 16:00 New York time; 16:30 leaves time for the day's bars to land. The time zone
+    # keeps it after the close across daylight-saving changes.
+    "stock-training": Timing("30 16 * * 1-5", "America/New_York", "weekdays at 16:30 New York time"),
+}
+DEFAULT_TRAINING_SCHEDULE = Timing("0 3 * * *", "UTC", "daily at 03:00 UTC")
+
+OTHER_FLOWS: dict[str, tuple[str, str]] = {
+    # kind: (module, name of its {use case: flow} mapping). Picked up when the module exists; scheduled
+    # when `SCHEDULES` names the flow, otherwise run from the UI/API or by their own triggers only.
+    "scoring": ("flows.scoring", "SCORING_FLOWS"),
+    "monitoring": ("flows.monitoring", "MONITORING_FLOWS"),
+}
+
+ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
+
+
+def dataset_resource_id(use_case: str) -> str:
+    return f"mlops.dataset.{use_case}"
+
+
+def data_arrived_event(use_case: str, path: str) -> dict[str, Any]:
+    """The `mlops.data.arrived` event for `use_case`: the shape the deployment triggers match on.
+
+    Any Prefect client may send it (`prefect.events.emit_event(**data_arrived_event(...))`); `mlops
+    notify-data` does. `path` must be readable where the flow runs (the `mlops serve` process).
+    """
+    return {
+        "event": DATA_ARRIVED,
+        "resource": {
+            "prefect.resource.id": dataset_resource_id(use_case),
+            "prefect.resource.name": f"{use_case} dataset",
+            "mlops.use-case": use_case,
+            "mlops.dataset.path": path,
+        },
+        "payload": {"use_case": use_case, "path": path},
+    }
+
+
+@dataclass(frozen=True)
+class DeploymentPlan:
+    """One deployment, fully described before any API is contacted (what `mlops deploy --dry-run` shows)."""
+
+    kind: str  # "training" | "scoring" | "monitoring"
+    use_case: str
+    flow: Any
+    name: str
+    registered_model: str | None
+    entrypoint: str | None
+    timing: Timing | None
+    tags: tuple[str, ...]
+    triggers: tuple[DeploymentEventTrigger, ...] = field(default=())
+    concurrency: ConcurrencyLimitConfig | None = None
+
+    @property
+    def flow_name(self) -> str:
+        return self.flow.name
+
+    @property
+    def full_name(self) -> str:
+        """What `run_deployment`, `prefect deployment run` and the UI call it."""
+        return f"{self.flow_name}/{self.name}"
+
+    @property
+    def description(self) -> str:
+        lines = [(self.flow.description or "").strip()]
+        if self.kind == "training":
+            lines.append(
+                f"Retrains, gates and (when every gate passes) promotes `{self.registered_model}@champion`."
+            )
+        lines.append(f"Schedule: {self.timing.note if self.timing else 'none (run from the UI or API)'}.")
+        if self.triggers:
+            lines.append(
+                f"Also runs on the event `{DATA_ARRIVED}` for resource "
+                f"`{dataset_resource_id(self.use_case)}`, training on the file in its payload's `path` "
+                f"(send it with `mlops notify-data {self.use_case} PATH`)."
+            )
+        if self.concurrency:
+            lines.append("At most one run at a time: further runs wait for the running one to finish.")
+        return "\n\n".join(line for line in lines if line)
+
+    def to_deployment(self, work_pool: str | None = None, paused: bool | None = None):
+        """The Prefect `RunnerDeployment`: served by `mlops serve`, or by a worker of `work_pool`."""
+        if work_pool and not self.entrypoint:
+            raise ValueError(
+                f"{self.flow_name} has no importable entrypoint: bind the flow to a module-level name so a "
+                "work-pool worker can import it"
+            )
+        deployment = self.flow.to_deployment(
+            name=self.name,
+            schedules=[self.timing.schedule()] if self.timing else [],
+            paused=paused,
+            concurrency_limit=self.concurrency,
+            tags=list(self.tags),
+            triggers=[t.model_copy(deep=True) for t in self.triggers],
+            description=self.description,
+            enforce_parameter_schema=True,
+            work_pool_name=work_pool,
+            entrypoint_type=EntrypointType.MODULE_PATH,
+        )
+        if not work_pool:
+            # Assigned after construction so that re-registering a deployment that a work pool used to run
+            # hands it back to `mlops serve` (Prefect only clears fields that were set explicitly).
+            deployment.work_pool_name = None
+            deployment.work_queue_name = None
+        if self.entrypoint:
+            # The flows are built by a factory (`flows.training.training_flow`), so the function's own name
+            # is not importable; the module-level binding is.
+            deployment.entrypoint = self.entrypoint
+        return deployment
+
+
+def _entrypoint(flow, module_name: str) -> str | None:
+    module = sys.modules.get(module_name) or importlib.import_module(module_name)
+    for attribute, value in vars(module).items():
+        if value is flow and not attribute.startswith("_"):
+            return f"{module_name}.{attribute}"
+    return None
+
+
+def registered_model_of(use_case: str) -> str:
+    """The registered model a use case's spec writes to (built from its default parameters)."""
+    from usecases import spec_module
+
+    module = spec_module(use_case)
+    return module.build_spec(module.Params()).registered_model
+
+
+def _training_trigger(flow_name: str, use_case: str) -> DeploymentEventTrigger:
+    return DeploymentEventTrigger(
+        name=f"{flow_name}: on {DATA_ARRIVED}",
+        description=f"Train {use_case} on the dataset named by an `{DATA_ARRIVED}` event.",
+        expect={DATA_ARRIVED},
+        match={"prefect.resource.id": dataset_resource_id(use_case)},
+        # The flow's one parameter is the `params` model: the run gets `params.data` from the event and
+        # every other field from its default. A single-expression template keeps the payload's type.
+        parameters={"params": {"data": "{{ event.payload.path }}"}},
+    )
+
+
+def training_plans(use_cases: Iterable[str] | None = None) -> list[DeploymentPlan]:
+    """A plan per training flow in `flows.training.TRAINING_FLOWS` (all, unless `use_cases` names some)."""
+    from flows.training import TRAINING_FLOWS
+
+    wanted = list(TRAINING_FLOWS) if use_cases is None else list(use_cases)
+    unknown = [u for u in wanted if u not in TRAINING_FLOWS]
+    if unknown:
+        raise KeyError(
+            f"unknown use case(s) {', '.join(unknown)}; known: {', '.join(sorted(TRAINING_FLOWS))}"
+        )
+    plans = []
+    for use_case in wanted:
+        flow = TRAINING_FLOWS[use_case]
+        model = registered_model_of(use_case)
+        plans.append(
+            DeploymentPlan(
+                kind="training",
+                use_case=use_case,
+                flow=flow,
+                name=model,
+                registered_model=model,
+                entrypoint=_entrypoint(flow, "flows.training"),
+                timing=SCHEDULES.get(flow.name, DEFAULT_TRAINING_SCHEDULE),
+                tags=("mlops", "training", f"use-case:{use_case}", f"model:{model}"),
+                triggers=(_training_trigger(flow.name, use_case),),
+                concurrency=ONE_AT_A_TIME,
+            )
+        )
+    return plans
+
+
+def other_plans(use_cases: Iterable[str] | None = None) -> list[DeploymentPlan]:
+    """Plans for the scoring and monitoring flows that exist (see `OTHER_FLOWS`)."""
+    plans = []
+    for kind, (module_name, mapping_name) in OTHER_FLOWS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        for use_case, flow in getattr(module, mapping_name, {}).items():
+            if use_case_filter(use_cases, use_case):
+                plans.append(
+                    DeploymentPlan(
+                        kind=kind,
+                        use_case=use_case,
+                        flow=flow,
+                        name=use_case,
+                        registered_model=None,
+                        entrypoint=_entrypoint(flow, module_name),
+                        timing=SCHEDULES.get(flow.name),
+                        tags=("mlops", kind, f"use-case:{use_case}"),
+                        concurrency=ONE_AT_A_TIME,
+                    )
+                )
+    return plans
+
+
+def use_case_filter(use_cases: Iterable[str] | None, use_case: str) -> bool:
+    return use_cases is None or use_case in set(use_cases)
+
+
+def all_plans(use_cases: Iterable[str] | None = None) -> list[DeploymentPlan]:
+    use_cases = None if use_cases is None else list(use_cases)
+    return training_plans(use_cases) + other_plans(use_cases)

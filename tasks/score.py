@@ -1,0 +1,409 @@
+"""Score: a registered model on a table of raw records, with the use case's own checks and features.
+
+One feature path: the input is validated with the use case's raw suite, turned into features by the same
+`build_features` training used (with the parameters the model was trained with, read from its training run),
+validated with the feature suite, and scored by the model pinned to one registry version for the whole input.
+
+Inputs larger than memory are read in chunks (Parquet record batches, CSV `chunksize`). Features look back in
+time (fraud: 30-day windows behind a 7-day label delay, the spec's `feature_history`), so each chunk is scored
+together with that much history from the rows before it, and only the chunk's own rows are written. Rows
+that share the chunk's last timestamp wait for the next chunk, so ties are ordered exactly as in one piece.
+Chunking needs the input in time order (it checks and says so otherwise); `chunk_rows=None` scores it in
+one piece.
+
+The output (id columns, score column, `model_version`) is written to a temporary file beside the target and
+renamed into place at the end: a failure at any chunk leaves no output, not a partial one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from prefect import get_run_logger
+
+from tasks._stage import stage
+from tasks.ingest import READERS, DataReadError, read_table
+from tasks.validate import DataValidationError, validate_frame
+
+DEFAULT_CHUNK_ROWS = 1_000_000
+VERSION_COLUMN = "model_version"
+
+
+class ModelNotFoundError(LookupError):
+    """The requested registered model, version or alias does not exist."""
+
+
+class InputOrderError(ValueError):
+    """A chunked input is not in time order, so a chunk's history would be incomplete."""
+
+
+# ------------------------------------------------------------------------------------------- the model
+
+
+@dataclass
+class ScoringModel:
+    """One registry version, loaded once; predicts from its signature's input columns."""
+
+    name: str
+    version: str
+    run_id: str | None
+    columns: tuple[str, ...]
+    column_types: dict[str, str]
+    required: frozenset[str]
+    flavor: str  # "xgboost" (native booster, in-place prediction) or "pyfunc"
+    source: str
+    _model: object = field(repr=False, default=None)
+
+    def predict_matrix(self, matrix: np.ndarray) -> np.ndarray:
+        """Scores for a float matrix whose columns are `columns`, in that order."""
+        if self.flavor == "xgboost":
+            return self._model.inplace_predict(matrix)
+        return self.predict(pd.DataFrame(matrix, columns=list(self.columns)))
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        missing = [c for c in self.columns if c not in frame.columns]
+        if missing:
+            raise ValueError(f"model {self.name} v{self.version} needs columns the input lacks: {missing}")
+        if self.flavor == "xgboost":
+            return self._model.inplace_predict(frame[list(self.columns)].to_numpy(np.float32))
+        return np.asarray(self._model.predict(frame[list(self.columns)])).ravel()
+
+
+def resolve_version(name: str, version: str | int | None = None, alias: str | None = None):
+    """The registry version to use: `version`, else the version `alias` (default `champion`) points to."""
+    client = MlflowClient()
+    try:
+        if version is not None:
+            return client.get_model_version(name, str(version))
+        return client.get_model_version_by_alias(name, alias or "champion")
+    except mlflow.exceptions.MlflowException as exc:
+        what = f"version {version}" if version is not None else f"alias @{alias or 'champion'}"
+        raise ModelNotFoundError(f"registered model {name!r} has no {what}: {exc.message}") from exc
+
+
+def load_scoring_model(name: str, version: str | int | None = None, alias: str | None = None) -> ScoringModel:
+    """Load one registry version (by number, or where `alias` points now), pinned to that version."""
+    import xgboost as xgb
+    from mlflow.models import Model
+
+    mv = resolve_version(name, version, alias)
+    uri = f"models:/{name}/{mv.version}"
+    local = Path(mlflow.artifacts.download_artifacts(uri))
+    meta = Model.load(str(local))
+    schema = meta.get_input_schema()
+    if schema is None or not schema.has_input_names():
+        raise ValueError(f"{uri} has no named input signature: cannot check or order its inputs")
+    columns = tuple(schema.input_names())
+    types = {c.name: str(c.type).split(".")[-1].lower() for c in schema.inputs}
+    required = frozenset(c.name for c in schema.inputs if getattr(c, "required", True))
+    model, flavor = None, "pyfunc"
+    if "xgboost" in meta.flavors:
+        loaded = mlflow.xgboost.load_model(str(local))
+        if isinstance(loaded, xgb.Booster):
+            loaded.set_param("nthread", os.cpu_count() or 1)
+            model, flavor = loaded, "xgboost"
+    if model is None:
+        model = mlflow.pyfunc.load_model(str(local))
+    return ScoringModel(
+        name, str(mv.version), mv.run_id, columns, types, required, flavor, mv.source, _model=model
+    )
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+
+def iter_input(path: str | Path, chunk_rows: int | None) -> Iterator[pd.DataFrame]:
+    """The input table, whole (`chunk_rows` None or 0) or in chunks of about `chunk_rows` rows."""
+    path = Path(path)
+    if not chunk_rows:
+        yield read_table(path)
+        return
+    suffix = path.suffix.lower()
+    if suffix not in READERS:
+        raise DataReadError(f"{path}: unsupported file type {path.suffix!r}; use .parquet or .csv")
+    if not path.is_file():
+        raise DataReadError(f"{path}: no such file")
+    try:
+        if suffix == ".csv":
+            batches = pd.read_csv(path, chunksize=chunk_rows)
+        else:
+            import pyarrow.parquet as pq
+
+            parquet = pq.ParquetFile(path)
+            batches = (b.to_pandas() for b in parquet.iter_batches(batch_size=chunk_rows))
+        seen = 0
+        for batch in batches:
+            seen += len(batch)
+            if len(batch):
+                yield batch
+    except Exception as exc:  # any parser failure is an unreadable input
+        raise DataReadError(f"{path}: cannot be read as {suffix[1:]}: {exc}") from exc
+    if not seen:
+        raise DataReadError(f"{path}: the table has no rows")
+
+
+def count_rows(path: str | Path) -> int | None:
+    """Rows in the input when cheap to know (Parquet metadata), else None."""
+    path = Path(path)
+    if path.suffix.lower() in (".parquet", ".pq") and path.is_file():
+        try:
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(path).metadata.num_rows
+        except Exception:
+            return None
+    return None
+
+
+def _with_last(items):
+    """(item, is_last) pairs: the reader runs one chunk ahead so the last chunk is known."""
+    iterator = iter(items)
+    try:
+        current = next(iterator)
+    except StopIteration:
+        return
+    for following in iterator:
+        yield current, False
+        current = following
+    yield current, True
+
+
+# --------------------------------------------------------------------------------------------- writing
+
+
+class AtomicTableWriter:
+    """Appends frames to `<dir>/.<name>.<pid>.tmp`, renamed to `path` on `commit()`, deleted on `abort()`."""
+
+    SUFFIXES = (".parquet", ".pq", ".csv")
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if self.path.suffix.lower() not in self.SUFFIXES:
+            raise DataReadError(f"{self.path}: output must end in .parquet or .csv")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self.csv = self.path.suffix.lower() == ".csv"
+        self._writer = None
+        self._started = False
+        self.rows = 0
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if self.csv:
+            frame.to_csv(self.tmp, mode="a" if self._started else "w", header=not self._started, index=False)
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if self._writer is None:
+                self._writer = pq.ParquetWriter(self.tmp, table.schema)
+            self._writer.write_table(table.cast(self._writer.schema))
+        self._started = True
+        self.rows += len(frame)
+
+    def commit(self, empty: pd.DataFrame) -> None:
+        if not self._started:
+            self.write(empty)
+        if self._writer is not None:
+            self._writer.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------- scoring
+
+
+@dataclass(frozen=True)
+class ScoringResult:
+    output: str
+    registered_model: str
+    model_version: str
+    rows_in: int
+    rows_out: int
+    chunks: int
+    seconds: dict[str, float]  # read, validate, features, model, write, total
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_out / max(self.seconds["total"], 1e-9)
+
+    @property
+    def model_rows_per_second(self) -> float:
+        return self.rows_out / max(self.seconds["model"], 1e-9)
+
+
+def _prepare(chunk: pd.DataFrame, time_column: str) -> pd.DataFrame:
+    """As the loaders do: a time column read as text becomes datetime (unparseable -> NaT, which the raw
+    suite reports)."""
+    if time_column in chunk.columns and not pd.api.types.is_datetime64_any_dtype(chunk[time_column]):
+        chunk[time_column] = pd.to_datetime(chunk[time_column], errors="coerce")
+    return chunk
+
+
+def _check(frame: pd.DataFrame, suite_factory, what: str, log) -> float:
+    started = time.perf_counter()
+    report = validate_frame(frame, suite_factory())
+    if not report.success:
+        from prefect.artifacts import create_markdown_artifact
+
+        from tasks.validate import artifact_key
+
+        log.error(report.summary())
+        create_markdown_artifact(
+            markdown=report.to_markdown(),
+            key=artifact_key(report.suite),
+            description=f"Batch scoring input check ({what}) on {len(frame):,} rows: FAILED",
+        )
+        raise DataValidationError(report)
+    return time.perf_counter() - started
+
+
+def _progress(total: int | None, enabled: bool):
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn("scoring"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rows"),
+        TimeElapsedColumn(),
+        transient=False,
+    )
+    progress.start()
+    progress.add_task("score", total=total)
+    return progress
+
+
+@stage
+def score_file(
+    spec,
+    model: ScoringModel,
+    input_path: str,
+    output_path: str,
+    chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
+    show_progress: bool = False,
+    check_features: bool = True,
+) -> ScoringResult:
+    """Validate, featurize and score `input_path` chunk by chunk into `output_path` (atomically)."""
+    log = get_run_logger()
+    started = time.perf_counter()
+    seconds = dict.fromkeys(("read", "validate", "features", "model", "write"), 0.0)
+    time_column = spec.time_column
+    history = spec.feature_history
+    if chunk_rows and history is None:
+        log.info("use case %s declares no feature_history: scoring the input in one piece", spec.name)
+        chunk_rows = None
+    outputs = [*spec.id_columns, spec.score_column, VERSION_COLUMN]
+    writer = AtomicTableWriter(output_path)
+    progress = _progress(count_rows(input_path), show_progress and sys.stderr.isatty())
+
+    context = pending = None  # already-scored rows kept as history; rows waiting for the next chunk
+    emitted_upto = None  # every row before this time has been written
+    rows_in = chunks = 0
+
+    def score(features: pd.DataFrame, lower, upper) -> None:
+        times = features[time_column]
+        mask = np.ones(len(features), dtype=bool)
+        if lower is not None:
+            mask &= (times >= lower).to_numpy()
+        if upper is not None:
+            mask &= (times < upper).to_numpy()
+        own = features.loc[mask]
+        missing = [c for c in spec.id_columns if c not in own.columns]
+        if missing:
+            raise ValueError(f"{spec.name}: build_features output lacks the id columns {missing}")
+        t0 = time.perf_counter()
+        scores = model.predict(own)
+        t1 = time.perf_counter()
+        out = own[list(spec.id_columns)].reset_index(drop=True)
+        out[spec.score_column] = scores
+        out[VERSION_COLUMN] = model.version
+        writer.write(out)
+        seconds["model"] += t1 - t0
+        seconds["write"] += time.perf_counter() - t1
+
+    try:
+        t_read = time.perf_counter()
+        for chunk, last in _with_last(iter_input(input_path, chunk_rows)):
+            seconds["read"] += time.perf_counter() - t_read
+            chunks += 1
+            rows_in += len(chunk)
+            chunk = _prepare(chunk, time_column)
+            new = chunk if pending is None else pd.concat([pending, chunk], ignore_index=True)
+            frame = new if context is None else pd.concat([context, new], ignore_index=True)
+            seconds["validate"] += _check(frame, spec.raw_suite, f"raw, chunk {chunks}", log)
+            if emitted_upto is not None and chunk[time_column].min() < emitted_upto:
+                raise InputOrderError(
+                    f"{input_path}: chunk {chunks} has rows at {chunk[time_column].min()}, before rows at "
+                    f"{emitted_upto} already scored: chunked scoring needs the input sorted by {time_column} "
+                    "(sort it, or score it in one piece with --chunk-rows 0)"
+                )
+            cutoff = None if last else new[time_column].max()
+            if cutoff is not None and not (new[time_column] < cutoff).any():
+                pending = new  # every new row shares one timestamp: wait for the next chunk
+                t_read = time.perf_counter()
+                continue
+            t0 = time.perf_counter()
+            features = spec.build_features(frame)
+            seconds["features"] += time.perf_counter() - t0
+            if check_features:
+                seconds["validate"] += _check(features, spec.feature_suite, f"features, chunk {chunks}", log)
+            score(features, emitted_upto, cutoff)
+            if cutoff is not None:
+                emitted_upto = cutoff
+                times = frame[time_column]
+                pending = frame.loc[times >= cutoff]
+                context = frame.loc[(times >= cutoff - pd.Timedelta(history)) & (times < cutoff)]
+            elapsed = time.perf_counter() - started
+            log.info(
+                "chunk %d: %s rows read, %s scored so far (%.0f rows/s)",
+                chunks,
+                f"{rows_in:,}",
+                f"{writer.rows:,}",
+                writer.rows / max(elapsed, 1e-9),
+            )
+            if progress is not None:
+                progress.update(progress.task_ids[0], completed=writer.rows)
+            t_read = time.perf_counter()
+        t0 = time.perf_counter()
+        writer.commit(pd.DataFrame({c: [] for c in outputs}))
+        seconds["write"] += time.perf_counter() - t0
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        if progress is not None:
+            progress.stop()
+    seconds["total"] = time.perf_counter() - started
+    result = ScoringResult(
+        str(Path(output_path)), model.name, model.version, rows_in, writer.rows, chunks, seconds
+    )
+    log.info(
+        "scored %s of %s rows with %s v%s into %s in %.1f s (%.0f rows/s end to end; model step %.0f rows/s)",
+        f"{result.rows_out:,}",
+        f"{rows_in:,}",
+        model.name,
+        model.version,
+        output_path,
+        seconds["total"],
+        result.rows_per_second,
+        result.model_rows_per_second,
+    )
+    return result

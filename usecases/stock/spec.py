@@ -1,0 +1,272 @@
+"""Stock forecasting on daily OHLCV bars: next-week realised volatility or next-day return.
+
+Regression on a time series. Default data: the S&P 500 daily table shipped inside `arch` (1999-01-04 ..
+2018-12-31, real, no download); `--data` takes a CSV or Parquet of one instrument, or of several with a
+`Ticker` column (one model across tickers, features per ticker). Windows are counted in trading days, with
+the target's horizon as the gap between train, validation and test; the booster's parameters are chosen by
+walk-forward folds inside the training window. Baselines: naive trailing volatility and HAR-RV for
+`volatility`, zero return and the majority direction for `return`. A model without skill is not registered.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from usecases.spec import TrainingParams
+
+# The heavy imports (GX, arch, MLflow) live in the functions below: `Params` alone serves `--help` and the
+# Prefect UI's form.
+
+TIME = "Date"
+REGISTERED = {"volatility": "stock-volatility-forecaster", "return": "stock-return-forecaster"}
+MIN_TRAIN_STEPS = 500  # the shortest training window the history check accepts when --train-steps is unset
+
+
+class Params(TrainingParams):
+    """Stock training run. Without `data`, the S&P 500 daily bars shipped inside `arch` (5,031 days)."""
+
+    target: Literal["volatility", "return"] = Field(
+        default="volatility",
+        description="volatility: realised volatility of the next 5 trading days; return: next-day log return",
+    )
+    test_steps: int = Field(default=750, ge=20, le=5000, description="Test window, trading days at the end.")
+    validation_steps: int = Field(
+        default=250, ge=20, le=2000, description="Validation window (early stopping), trading days."
+    )
+    train_steps: int | None = Field(
+        default=None,
+        ge=100,
+        le=20000,
+        description="Training window, trading days; empty: all history before.",
+    )
+    end: str | None = Field(
+        default=None, description="Last day of the test window (YYYY-MM-DD); empty: data end."
+    )
+    folds: int = Field(
+        default=3,
+        ge=0,
+        le=10,
+        description="Walk-forward folds for model selection in the training window; 0: off.",
+    )
+    max_depth: int = Field(default=2, ge=1, le=12, description="XGBoost tree depth (when folds is 0).")
+    learning_rate: float = Field(default=0.05, gt=0, le=1, description="XGBoost learning rate (eta).")
+    rounds: int = Field(default=2000, ge=1, le=20000, description="Maximum boosting rounds (early stopping).")
+    baseline_margin: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Gate: how much lower (relative) the MAE must be than the best naive baseline's.",
+    )
+
+
+def horizon(params: Params) -> int:
+    from usecases.stock.features import HORIZONS
+
+    return HORIZONS[params.target]
+
+
+def min_history(params: Params) -> int:
+    """Trading days per ticker needed to fill the feature windows and the train/validation/test windows."""
+    from usecases.stock.features import WARMUP
+
+    h = horizon(params)
+    train = params.train_steps or MIN_TRAIN_STEPS
+    return WARMUP + 1 + train + params.validation_steps + params.test_steps + 2 * h + h
+
+
+def load(params: Params):
+    import pandas as pd
+
+    from tasks.ingest import read_table
+
+    if params.data:
+        frame = read_table(params.data)
+        source = str(params.data)
+    else:
+        from arch.data import sp500
+
+        frame = sp500.load().reset_index()
+        source = "arch.data.sp500 (S&P 500 daily bars, 1999-01-04 .. 2018-12-31)"
+    if TIME in frame.columns and not pd.api.types.is_datetime64_any_dtype(frame[TIME]):
+        # Unparseable dates become NaT and are reported by the raw data check.
+        frame[TIME] = pd.to_datetime(frame[TIME], errors="coerce")
+    if "Adj Close" not in frame.columns and "Close" in frame.columns:
+        frame["Adj Close"] = frame["Close"]  # no adjusted series given: the close is taken as adjusted
+    frame.attrs["source"] = source
+    return frame
+
+
+# --- baselines: fit(train, features, target) -> predict(frame) -----------------------------------------
+
+
+def fit_naive(column: str):
+    def fit(train, features, target):
+        return lambda frame: frame[column].to_numpy(dtype="float64")
+
+    return fit
+
+
+def fit_har(train, features, target):
+    """HAR-RV (Corsi 2009) in logs, fitted on the train window:
+    log RV(next 5d) ~ log RV 1d + log RV 5d + log RV 22d."""
+    import numpy as np
+
+    from usecases.stock.features import HAR_FEATURES
+
+    x = np.column_stack([np.ones(len(train)), train[list(HAR_FEATURES)].to_numpy(dtype="float64")])
+    coef = np.linalg.lstsq(x, np.log(train[target].to_numpy(dtype="float64")), rcond=None)[0]
+
+    def predict(frame):
+        x = np.column_stack([np.ones(len(frame)), frame[list(HAR_FEATURES)].to_numpy(dtype="float64")])
+        return np.exp(x @ coef)
+
+    return predict
+
+
+def fit_zero(train, features, target):
+    import numpy as np
+
+    return lambda frame: np.zeros(len(frame))
+
+
+def fit_majority(train, features, target):
+    """The train window's majority direction, as its median return (whose sign is that direction)."""
+    import numpy as np
+
+    y = train[target].to_numpy(dtype="float64")
+    direction = 1.0 if (y > 0).mean() >= 0.5 else -1.0
+    value = direction * max(abs(float(np.median(y))), 1e-12)
+    return lambda frame: np.full(len(frame), value)
+
+
+# --- metrics ---------------------------------------------------------------------------------------------
+
+
+def volatility_metrics(frame, predictions, context) -> dict[str, float]:
+    from tasks.evaluate import regression_metrics
+    from usecases.stock.features import TARGETS
+
+    return regression_metrics(frame[TARGETS["volatility"]].to_numpy(dtype="float64"), predictions)
+
+
+def return_metrics(frame, predictions, context) -> dict[str, float]:
+    """MAE and RMSE of the log return, directional accuracy (up = a positive return; a forecast of 0 says
+    "not up"), and the MAE of the next close the forecast implies (close x exp(forecast))."""
+    import numpy as np
+
+    from tasks.evaluate import regression_metrics
+    from usecases.stock.features import TARGETS
+
+    y = frame[TARGETS["return"]].to_numpy(dtype="float64")
+    predictions = np.asarray(predictions, dtype="float64")
+    metrics = regression_metrics(y, predictions)
+    metrics["directional_accuracy"] = float(np.mean((predictions > 0) == (y > 0)))
+    implied = frame["close"].to_numpy(dtype="float64") * np.exp(predictions)
+    metrics["next_close_mae"] = float(
+        np.mean(np.abs(implied - frame["next_close"].to_numpy(dtype="float64")))
+    )
+    return metrics
+
+
+def build_spec(params: Params):
+    from datetime import timedelta
+
+    from data_checks import stock as checks
+    from tasks.gate import BaselineGate, GateSpec
+    from tasks.split import SplitSpec
+    from usecases.spec import Baseline, Metrics, ModelSpec, UseCaseSpec
+    from usecases.stock.features import FEATURES, HAR_FEATURES, TARGETS, WARMUP, build_features
+
+    volatility = params.target == "volatility"
+    h = horizon(params)
+    target = TARGETS[params.target]
+    history = min_history(params)
+    if volatility:
+        baselines = (
+            Baseline("naive_5d", fit_naive("rv_5d"), "trailing 5-day realised volatility"),
+            Baseline("naive_22d", fit_naive("rv_22d"), "trailing 22-day realised volatility"),
+            Baseline(
+                "har", fit_har, "HAR-RV (Corsi 2009) on log 1/5/22-day realised volatility, train window"
+            ),
+        )
+        naive = ("naive_5d", "naive_22d")
+        gates = (BaselineGate("mae", naive, greater_is_better=False, relative_margin=params.baseline_margin),)
+        description = (
+            "Stock volatility forecaster: realised volatility of the next 5 trading days (sqrt of the mean "
+            "squared daily log return), from past returns, realised and range-based volatility, momentum and "
+            "volume (all scale-free, per ticker). XGBoost on the log target, boosted from HAR-RV's forecast "
+            "(Corsi 2009) as base margin; gated against trailing 5- and 22-day realised volatility and the "
+            "champion. predict() returns volatility in daily log-return units."
+        )
+    else:
+        baselines = (
+            Baseline("zero", fit_zero, "zero return"),
+            Baseline("majority", fit_majority, "the train window's majority direction (its median return)"),
+        )
+        gates = (
+            BaselineGate(
+                "mae", ("zero", "majority"), greater_is_better=False, relative_margin=params.baseline_margin
+            ),
+            BaselineGate("directional_accuracy", ("majority",), greater_is_better=True),
+        )
+        description = (
+            "Stock return forecaster: the next trading day's log return (the implied next close is "
+            "close x exp(forecast)), from past returns, realised and range-based volatility, momentum and "
+            "volume (scale-free, per ticker). XGBoost, gated against a zero-return forecast and the majority "
+            "direction, and the champion."
+        )
+    return UseCaseSpec(
+        name="stock",
+        registered_model=REGISTERED[params.target],
+        problem="regression",
+        description=description,
+        load=load,
+        raw_suite=lambda: checks.raw_suite(min_history=history),
+        raw_check_view=checks.check_view,
+        feature_suite=lambda: checks.feature_suite(target, FEATURES, positive_target=volatility),
+        build_features=lambda raw: build_features(raw, params.target),
+        features=FEATURES,
+        target=target,
+        time_column=TIME,
+        id_columns=(TIME, "Ticker"),
+        score_column=f"{params.target}_forecast",
+        # the longest window (252 trading days) in calendar days, with room for holidays
+        feature_history=timedelta(days=int(WARMUP * 7 / 5) + 30),
+        split=SplitSpec(
+            test=params.test_steps,
+            validation=params.validation_steps,
+            gap=h,
+            train=params.train_steps,
+            unit="steps",
+            end=params.end,
+        ),
+        model=ModelSpec(
+            params={
+                "objective": "reg:absoluteerror",  # the conditional median: what MAE rewards
+                "eval_metric": "mae",
+                "max_depth": params.max_depth,
+                "eta": params.learning_rate,
+                "min_child_weight": 50,
+                "subsample": 0.8,
+                "colsample_bytree": 0.8,
+                "lambda": 10.0,
+                "nthread": 2,
+            },
+            num_boost_round=params.rounds,
+            early_stopping_rounds=100,
+            target_transform="log" if volatility else "identity",
+            offset_features=HAR_FEATURES if volatility else (),
+            search={"max_depth": [2, 3], "min_child_weight": [20, 100]},
+            folds=params.folds,
+        ),
+        baselines=baselines,
+        metrics=Metrics(
+            compute=volatility_metrics if volatility else return_metrics,
+            primary="mae",
+            greater_is_better=False,
+        ),
+        gates=GateSpec(baseline=gates, champion_margin=params.champion_margin),
+        tags={"target": params.target, "horizon_days": str(h)},
+    )
