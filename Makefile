@@ -34,3 +34,13 @@ bench: install  ## figures on the full handbook data (../shared/data/fraud-handb
 
 clean:
 	rm -rf .mlops .venv
+
+# Server mode without Docker (docs/servers.md): MLflow and Prefect servers on loopback against the local
+# Postgres, with the settings docker-compose.yml uses, plus `mlops serve`. State: .mlops/servers/.
+.PHONY: up down
+
+up: install  ## start MLflow + Prefect servers and `mlops serve`; idempotent; prints the UI URLs and exports
+	$(UV) run python -m infra.servers up $(ARGS)
+
+down: install  ## stop what `make up` started; `make down ARGS=--purge` also drops its databases and artifacts
+	$(UV) run python -m infra.servers down $(ARGS)

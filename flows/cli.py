@@ -124,10 +124,14 @@ def print_summary(outcome) -> None:
 
     gates = Table(title="gates")
     for column in ("gate", "value", "threshold", "verdict"):
-        gates.add_column(column)
+        gates.add_column(column, justify="right" if column in ("value", "threshold") else "left")
     for r in outcome.verdict.results:
-        verdict = "[green]passed[/]" if r.passed else "[red]refused[/]"
-        gates.add_row(r.name, f"{r.value:.4f}", f"{r.threshold:.4f}", f"{verdict}  {r.detail}")
+        # The detail says by how much and against what; shown where it adds to the numbers.
+        verdict = "[green]passed[/]" if r.passed else f"[red]refused[/]: {r.detail}"
+        threshold = "-" if r.threshold != r.threshold else f"{r.threshold:.4f}"  # NaN: nothing to compare
+        if r.kind == "champion" and r.passed:
+            verdict += f" ({r.detail})"
+        gates.add_row(r.name, f"{r.value:.4f}", threshold, verdict)
     console.print(gates)
 
     colour = {"promoted": "green", "registered": "yellow", "rejected": "red"}[outcome.decision.status]
@@ -146,6 +150,10 @@ def print_summary(outcome) -> None:
 from flows.server_cli import register_commands  # noqa: E402 - server mode: deploy, serve, notify-data
 
 register_commands(app)
+
+from flows.lifecycle_cli import register_commands as register_lifecycle  # noqa: E402 - score, serve-model, status, rollback
+
+register_lifecycle(app)
 
 
 def main() -> None:  # pragma: no cover - console script entry

@@ -14,10 +14,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 USE_CASE_HELP = "Only this use case (repeatable). Default: every use case in usecases.SPEC_MODULES."
 
@@ -89,20 +88,23 @@ def _plans(use_cases: list[str] | None):
     return all_plans(use_cases)
 
 
-def _plans_table(plans, work_pool: str | None) -> Table:
-    table = Table(title="deployments", show_lines=True)
-    for column in ("deployment", "schedule", "triggers", "concurrency", "tags", "runs on"):
-        table.add_column(column)
+def _describe(plans, work_pool: str | None) -> str:
+    """Plain text (it also goes to log files): one block per deployment."""
+    blocks = []
     for plan in plans:
-        table.add_row(
-            plan.full_name,
-            plan.timing.note if plan.timing else "-",
-            "\n".join(f"{', '.join(sorted(t.expect))} ({plan.use_case})" for t in plan.triggers) or "-",
-            f"{plan.concurrency.limit} at a time, queued" if plan.concurrency else "-",
-            ", ".join(plan.tags),
-            f"work pool {work_pool}" if work_pool else "mlops serve",
-        )
-    return table
+        rows = {
+            "schedule": plan.timing.note if plan.timing else "none (UI, API and events only)",
+            "trigger": "; ".join(
+                f"{', '.join(sorted(t.expect))} for {plan.use_case} (mlops notify-data {plan.use_case} PATH)"
+                for t in plan.triggers
+            )
+            or "-",
+            "concurrency": "one run at a time, others wait" if plan.concurrency else "-",
+            "tags": ", ".join(plan.tags),
+            "runs on": f"workers of work pool {work_pool}" if work_pool else "mlops serve",
+        }
+        blocks.append(plan.full_name + "".join(f"\n    {k:<12} {v}" for k, v in rows.items()))
+    return "\n".join(blocks)
 
 
 def deploy(
@@ -136,7 +138,7 @@ def deploy(
     use_cases = _check_use_cases(use_case)
     plans = _plans(use_cases)
     if dry_run:
-        console.print(_plans_table(plans, work_pool))
+        typer.echo(_describe(plans, work_pool))
         return
     api = _require_prefect_server()
     if work_pool:
@@ -144,7 +146,7 @@ def deploy(
     for plan in plans:
         deployment = plan.to_deployment(work_pool=work_pool, paused=paused or None)
         deployment.apply(work_pool_name=work_pool)
-    console.print(_plans_table(plans, work_pool))
+    typer.echo(_describe(plans, work_pool))
     ui = _ui_url(api)
     console.print(f"Registered {len(plans)} deployment(s) with {api}. See them at {ui}/deployments")
     if work_pool:
@@ -214,7 +216,7 @@ def serve(
     from prefect import serve as prefect_serve
 
     plans = _plans(use_cases)
-    console.print(_plans_table(plans, None))
+    typer.echo(_describe(plans, None))
     console.print(
         f"Serving {len(plans)} deployment(s) from {api} (UI {_ui_url(api)}); MLflow: {tracking or 'local'}"
     )

@@ -111,6 +111,8 @@ class ChampionFollower:
         self._wake.set()
 
     def _poll(self) -> None:
+        if self.served is None:
+            self.refresh()
         while not self._stop.is_set():
             self._wake.wait(self.poll_seconds)
             self._wake.clear()
@@ -210,7 +212,7 @@ def _require(columns: tuple[str, ...], present) -> None:
 
 
 def to_matrix(body: object, model: ScoringModel) -> np.ndarray:
-    """Check a decoded JSON payload against the model's signature; return its float32 input matrix."""
+    """Check a decoded JSON payload against the model's signature; return its input matrix."""
     if not isinstance(body, dict):
         raise PayloadError(400, "the request body must be a JSON object")
     columns = model.columns
@@ -219,7 +221,7 @@ def to_matrix(body: object, model: ScoringModel) -> np.ndarray:
         raise PayloadError(422, "no rows to score")
     if n > MAX_ROWS:
         raise PayloadError(413, f"{n:,} rows in one request; at most {MAX_ROWS:,}")
-    matrix = np.empty((n, len(columns)), dtype=np.float32)
+    matrix = np.empty((n, len(columns)), dtype=np.float64)
     for j, column in enumerate(columns):
         column_values = values[column]
         kind = model.column_types.get(column, "double")

@@ -46,7 +46,7 @@ QUIET = {
     "MLFLOW_ENABLE_TELEMETRY": "false",
     "GX_ANALYTICS_ENABLED": "false",
 }
-SECRETS = ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY")
+PLACEHOLDER = "change-me"  # what .env.example holds where a secret goes
 
 
 class ServerError(RuntimeError):
@@ -116,9 +116,9 @@ class Settings:
 
         return cls(
             state_dir=state_dir,
-            mlflow_host=get("MLFLOW_SERVER_HOST", "127.0.0.1"),
-            mlflow_port=int(get("MLFLOW_SERVER_PORT", "5000")),
-            mlflow_workers=int(get("MLFLOW_SERVER_WORKERS", "2")),
+            mlflow_host=get("MLOPS_MLFLOW_HOST", "127.0.0.1"),
+            mlflow_port=int(get("MLOPS_MLFLOW_PORT", "5000")),
+            mlflow_workers=int(get("MLOPS_MLFLOW_WORKERS", "2")),
             mlflow_backend_store_uri=get(
                 "MLFLOW_BACKEND_STORE_URI", f"postgresql+psycopg2://{postgres}/{prefix}_mlflow"
             ),
@@ -133,8 +133,8 @@ class Settings:
             mlflow_admin_username=get("MLFLOW_AUTH_ADMIN_USERNAME", "admin"),
             mlflow_admin_password=get("MLFLOW_AUTH_ADMIN_PASSWORD"),
             mlflow_secret_key=get("MLFLOW_FLASK_SERVER_SECRET_KEY"),
-            prefect_host=get("PREFECT_SERVER_API_HOST", "127.0.0.1"),
-            prefect_port=int(get("PREFECT_SERVER_API_PORT", "4200")),
+            prefect_host=get("MLOPS_PREFECT_HOST", "127.0.0.1"),
+            prefect_port=int(get("MLOPS_PREFECT_PORT", "4200")),
             prefect_database_url=get(
                 "PREFECT_SERVER_DATABASE_CONNECTION_URL", f"postgresql+asyncpg://{postgres}/{prefix}_prefect"
             ),
@@ -175,6 +175,9 @@ class Settings:
             "MLFLOW_FLASK_SERVER_SECRET_KEY": self.mlflow_secret_key
             or stored.get("MLFLOW_FLASK_SERVER_SECRET_KEY"),
         }
+        placeholders = [k for k, v in values.items() if v == PLACEHOLDER]
+        if placeholders:
+            raise ServerError(f"replace the {PLACEHOLDER!r} placeholder of {', '.join(placeholders)} in .env")
         missing = [k for k, v in values.items() if not v]
         if missing and not generate:
             raise ServerError(f"set {', '.join(missing)} (see .env.example)")
@@ -478,7 +481,11 @@ def prefect_healthy(settings: Settings) -> bool:
 
 
 def deployments_registered(settings: Settings) -> bool:
-    from infra.deployments import all_plans
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # import-time chatter of the flows' libraries
+        from infra.deployments import all_plans
 
     return all(
         http_ok(f"{settings.prefect_api_url}/deployments/name/{plan.full_name}") for plan in all_plans()
@@ -516,7 +523,7 @@ def up(settings: Settings, serve: bool = True, timeout: float = 180.0) -> Settin
             if port_open(Settings._client_host(host), port):
                 raise ServerError(
                     f"{process.name}: port {port} is taken by another program; choose another one "
-                    "(MLFLOW_SERVER_PORT / PREFECT_SERVER_API_PORT) or stop it"
+                    "(MLOPS_MLFLOW_PORT / MLOPS_PREFECT_PORT) or stop it"
                 )
             pid = process.start(command, env)
             print(f"  {process.name}: started (pid {pid}), log {process.log_file}")

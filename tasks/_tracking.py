@@ -78,6 +78,17 @@ def resumed(run_id: str):
         mlflow.end_run(status="RUNNING")
 
 
+def content_digest(frame) -> str:
+    """A digest of every value, column name and dtype of a frame (vectorised: ~0.1 s per million rows)."""
+    import hashlib
+
+    import pandas as pd
+
+    hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    header = "|".join(f"{c}:{t}" for c, t in frame.dtypes.items()).encode()
+    return hashlib.sha256(header + hashed.tobytes()).hexdigest()[:16]
+
+
 def code_version() -> str:
     """The git commit of the code that trained (with `-dirty` when the tree has local changes)."""
     root = Path(__file__).resolve().parents[1]

@@ -194,10 +194,10 @@ def evaluate(
         "",
     )
     get_run_logger().info(
-        "test %s: candidate %.4f; %s",
+        "test %s: candidate %.4g; %s",
         metrics_spec.primary,
         scored.metrics[metrics_spec.primary],
-        ", ".join(f"{n} {s.metrics[metrics_spec.primary]:.4f}" for n, s in scored_baselines.items()),
+        ", ".join(f"{n} {s.metrics[metrics_spec.primary]:.4g}" for n, s in scored_baselines.items()),
     )
     return Evaluation(scored, scored_baselines)
 

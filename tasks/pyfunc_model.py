@@ -61,7 +61,7 @@ class TransformedXGBoost(mlflow.pyfunc.PythonModel):
         self.booster.load_model(context.artifacts["booster"])
         self.config = json.loads(Path(context.artifacts["config"]).read_text())
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> np.ndarray:
         return predict(self.booster, pd.DataFrame(model_input), self.config)
 
 

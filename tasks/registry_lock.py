@@ -217,3 +217,24 @@ def _prefect_lock(name: str, timeout: float) -> Iterator[str]:
         raise RegistryLockTimeout(
             f"Prefect concurrency limit {limit}: no slot after {timeout:.0f} s"
         ) from exc
+
+
+def ensure_store(experiment_name: str) -> str:
+    """Create (or find) the use case's experiment, with the embedded store's schema created under a file lock.
+
+    Two first runs at once on a fresh MLOPS_HOME would otherwise both run MLflow's schema migrations on the
+    same SQLite file and one would fail. Returns the experiment id.
+    """
+    from mlflow import MlflowClient
+
+    from tasks import _tracking
+
+    uri = _tracking.tracking_uri()
+    if lock_kind(uri) != "file" or not urlparse(uri).scheme.startswith("sqlite"):
+        return _tracking.experiment_id(experiment_name)
+    path = lock_file(uri, "schema")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(path, DEFAULT_TIMEOUT, "schema creation"):
+        experiment = _tracking.experiment_id(experiment_name)
+        MlflowClient().search_registered_models(max_results=1)  # the registry store's tables too
+    return experiment

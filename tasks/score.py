@@ -33,7 +33,6 @@ from prefect import get_run_logger
 
 from tasks._stage import stage
 from tasks.ingest import READERS, DataReadError, read_table
-from tasks.validate import DataValidationError, validate_frame
 
 DEFAULT_CHUNK_ROWS = 1_000_000
 VERSION_COLUMN = "model_version"
@@ -65,10 +64,14 @@ class ScoringModel:
     _model: object = field(repr=False, default=None)
 
     def predict_matrix(self, matrix: np.ndarray) -> np.ndarray:
-        """Scores for a float matrix whose columns are `columns`, in that order."""
+        """Scores for a float matrix whose columns are `columns`, in that order (already checked)."""
         if self.flavor == "xgboost":
             return self._model.inplace_predict(matrix)
-        return self.predict(pd.DataFrame(matrix, columns=list(self.columns)))
+        frame = pd.DataFrame(np.asarray(matrix, dtype=np.float64), columns=list(self.columns))
+        for column, kind in self.column_types.items():  # the signature's integer columns as integers
+            if kind in ("long", "integer") and column in frame and frame[column].notna().all():
+                frame[column] = frame[column].astype("int64" if kind == "long" else "int32")
+        return self.predict(frame)
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
         missing = [c for c in self.columns if c not in frame.columns]
@@ -256,6 +259,8 @@ def _prepare(chunk: pd.DataFrame, time_column: str) -> pd.DataFrame:
 
 
 def _check(frame: pd.DataFrame, suite_factory, what: str, log) -> float:
+    from tasks.validate import DataValidationError, validate_frame  # GX: imported only when scoring files
+
     started = time.perf_counter()
     report = validate_frame(frame, suite_factory())
     if not report.success:

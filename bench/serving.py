@@ -1,0 +1,174 @@
+"""Serving benchmark: `mlops serve-model` next to `mlflow models serve`, same model version, same run.
+
+    uv run python bench/serving.py [--home DIR] [--single 500] [--batches 100] [--batch-rows 1000]
+
+Uses (or trains, see bench/scoring.py) the fraud champion in --home, starts both servers on free ports,
+warms them up, then alternates requests between them so both see the same machine load: one-row requests
+(`dataframe_records`) and 1,000-row batches (`dataframe_split`), real handbook features. Prints p50 / p99
+latency (client-side, keep-alive connection) and checks that both answer the same predictions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.scoring import HANDBOOK, MODEL, ensure_champion  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 180) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[:4]} exited: {process.stdout.read()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not come up in {timeout:.0f} s")
+
+
+def percentiles(samples: list[float]) -> tuple[float, float, float]:
+    import numpy as np
+
+    ms = np.asarray(samples) * 1000
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), float(ms.mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--home", type=Path, default=ROOT / ".mlops-bench")
+    parser.add_argument("--data", type=Path, default=HANDBOOK)
+    parser.add_argument("--single", type=int, default=500, help="one-row requests per server")
+    parser.add_argument("--batches", type=int, default=100, help="batch requests per server")
+    parser.add_argument("--batch-rows", type=int, default=1000)
+    args = parser.parse_args()
+    home = args.home.resolve()
+    version = ensure_champion(home, args.data)
+
+    import httpx
+    import numpy as np
+    import pandas as pd
+
+    from flows.scoring import spec_for
+    from tasks.score import load_scoring_model
+
+    model = load_scoring_model(MODEL, version=version)
+    spec = spec_for("fraud", model)
+    raw = pd.read_parquet(args.data)
+    raw = raw[raw["TX_DATETIME"] >= raw["TX_DATETIME"].max() - pd.Timedelta(days=45)]
+    features = spec.build_features(raw)[list(model.columns)].tail(50_000).reset_index(drop=True)
+    records = json.loads(features.to_json(orient="records"))
+    rng = np.random.default_rng(0)
+
+    env = {**os.environ, "MLOPS_HOME": str(home), "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}
+    ours_port, theirs_port = free_port(), free_port()
+    servers = {
+        "mlops serve-model": (
+            [sys.executable, "-m", "flows.cli", "serve-model", "fraud", "--port", str(ours_port)],
+            f"http://127.0.0.1:{ours_port}",
+            "/predict",
+        ),
+        "mlflow models serve": (
+            [
+                sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL}/{version}",
+                "--env-manager", "local", "-p", str(theirs_port), "-h", "127.0.0.1",
+            ],
+            f"http://127.0.0.1:{theirs_port}",
+            "/invocations",
+        ),
+    }  # fmt: skip
+    processes = {
+        name: subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for name, (command, _, _) in servers.items()
+    }
+    try:
+        for name, (_, url, _) in servers.items():
+            wait_until_up(f"{url}/health" if name.startswith("mlops") else f"{url}/ping", processes[name])
+        clients = {name: httpx.Client(base_url=url, timeout=60) for name, (_, url, _) in servers.items()}
+        single = [
+            {"dataframe_records": [records[int(i)]]} for i in rng.integers(0, len(records), args.single)
+        ]
+        batches = []
+        for _ in range(args.batches):
+            start = int(rng.integers(0, len(records) - args.batch_rows))
+            part = features.iloc[start : start + args.batch_rows]
+            batches.append(
+                {
+                    "dataframe_split": {
+                        "columns": list(part.columns),
+                        "data": json.loads(part.to_json(orient="values")),
+                    }
+                }
+            )
+        # same answers from both
+        for payload in (single[0], batches[0]):
+            answers = [
+                np.asarray(clients[n].post(path, json=payload).json()["predictions"], dtype=float).ravel()
+                for n, (_, _, path) in servers.items()
+            ]
+            np.testing.assert_allclose(answers[0], answers[1], rtol=1e-5, atol=1e-7)
+
+        results = {}
+        for kind, payloads, warmup in (("1 row", single, 50), (f"{args.batch_rows:,} rows", batches, 10)):
+            bodies = [json.dumps(p).encode() for p in payloads]
+            for name, (_, _, path) in servers.items():
+                for body in bodies[:warmup]:
+                    clients[name].post(path, content=body, headers={"content-type": "application/json"})
+            timings = {name: [] for name in servers}
+            for body in bodies:  # alternate, so both servers see the same load
+                for name, (_, _, path) in servers.items():
+                    started = time.perf_counter()
+                    response = clients[name].post(
+                        path, content=body, headers={"content-type": "application/json"}
+                    )
+                    timings[name].append(time.perf_counter() - started)
+                    assert response.status_code == 200, response.text[:300]
+            for name in servers:
+                results[(kind, name)] = (percentiles(timings[name]), len(bodies))
+
+        print(f"\n{MODEL} v{version}, {os.cpu_count()} CPUs; client-side latency, keep-alive, sequential")
+        print(
+            f"  {'request':<14}{'server':<22}{'p50 ms':>9}{'p99 ms':>9}{'mean ms':>9}{'n':>6}{'rows/s':>12}"
+        )
+        for (kind, name), ((p50, p99, mean), n) in results.items():
+            rows = 1 if kind == "1 row" else args.batch_rows
+            print(
+                f"  {kind:<14}{name:<22}{p50:>9.2f}{p99:>9.2f}{mean:>9.2f}{n:>6}"
+                f"{rows / (mean / 1000):>12,.0f}"
+            )
+    finally:
+        for process in processes.values():
+            process.terminate()
+        for process in processes.values():
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""`mlops score`, `mlops serve-model`, `mlops status`, `mlops rollback`: the registry's consumers.
+
+Exit codes: 0 done; 2 bad input (unreadable or invalid input file, unknown use case, model or version, a
+refused rollback; nothing written, nothing moved); 1 anything else.
+"""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+console = Console(stderr=False)
+
+_MODEL_HELP = "Registered model (default: the use case's own)."
+
+
+def _check_use_case(use_case: str) -> None:
+    from usecases import SPEC_MODULES
+
+    if use_case not in SPEC_MODULES:
+        console.print(f"[bold red]unknown use case[/] {use_case!r}; known: {', '.join(sorted(SPEC_MODULES))}")
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _model_name(use_case: str, model: str | None) -> str:
+    """--model, else the one registered model whose versions carry `use_case`, else the spec's default."""
+    if model:
+        return model
+    from tasks import _tracking as tracking
+    from tasks.lifecycle import registered_models
+
+    tracking.configure()
+    names = registered_models(use_case)
+    if len(names) > 1:
+        console.print(
+            f"[bold red]{use_case} has several registered models[/] ({', '.join(names)}): pass --model"
+        )
+        raise typer.Exit(EXIT_BAD_INPUT)
+    if names:
+        return names[0]
+    from flows.scoring import default_registered_model  # builds the spec: heavier imports
+
+    return default_registered_model(use_case)
+
+
+def score(
+    use_case: str = typer.Argument(..., help="Use case, e.g. fraud."),
+    input: str = typer.Option(..., "--input", "-i", help="Records to score: .parquet or .csv."),
+    output: str = typer.Option(..., "--output", "-o", help="Where to write scores: .parquet or .csv."),
+    version: str | None = typer.Option(None, "--version", help="Score with this registry version."),
+    alias: str | None = typer.Option(None, "--alias", help="Score with the version this alias points to."),
+    model: str | None = typer.Option(None, "--model", help=_MODEL_HELP),
+    chunk_rows: int = typer.Option(
+        1_000_000, "--chunk-rows", help="Rows read at a time (time-ordered input); 0: all at once.", min=0
+    ),
+) -> None:
+    """Score a file with the champion (or --version/--alias): id columns, score, model_version."""
+    import sys
+
+    _check_use_case(use_case)
+    if version is not None and alias is not None:
+        console.print("[bold red]input rejected[/]: give --version or --alias, not both")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    from flows.scoring import batch_scoring
+    from tasks.ingest import DataReadError
+    from tasks.score import InputOrderError, ModelNotFoundError
+    from tasks.validate import DataValidationError
+
+    try:
+        result = batch_scoring(
+            use_case,
+            str(input),
+            str(output),
+            version=version,
+            alias=alias,
+            registered_model=_model_name(use_case, model),
+            chunk_rows=chunk_rows or None,
+            show_progress=sys.stderr.isatty(),
+        )
+    except (DataReadError, DataValidationError, InputOrderError, ModelNotFoundError) as exc:
+        console.print(f"[bold red]input rejected[/]: {exc}")
+        console.print(f"Nothing was written to {output}.")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    except Exception as exc:
+        console.print(f"[bold red]scoring failed[/]: {type(exc).__name__}: {exc}")
+        console.print(f"Nothing was written to {output}.")
+        raise typer.Exit(EXIT_FAILED) from None
+    s = result.seconds
+    console.print(
+        f"[bold green]scored[/] {result.rows_out:,} of {result.rows_in:,} rows with "
+        f"{result.registered_model} v{result.model_version} → {result.output}"
+    )
+    console.print(
+        f"{s['total']:.1f} s, {result.rows_per_second:,.0f} rows/s end to end; model step "
+        f"{result.model_rows_per_second:,.0f} rows/s ("
+        + ", ".join(f"{k} {v:.1f} s" for k, v in s.items() if k != "total")
+        + f"; {result.chunks} chunk(s))"
+    )
+
+
+def serve_model(
+    use_case: str = typer.Argument(..., help="Use case, e.g. fraud."),
+    port: int = typer.Option(8080, "--port", "-p", help="Port to listen on."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (0.0.0.0 for all)."),
+    model: str | None = typer.Option(None, "--model", help=_MODEL_HELP),
+    alias: str = typer.Option("champion", "--alias", help="Alias to serve and follow."),
+    poll_seconds: float = typer.Option(
+        10.0, "--poll-seconds", help="How often to ask the registry where the alias points.", min=0.1
+    ),
+) -> None:
+    """Serve predictions from the champion over HTTP, following the alias without restarts."""
+    import logging
+
+    _check_use_case(use_case)
+    from flows.serving import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    name = _model_name(use_case, model)
+    console.print(
+        f"serving {name}@{alias} on http://{host}:{port} (POST /predict, GET /health); "
+        f"checking the alias every {poll_seconds:g} s"
+    )
+    serve(name, host=host, port=port, alias=alias, poll_seconds=poll_seconds)
+
+
+def status(
+    use_case: str | None = typer.Argument(None, help="Use case (default: every registered model)."),
+    model: str | None = typer.Option(None, "--model", help=_MODEL_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    refused: int = typer.Option(5, "--refused", help="How many refused candidates to list.", min=0),
+) -> None:
+    """Champion version, when and why it was promoted, earlier champions, the latest refused candidates."""
+    from tasks import _tracking as tracking
+    from tasks.lifecycle import model_status, registered_models
+
+    tracking.configure()
+    if use_case is not None:
+        _check_use_case(use_case)
+    names = [model] if model else registered_models(use_case)
+    if not names:
+        console.print("no registered models" + (f" for {use_case}" if use_case else ""))
+        raise typer.Exit(EXIT_OK)
+    try:
+        statuses = [model_status(n, refused=refused) for n in names]
+    except Exception as exc:
+        console.print(f"[bold red]status failed[/]: {type(exc).__name__}: {exc}")
+        raise typer.Exit(EXIT_BAD_INPUT if "RESOURCE_DOES_NOT_EXIST" in str(exc) else EXIT_FAILED) from None
+    if as_json:
+        typer.echo(json.dumps(statuses, indent=2))
+        return
+    for s in statuses:
+        _print_status(s)
+
+
+def _print_status(s: dict) -> None:
+    name, champion = s["registered_model"], s["champion"]
+    console.rule(f"[bold]{name}[/] ({s['versions']} versions)")
+    if champion is None:
+        console.print("[yellow]no champion[/]: consumers of models:/" + name + "@champion get nothing yet")
+    else:
+        metrics = ", ".join(f"{k} {v}" for k, v in champion["metrics"].items())
+        console.print(
+            f"[bold green]champion v{champion['version']}[/] since {champion['since']} ({champion['how']})"
+            + (
+                f" (previous champion v{champion['previous_champion']})"
+                if champion["previous_champion"]
+                else ""
+            )
+        )
+        if champion["rollback"] and champion["how"] == "rollback":
+            rb = champion["rollback"]
+            console.print(
+                f"  rolled back from v{rb.get('rollback.from')} by {rb.get('rollback.by')}: "
+                f"{rb.get('rollback.reason')}"
+            )
+        if champion["promoted_by_run"]:
+            console.print(f"  promoted by run {champion['promoted_by_run']} at {champion['promoted_at']}")
+        if metrics:
+            console.print(f"  test metrics: {metrics}")
+        gates = Table(title=f"gates of v{champion['version']}", show_header=True)
+        gates.add_column("gate")
+        gates.add_column("verdict")
+        for gate, verdict in champion["gates"].items():
+            colour = "green" if verdict.startswith("passed") else "red"
+            gates.add_row(gate, f"[{colour}]{verdict}[/]")
+        console.print(gates)
+    if s["history"]:
+        history = Table(title="champion moves (latest first)")
+        for column in ("#", "at", "action", "version", "from", "by / run", "reason"):
+            history.add_column(column)
+        for e in s["history"]:
+            history.add_row(
+                str(e["seq"]),
+                e.get("at", ""),
+                e.get("action", ""),
+                f"v{e.get('version')}",
+                f"v{e['previous']}" if e.get("previous") else "-",
+                e.get("by") or e.get("run_id", ""),
+                e.get("reason", ""),
+            )
+        console.print(history)
+    if s["previous_champions"]:
+        previous = Table(title="previous champions")
+        for column in ("version", "promoted at", "demoted at", "test metrics"):
+            previous.add_column(column)
+        for p in s["previous_champions"]:
+            previous.add_row(
+                f"v{p['version']}",
+                p["promoted_at"] or "",
+                (p["demoted_at"] or "") + (f" ({p['demoted_reason']})" if p["demoted_reason"] else ""),
+                ", ".join(f"{k} {v}" for k, v in p["metrics"].items()),
+            )
+        console.print(previous)
+    if s["refused"]:
+        refused = Table(title="latest candidates not promoted")
+        for column in ("started", "decision", "version", "why", "run"):
+            refused.add_column(column)
+        for r in s["refused"]:
+            refused.add_row(
+                r["started"] or "", r["decision"] or "", r["version"] or "-", r["summary"], r["run_id"]
+            )
+        console.print(refused)
+
+
+def rollback(
+    use_case: str = typer.Argument(..., help="Use case, e.g. fraud."),
+    to: str | None = typer.Option(None, "--to", help="Version to make champion (default: the previous one)."),
+    reason: str = typer.Option("manual rollback", "--reason", help="Why; recorded on the versions."),
+    model: str | None = typer.Option(None, "--model", help=_MODEL_HELP),
+) -> None:
+    """Move champion back (default: the previous one), recording why; refuses ungated versions."""
+    from tasks import _tracking as tracking
+    from tasks.lifecycle import RollbackRefused
+    from tasks.lifecycle import rollback as do_rollback
+
+    _check_use_case(use_case)
+    tracking.configure()
+    name = _model_name(use_case, model)
+    try:
+        done = do_rollback(name, to=to, reason=reason)
+    except RollbackRefused as exc:
+        console.print(f"[bold red]rollback refused[/]: {exc}")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    except Exception as exc:
+        console.print(f"[bold red]rollback failed[/]: {type(exc).__name__}: {exc}")
+        raise typer.Exit(EXIT_FAILED) from None
+    console.print(
+        f"[bold green]rolled back[/] {done.name}@champion: v{done.previous} → v{done.version} ({done.reason})"
+    )
+
+
+def register_commands(app: typer.Typer) -> None:
+    """Add the consumer and lifecycle commands to the `mlops` app."""
+    app.command("score")(score)
+    app.command("serve-model")(serve_model)
+    app.command("status")(status)
+    app.command("rollback")(rollback)

@@ -1,0 +1,147 @@
+"""Two `mlops run` processes at once on one registry: exactly one champion and a consistent alias history.
+
+The compare-and-promote step is serialised by a lock that lives with the registry (a file lock beside the
+SQLite database; an advisory lock in PostgreSQL), so the second run waits, re-reads the champion and compares
+against it. These are real OS processes, as two schedulers or two people would start them.
+"""
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from tasks.promote import read_history
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--customers", "300", "--terminals", "600", "--days", "70"]
+MODEL = "fraud-detector"
+
+pytestmark = [
+    pytest.mark.usefixtures("prefect_server"),
+    pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning"),
+]
+
+
+def run_together(env: dict, *arg_lists: list[str], cwd: Path) -> list[subprocess.CompletedProcess]:
+    """Start one `mlops run fraud` process per argument list at the same time; wait for all."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, **env, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "run", "fraud", *SMALL, *args],
+            cwd=cwd,
+            env={**env, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for args in arg_lists
+    ]
+    results = []
+    for process in processes:
+        output, _ = process.communicate(timeout=800)
+        results.append(subprocess.CompletedProcess(process.args, process.returncode, output))
+    return results
+
+
+def assert_consistent(client: MlflowClient, expected_versions: int) -> dict:
+    """One champion; every alias move recorded once, each starting where the previous one ended."""
+    versions = client.search_model_versions(f"name = '{MODEL}'")
+    assert len(versions) == expected_versions, [v.version for v in versions]
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    history = read_history(client, MODEL)
+    assert history, "the promotion is recorded"
+    previous = ""
+    for entry in history:
+        assert entry["previous"] == previous, history
+        previous = entry["version"]
+    assert history[-1]["version"] == str(champion.version)
+    # version tags tell the same story
+    assert champion.tags["previous_champion"] == history[-1]["previous"]
+    promoted = [v for v in versions if v.tags.get("promoted_at")]
+    assert sorted(str(v.version) for v in promoted) == sorted({e["version"] for e in history})
+    return {"champion": str(champion.version), "history": history}
+
+
+def test_two_identical_runs_at_once_register_one_version(tmp_path):
+    home = tmp_path / "mlops"
+    a, b = run_together({"MLOPS_HOME": str(home)}, [], [], cwd=ROOT)
+    assert a.returncode == 0, a.stdout[-3000:]
+    assert b.returncode == 0, b.stdout[-3000:]
+    assert "identical earlier registration reused" in a.stdout + b.stdout
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    state = assert_consistent(MlflowClient(), expected_versions=1)
+    assert state["champion"] == "1" and len(state["history"]) == 1
+    mlflow.set_tracking_uri(None)
+
+
+def test_two_different_runs_at_once_end_with_one_champion_and_a_chained_history(tmp_path):
+    home = tmp_path / "mlops"
+    # both candidates pass every gate against no champion; with the lock the second compares against the
+    # first's version (margin 1.0: it may be worse and still promote, so the alias moves twice)
+    a, b = run_together(
+        {"MLOPS_HOME": str(home)},
+        ["--seed", "1", "--champion-margin", "1.0"],
+        ["--seed", "2", "--champion-margin", "1.0"],
+        cwd=ROOT,
+    )
+    assert a.returncode == 0, a.stdout[-3000:]
+    assert b.returncode == 0, b.stdout[-3000:]
+    assert "champion lock on fraud-detector acquired" in a.stdout + b.stdout
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    state = assert_consistent(MlflowClient(), expected_versions=2)
+    assert [e["previous"] for e in state["history"]] == ["", state["history"][0]["version"]]
+    mlflow.set_tracking_uri(None)
+
+
+def _postgres_available() -> bool:
+    try:
+        import psycopg2
+
+        psycopg2.connect("postgresql://postgres@127.0.0.1:5432/postgres", connect_timeout=3).close()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture
+def postgres_uri():
+    if not _postgres_available():
+        pytest.skip("no PostgreSQL at 127.0.0.1:5432")
+    import psycopg2
+
+    name = f"mlops_test_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect("postgresql://postgres@127.0.0.1:5432/postgres")
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    uri = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    try:
+        yield uri
+    finally:
+        mlflow.set_tracking_uri(None)
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def test_two_runs_at_once_on_a_postgres_registry(tmp_path, postgres_uri):
+    mlflow.set_tracking_uri(postgres_uri)
+    MlflowClient().search_experiments()  # create the schema once, before two processes race to migrate it
+    a, b = run_together(
+        {"MLFLOW_TRACKING_URI": postgres_uri, "MLOPS_HOME": str(tmp_path / "mlops")},
+        ["--seed", "1", "--champion-margin", "1.0"],
+        ["--seed", "2", "--champion-margin", "1.0"],
+        cwd=tmp_path,  # artifacts of a database store without an artifact root go to ./mlruns
+    )
+    assert a.returncode == 0, a.stdout[-3000:]
+    assert b.returncode == 0, b.stdout[-3000:]
+    assert "postgres advisory lock" in a.stdout + b.stdout
+    mlflow.set_tracking_uri(postgres_uri)
+    assert_consistent(MlflowClient(), expected_versions=2)

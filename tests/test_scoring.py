@@ -1,0 +1,203 @@
+"""Batch scoring through `mlops score`: one feature path, chunked = in one go, bad input writes nothing.
+
+One champion is trained once for the module (the real pipeline on simulated transactions); every test scores
+another simulated month with it.
+"""
+
+import os
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.scoring import batch_scoring
+from tasks.score import ScoringModel
+from usecases.fraud.features import build_features
+from usecases.fraud.simulator import simulate_transactions
+
+MODEL = "fraud-detector"
+runner = CliRunner()
+
+pytestmark = [
+    pytest.mark.usefixtures("prefect_server"),
+    pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning"),
+]
+
+
+def mlops(*args: str):
+    result = runner.invoke(app, list(args))
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, prefect_server):
+    """A registry with one champion trained by the pipeline; MLOPS_HOME points at it for the module."""
+    home = tmp_path_factory.mktemp("scoring") / "mlops"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLOPS_HOME", str(home))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        result = mlops("run", "fraud", "--customers", "300", "--terminals", "600", "--days", "70")
+        assert result.exit_code == 0, result.output
+        yield home
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def home(trained, monkeypatch):
+    monkeypatch.setenv("MLOPS_HOME", str(trained))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mlflow.set_tracking_uri(f"sqlite:///{trained / 'mlflow.db'}")
+    return trained
+
+
+@pytest.fixture(scope="module")
+def transactions(tmp_path_factory):
+    """Another simulated period (different seed) in the raw schema, sorted by time as files come."""
+    frame = simulate_transactions(n_customers=300, n_terminals=600, n_days=60, seed=11)
+    path = tmp_path_factory.mktemp("input") / "transactions.parquet"
+    frame.to_parquet(path)
+    return path
+
+
+def reference_scores(raw: pd.DataFrame, version: str = "1") -> pd.Series:
+    """What the model gives on features computed from the whole input in one go, by TRANSACTION_ID."""
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{version}")
+    columns = [c.name for c in model.metadata.get_input_schema().inputs]
+    features = build_features(raw, delay_days=7)
+    scores = np.asarray(model.predict(features[columns])).ravel()
+    return pd.Series(scores, index=features["TRANSACTION_ID"].to_numpy())
+
+
+def leftovers(folder) -> list:
+    return [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_score_writes_ids_probability_and_version(home, transactions, tmp_path):
+    out = tmp_path / "scores.parquet"
+    result = mlops("score", "fraud", "--input", str(transactions), "--output", str(out))
+    assert result.exit_code == 0, result.output
+    assert "rows/s" in result.output and "model step" in result.output
+    scores = pd.read_parquet(out)
+    raw = pd.read_parquet(transactions)
+    assert list(scores.columns) == ["TRANSACTION_ID", "fraud_score", "model_version"]
+    assert len(scores) == len(raw) and set(scores.TRANSACTION_ID) == set(raw.TRANSACTION_ID)
+    assert (scores.model_version == "1").all()
+    assert scores.fraud_score.between(0, 1).all()
+    reference = reference_scores(raw)
+    np.testing.assert_allclose(
+        scores.fraud_score.to_numpy(), reference.loc[scores.TRANSACTION_ID].to_numpy(), rtol=0, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("chunk_rows", [2_000, 3_001])
+def test_chunked_scores_equal_scores_in_one_go(home, transactions, tmp_path, chunk_rows):
+    """Chunks carry 37 days of history (30-day windows + 7-day delay): every score equals the one-go score."""
+    raw = pd.read_parquet(transactions)
+    assert len(raw) > 5 * chunk_rows
+    # CSV input in, CSV out: the same feature path from text timestamps
+    csv_in = tmp_path / "transactions.csv"
+    raw.to_csv(csv_in, index=False)
+    for source, out in ((transactions, tmp_path / "a.parquet"), (csv_in, tmp_path / "b.parquet")):
+        result = batch_scoring("fraud", str(source), str(out), chunk_rows=chunk_rows)
+        assert result.chunks > 5 and result.rows_out == len(raw)
+        scores = pd.read_parquet(out)
+        assert scores.TRANSACTION_ID.is_unique and len(scores) == len(raw)
+        reference = reference_scores(raw).loc[scores.TRANSACTION_ID].to_numpy()
+        difference = np.abs(scores.fraud_score.to_numpy() - reference)
+        assert difference.max() <= 1e-6, difference.max()
+        assert (difference == 0).mean() > 0.999  # identical but for last-bit rounding of running sums
+
+
+def test_csv_output_and_pinned_version(home, transactions, tmp_path):
+    out = tmp_path / "scores.csv"
+    result = mlops("score", "fraud", "-i", str(transactions), "-o", str(out), "--version", "1")
+    assert result.exit_code == 0, result.output
+    scores = pd.read_csv(out)
+    assert list(scores.columns) == ["TRANSACTION_ID", "fraud_score", "model_version"]
+    assert (scores.model_version == 1).all()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--version", "99"], "no version 99"), (["--alias", "nope"], "no alias @nope")],
+)
+def test_unknown_version_or_alias_exits_2(home, transactions, tmp_path, args, message):
+    out = tmp_path / "scores.parquet"
+    result = mlops("score", "fraud", "-i", str(transactions), "-o", str(out), *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and not out.exists()
+
+
+@pytest.mark.parametrize("defect", ["negative_amount", "missing_column", "duplicate_ids"])
+def test_invalid_input_exits_2_and_writes_nothing(home, transactions, tmp_path, defect):
+    raw = pd.read_parquet(transactions)
+    if defect == "negative_amount":
+        raw.loc[raw.index[-5:], "TX_AMOUNT"] = -1.0  # in the last chunk: earlier chunks were fine
+    elif defect == "missing_column":
+        raw = raw.drop(columns=["TX_AMOUNT"])
+    else:
+        raw.loc[raw.index[-1], "TRANSACTION_ID"] = raw.loc[raw.index[-2], "TRANSACTION_ID"]
+    bad = tmp_path / "bad.parquet"
+    raw.to_parquet(bad)
+    out = tmp_path / "out" / "scores.parquet"
+    result = mlops("score", "fraud", "-i", str(bad), "-o", str(out), "--chunk-rows", "5000")
+    assert result.exit_code == 2, result.output
+    assert "input rejected" in result.output
+    assert ("TRANSACTION_ID" if defect == "duplicate_ids" else "TX_AMOUNT") in result.output
+    assert not out.exists() and not leftovers(out.parent)
+
+
+def test_unsorted_input_is_refused_when_chunked_and_scored_in_one_piece(home, transactions, tmp_path):
+    raw = pd.read_parquet(transactions).sample(frac=1.0, random_state=0)
+    shuffled = tmp_path / "shuffled.parquet"
+    raw.to_parquet(shuffled)
+    out = tmp_path / "scores.parquet"
+    refused = mlops("score", "fraud", "-i", str(shuffled), "-o", str(out), "--chunk-rows", "5000")
+    assert refused.exit_code == 2 and "sorted by TX_DATETIME" in refused.output.replace("\n", " ")
+    assert not out.exists()
+    whole = mlops("score", "fraud", "-i", str(shuffled), "-o", str(out), "--chunk-rows", "0")
+    assert whole.exit_code == 0, whole.output
+    scores = pd.read_parquet(out)
+    reference = reference_scores(raw).loc[scores.TRANSACTION_ID].to_numpy()
+    np.testing.assert_allclose(scores.fraud_score.to_numpy(), reference, rtol=0, atol=1e-6)
+
+
+def test_failure_midway_leaves_the_previous_output_untouched(home, transactions, tmp_path, monkeypatch):
+    out = tmp_path / "scores.parquet"
+    pd.DataFrame({"TRANSACTION_ID": [1], "fraud_score": [0.5], "model_version": ["0"]}).to_parquet(out)
+    before = out.read_bytes()
+    calls = {"n": 0}
+    real_predict = ScoringModel.predict
+
+    def failing_predict(self, frame):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("disk on fire")
+        return real_predict(self, frame)
+
+    monkeypatch.setattr(ScoringModel, "predict", failing_predict)
+    result = mlops("score", "fraud", "-i", str(transactions), "-o", str(out), "--chunk-rows", "5000")
+    assert result.exit_code == 1, result.output
+    assert "disk on fire" in result.output
+    assert out.read_bytes() == before and not leftovers(tmp_path)
+
+
+def test_unknown_use_case_exits_2(home, transactions, tmp_path):
+    result = mlops("score", "nope", "-i", str(transactions), "-o", str(tmp_path / "x.parquet"))
+    assert result.exit_code == 2 and "unknown use case" in result.output
+
+
+def test_scoring_uses_the_training_runs_feature_parameters(home):
+    """The spec is rebuilt with the parameters the version was trained with (here: the defaults)."""
+    from flows.scoring import spec_for
+    from tasks.score import load_scoring_model
+
+    model = load_scoring_model(MODEL)
+    spec = spec_for("fraud", model)
+    assert spec.score_column == "fraud_score" and spec.feature_history == pd.Timedelta(days=37)
+    assert os.environ["MLOPS_HOME"] == str(home)

@@ -1,0 +1,391 @@
+"""Server mode: deployments as code, the native servers, and the whole thing end to end.
+
+The integration test (`-m server`) does what an operator and the UI do, against real servers:
+
+1. `python -m infra.servers up` (what `make up` runs): MLflow (basic auth) and Prefect, both on fresh
+   Postgres databases with unique names, on free loopback ports, plus `mlops serve`;
+2. `mlops deploy`, then reads the deployment back as the UI does (schedule, typed parameter form,
+   concurrency limit, tags, the `mlops.data.arrived` automation);
+3. a "Custom run" through the REST API the UI uses, with small custom parameters (an out-of-bounds one is
+   refused first);
+4. `mlops notify-data fraud FILE` while that run trains: the event starts a second run, which waits for
+   the first (one run at a time per registered model);
+5. checks through MLflow's REST API that `fraud-detector@champion` exists with its lineage tags and that
+   the custom parameters reached the run, and through Prefect's event API that `mlops.model.promoted` was
+   emitted with version, previous version, metrics and gates.
+
+Teardown stops every process it started and drops the databases, also when a step fails.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from infra.servers import QUIET, Managed, Settings, drop_databases
+
+ROOT = Path(__file__).resolve().parents[1]
+MLOPS = [sys.executable, "-m", "flows.cli"]
+SMALL = {"customers": 300, "terminals": 600, "days": 70}
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+# -- deployments as code: fast, no servers ------------------------------------------------------------------
+def test_every_use_case_gets_a_training_deployment():
+    from prefect.utilities.importtools import import_object
+
+    from flows.training import TRAINING_FLOWS
+    from infra.deployments import DATA_ARRIVED, ONE_AT_A_TIME, dataset_resource_id, training_plans
+    from usecases import SPEC_MODULES
+
+    plans = {plan.use_case: plan for plan in training_plans()}
+    assert set(plans) == set(TRAINING_FLOWS) == set(SPEC_MODULES)
+    for use_case, plan in plans.items():
+        assert plan.flow is TRAINING_FLOWS[use_case]
+        assert plan.full_name == f"{use_case}-training/{plan.registered_model}"
+        assert import_object(plan.entrypoint) is plan.flow  # what a work-pool worker imports
+        assert plan.timing is not None and plan.concurrency == ONE_AT_A_TIME
+        assert {"mlops", "training", f"use-case:{use_case}", f"model:{plan.registered_model}"} == set(
+            plan.tags
+        )
+        (trigger,) = plan.triggers
+        assert trigger.expect == {DATA_ARRIVED}
+        assert trigger.match.root == {"prefect.resource.id": dataset_resource_id(use_case)}
+        assert trigger.parameters == {"params": {"data": "{{ event.payload.path }}"}}
+
+
+def test_schedules():
+    from infra.deployments import SCHEDULES, training_plans
+
+    plans = {plan.flow_name: plan for plan in training_plans()}
+    assert plans["fraud-training"].timing.cron == "0 2 * * *"  # daily
+    stock = SCHEDULES["stock-training"]  # weekdays, after the 16:00 New York close, across DST
+    assert stock.cron.endswith("* * 1-5") and stock.timezone == "America/New_York"
+    hour, minute = int(stock.cron.split()[1]), int(stock.cron.split()[0])
+    assert (hour, minute) >= (16, 0)
+
+
+def test_deployment_parameters_render_as_a_typed_form():
+    from infra.deployments import training_plans
+
+    for plan in training_plans():
+        deployment = plan.to_deployment()
+        assert deployment.enforce_parameter_schema
+        assert deployment.entrypoint == plan.entrypoint
+        assert deployment.work_pool_name is None  # served by `mlops serve`
+        schema = deployment._parameter_openapi_schema.model_dump(exclude_unset=True)
+        assert list(schema["properties"]) == ["params"]
+        model = schema["properties"]["params"]["$ref"].rsplit("/", 1)[1]
+        fields = schema["definitions"][model]["properties"]
+        assert all(field.get("description") for field in fields.values()), plan.full_name
+        assert any("minimum" in field or "maximum" in field for field in fields.values())
+        assert "data" in fields and "seed" in fields
+
+
+def test_data_arrived_event_matches_the_trigger():
+    from prefect.events import Event
+
+    from infra.deployments import data_arrived_event, training_plans
+
+    for plan in training_plans():
+        event = Event(**data_arrived_event(plan.use_case, "/data/new.parquet"))
+        (trigger,) = plan.triggers
+        assert event.event in trigger.expect
+        assert trigger.match.matches(event.resource)
+        assert event.payload == {"use_case": plan.use_case, "path": "/data/new.parquet"}
+
+
+def test_settings_and_auth_config(tmp_path):
+    settings = Settings.from_env({"MLOPS_SERVERS_DIR": str(tmp_path), "MLOPS_ENV_FILE": ""})
+    assert settings.mlflow_url == "http://127.0.0.1:5000"
+    assert settings.prefect_api_url == "http://127.0.0.1:4200/api"
+    assert settings.mlflow_backend_store_uri == "postgresql+psycopg2://postgres@127.0.0.1:5432/mlops_mlflow"
+    assert settings.prefect_database_url == "postgresql+asyncpg://postgres@127.0.0.1:5432/mlops_prefect"
+
+    first = settings.with_secrets(generate=True)
+    again = settings.with_secrets(generate=True)  # generated once, then reused: the admin user keeps working
+    assert first.mlflow_admin_password and first.mlflow_admin_password == again.mlflow_admin_password
+    assert oct(settings.credentials_file.stat().st_mode)[-3:] == "600"
+    assert first.client_env()["MLFLOW_TRACKING_PASSWORD"] == first.mlflow_admin_password
+
+    odd = Settings.from_env(
+        {"MLOPS_SERVERS_DIR": str(tmp_path), "MLOPS_ENV_FILE": "", "MLOPS_POSTGRES": "u:p%40ss@db:5432"}
+    )
+    parser = configparser.ConfigParser()  # as MLflow reads it: `%` must survive interpolation
+    parser.read(odd.render_auth_config())
+    assert parser["mlflow"]["database_uri"] == "postgresql+psycopg2://u:p%40ss@db:5432/mlops_mlflow_auth"
+    assert "password" not in parser["mlflow"]
+
+
+def test_env_file_fills_what_the_environment_does_not(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("# comment\nMLOPS_MLFLOW_PORT=5055\nexport MLOPS_PREFECT_PORT='4242'\n")
+    settings = Settings.from_env({"MLOPS_ENV_FILE": str(env_file), "MLOPS_PREFECT_PORT": "4300"})
+    assert (settings.mlflow_port, settings.prefect_port) == (5055, 4300)
+
+
+@pytest.mark.parametrize("command", ["deploy", "serve", "notify-data"])
+def test_commands_explain_themselves(command):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    assert "PREFECT_API_URL" in result.output or "mlops.data.arrived" in result.output
+
+
+def test_server_commands_refuse_without_a_server(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update(QUIET, PREFECT_HOME=str(tmp_path), PREFECT_API_URL="")
+    result = subprocess.run(
+        [*MLOPS, "deploy"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert "PREFECT_API_URL is not set" in result.stderr
+
+
+# -- the integration test ------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _postgres_up() -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(2)
+        return sock.connect_ex(("127.0.0.1", 5432)) == 0
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    env: dict[str, str]  # a client's environment: PREFECT_API_URL, MLFLOW_TRACKING_* ...
+    up_output: str
+    timeline: list[str] = field(default_factory=list)
+    clock: float = field(default_factory=time.monotonic)
+
+    def step(self, what: str) -> None:
+        """Record progress (printed with -s, and shown with the logs when a step fails)."""
+        self.timeline.append(f"{time.monotonic() - self.clock:6.1f} s  {what}")
+        print(self.timeline[-1], flush=True)
+
+    def run(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            list(args), env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        )
+
+    def logs(self) -> str:
+        return (
+            "\n".join(self.timeline)
+            + "\n"
+            + "\n".join(
+                f"--- {name}.log (tail)\n{Managed(name, self.settings.state_dir).tail(40)}"
+                for name in ("serve", "prefect", "mlflow")
+            )
+        )
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    if not _postgres_up():
+        if os.environ.get("CI"):
+            pytest.fail("CI needs PostgreSQL on 127.0.0.1:5432 for the server-mode test")
+        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+    base = tmp_path_factory.mktemp("server-mode")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env.update(
+        QUIET,
+        MLOPS_ENV_FILE="",
+        MLOPS_SERVERS_DIR=str(base / "servers"),
+        MLOPS_DB_PREFIX=f"mlops_it_{uuid.uuid4().hex[:12]}",
+        MLOPS_POSTGRES="postgres@127.0.0.1:5432",
+        MLOPS_MLFLOW_PORT=str(_free_port()),
+        MLOPS_PREFECT_PORT=str(_free_port()),
+        MLOPS_MLFLOW_WORKERS="1",
+        MLOPS_HOME=str(base / "mlops-home"),
+        PREFECT_HOME=str(base / "prefect-home"),
+        MLFLOW_AUTH_ADMIN_USERNAME="admin",
+        MLFLOW_AUTH_ADMIN_PASSWORD=secrets.token_urlsafe(16),
+        MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_urlsafe(16),
+        # Quicker turns than production needs: the runner polls every 2 s, a queued run retries every 5 s.
+        PREFECT_RUNNER_POLL_FREQUENCY="2",
+        PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="5",
+    )
+    settings = Settings.from_env(env)
+    stack = Stack(settings, {**env, **settings.with_secrets(generate=False).client_env()}, "")
+    try:
+        up = subprocess.run(
+            [sys.executable, "-m", "infra.servers", "up", "--timeout", "150"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=420,
+        )
+        assert up.returncode == 0, f"up failed:\n{up.stdout}\n{up.stderr}\n{stack.logs()}"
+        stack.up_output = up.stdout
+        yield stack
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "infra.servers", "down", "--purge"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            timeout=180,
+        )
+        for name in ("serve", "prefect", "mlflow"):  # whatever `down` could not stop
+            Managed(name, settings.state_dir).stop(timeout=10)
+        drop_databases(settings.databases())
+
+
+def _iso(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _wait(fetch, done, timeout: float, what: str, stack: Stack, interval: float = 2.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fetch()
+        if done(value):
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: gave up after {timeout:.0f} s (last: {value!r:.500})\n{stack.logs()}")
+        time.sleep(interval)
+
+
+@pytest.mark.server
+@pytest.mark.timeout(900)
+def test_server_mode_end_to_end(stack, tmp_path):
+    settings = stack.settings
+    started = datetime.now(UTC).isoformat()
+    api = httpx.Client(base_url=settings.prefect_api_url, timeout=30)
+    auth = (stack.env["MLFLOW_TRACKING_USERNAME"], stack.env["MLFLOW_TRACKING_PASSWORD"])
+    mlflow = httpx.Client(base_url=f"{settings.mlflow_url}/api/2.0/mlflow", auth=auth, timeout=30)
+
+    # `make up` told the operator where things are, and running it again changes nothing.
+    assert f"Prefect UI  {settings.prefect_url}" in stack.up_output
+    assert f"export PREFECT_API_URL={settings.prefect_api_url}" in stack.up_output
+    assert f"export MLFLOW_TRACKING_URI={settings.mlflow_url}" in stack.up_output
+    again = stack.run(sys.executable, "-m", "infra.servers", "up", "--timeout", "60")
+    assert again.returncode == 0 and again.stdout.count("already running") == 3, again.stdout + again.stderr
+
+    # MLflow runs the basic-auth app on Postgres.
+    assert (
+        httpx.get(f"{settings.mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1").status_code == 401
+    )
+
+    # `mlops deploy` registers the deployments; read one back as the UI does.
+    deployed = stack.run(*MLOPS, "deploy")
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    assert "fraud-training/fraud-detector" in deployed.stdout
+    deployment = api.get("/deployments/name/fraud-training/fraud-detector").json()
+    assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 2 * * *"]
+    limit = deployment.get("global_concurrency_limit") or {}
+    assert deployment.get("concurrency_limit") == 1 or limit.get("limit") == 1, deployment
+    assert {"mlops", "training", "use-case:fraud", "model:fraud-detector"} <= set(deployment["tags"])
+    assert deployment["enforce_parameter_schema"]
+    schema = deployment["parameter_openapi_schema"]
+    model = schema["properties"]["params"]["$ref"].rsplit("/", 1)[1]
+    customers = schema["definitions"][model]["properties"]["customers"]
+    assert customers["description"] and customers["minimum"] == 50
+    automations = api.get(f"/automations/related-to/prefect.deployment.{deployment['id']}").json()
+    assert any(a["trigger"]["expect"] == ["mlops.data.arrived"] for a in automations), automations
+
+    # The UI's "Custom run": the form's values are validated against the schema, then the run is created.
+    create = f"/deployments/{deployment['id']}/create_flow_run"
+    refused = api.post(create, json={"parameters": {"params": {**SMALL, "customers": 10}}})
+    assert refused.status_code in (409, 422), refused.text
+    custom = api.post(create, json={"parameters": {"params": SMALL}, "state": {"type": "SCHEDULED"}})
+    assert custom.status_code == 201, custom.text
+    first = custom.json()["id"]
+
+    def flow_run(run_id: str) -> dict:
+        return api.get(f"/flow_runs/{run_id}").json()
+
+    _wait(
+        lambda: flow_run(first)["state_type"],
+        lambda state: state == "RUNNING" or state in TERMINAL,
+        120,
+        "the custom run to start",
+        stack,
+    )
+
+    # New data arrives while it trains: the event starts a second run, which waits for the first.
+    data = tmp_path / "fraud-new.parquet"
+    from usecases.fraud.simulator import simulate_transactions
+
+    simulate_transactions(n_customers=300, n_terminals=600, n_days=70, seed=7).to_parquet(data)
+    notified = stack.run(*MLOPS, "notify-data", "fraud", str(data))
+    assert notified.returncode == 0, notified.stdout + notified.stderr
+
+    def triggered_runs() -> list[dict]:
+        runs = api.post(
+            "/flow_runs/filter", json={"deployments": {"id": {"any_": [deployment["id"]]}}, "limit": 50}
+        ).json()
+        return [r for r in runs if (r.get("created_by") or {}).get("type") == "AUTOMATION"]
+
+    (second,) = _wait(triggered_runs, bool, 90, "a run started by mlops.data.arrived", stack)
+    assert second["parameters"] == {"params": {"data": str(data)}}
+
+    done = _wait(lambda: flow_run(first), lambda r: r["state_type"] in TERMINAL, 360, "the custom run", stack)
+    assert done["state_type"] == "COMPLETED", f"{done['state']}\n{stack.logs()}"
+    later = _wait(lambda: flow_run(second["id"]), lambda r: r["state_type"] in TERMINAL, 360, "run 2", stack)
+    assert later["state_type"] == "COMPLETED", f"{later['state']}\n{stack.logs()}"
+    # One training of fraud-detector at a time: the event's run started after the custom run ended.
+    assert _iso(later["start_time"]) >= _iso(done["end_time"]), (done["end_time"], later["start_time"])
+
+    # MLflow (REST, with credentials): the champion exists, with its lineage; the custom parameters arrived.
+    champion = mlflow.get("/registered-models/alias", params={"name": "fraud-detector", "alias": "champion"})
+    assert champion.status_code == 200, champion.text
+    version = champion.json()["model_version"]
+    tags = {t["key"]: t["value"] for t in version.get("tags", [])}
+    for key in ("lineage.run_id", "lineage.data_digest", "lineage.code_version", "lineage.fingerprint"):
+        assert tags.get(key), f"champion v{version['version']} lacks {key}: {tags}"
+    assert version["run_id"] == tags["lineage.run_id"]
+    lineage_run = mlflow.get("/runs/get", params={"run_id": tags["lineage.run_id"]}).json()["run"]
+    assert lineage_run["info"]["status"] == "FINISHED"
+    experiment = mlflow.get("/experiments/get-by-name", params={"experiment_name": "fraud"}).json()
+    custom_runs = mlflow.post(
+        "/runs/search",
+        json={
+            "experiment_ids": [experiment["experiment"]["experiment_id"]],
+            "filter": "params.`param.customers` = '300' and params.`param.days` = '70'",
+        },
+    ).json()
+    assert custom_runs.get("runs"), "the custom parameters did not reach the MLflow run"
+
+    # Prefect events: the promotion (and the event that started run 2), for consumers to trigger on.
+    def events() -> list[dict]:
+        query = {"filter": {"event": {"prefix": ["mlops."]}, "occurred": {"since": started}}, "limit": 50}
+        return api.post("/events/filter", json=query).json()["events"]
+
+    seen = _wait(
+        events,
+        lambda es: sum(e["event"] in ("mlops.model.promoted", "mlops.model.rejected") for e in es) >= 2,
+        60,
+        "a decision event from each run",
+        stack,
+    )
+    promoted = [e for e in seen if e["event"] == "mlops.model.promoted"]
+    assert promoted, [e["event"] for e in seen]
+    payload = max(promoted, key=lambda e: e["occurred"])["payload"]
+    assert payload["registered_model"] == "fraud-detector"
+    assert payload["version"] == version["version"]
+    assert "previous_version" in payload
+    assert payload["metrics"]["average_precision"] > 0 and payload["gates"]
+    arrived = [e for e in seen if e["event"] == "mlops.data.arrived"]
+    assert [e["payload"] for e in arrived] == [{"use_case": "fraud", "path": str(data)}]

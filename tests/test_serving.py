@@ -1,0 +1,236 @@
+"""The model service: answers from the champion, follows the alias without a restart, 4xx for bad payloads.
+
+Models here are small XGBoost boosters registered directly (no training pipeline), so the tests are fast.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import uvicorn
+import xgboost as xgb
+from mlflow import MlflowClient
+from mlflow.models import infer_signature
+
+from flows.serving import ChampionFollower, create_app
+
+NAME = "toy-detector"
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+COLUMNS = ["amount", "count", "flag"]
+
+
+def register_toy(home: Path, seed: int, name: str = NAME, champion: bool = True, tags=None) -> str:
+    """Train a tiny booster on random data, register it with a signature, optionally make it champion."""
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "amount": rng.gamma(2.0, 50.0, 500),
+            "count": rng.integers(0, 20, 500).astype("int64"),
+            "flag": rng.integers(0, 2, 500).astype("int64"),
+        }
+    )
+    label = ((frame.amount > 120) ^ (frame.flag == 1)).astype(int)
+    booster = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 2 + seed % 3, "seed": seed},
+        xgb.DMatrix(frame, label=label),
+        num_boost_round=5 + seed,
+    )
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("toy") or client.get_experiment(
+        client.create_experiment("toy", artifact_location=(home / "artifacts").as_uri())
+    )
+    with mlflow.start_run(experiment_id=experiment.experiment_id) as run:
+        info = mlflow.xgboost.log_model(
+            booster,
+            name="model",
+            signature=infer_signature(frame.head(5), booster.predict(xgb.DMatrix(frame.head(5)))),
+            input_example=frame.head(3),
+            model_format="ubj",
+        )
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(name)
+    version = client.create_model_version(
+        name, info.model_uri, run_id=run.info.run_id, model_id=info.model_id, tags=tags or {}
+    ).version
+    if champion:
+        client.set_registered_model_alias(name, "champion", version)
+    return str(version)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    def __init__(self, follower: ChampionFollower):
+        self.port = free_port()
+        self.server = uvicorn.Server(
+            uvicorn.Config(create_app(follower), host="127.0.0.1", port=self.port, log_level="warning")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "service did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture
+def rows():
+    return [
+        {"amount": 150.0, "count": 3, "flag": 0},
+        {"amount": 20.5, "count": 0, "flag": 1},
+        {"amount": 99.0, "count": 12, "flag": 1},
+    ]
+
+
+def expected(version: str, rows) -> np.ndarray:
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}/{version}")
+    return np.asarray(model.predict(pd.DataFrame(rows)[COLUMNS].astype({"count": "int64", "flag": "int64"})))
+
+
+def test_serves_the_champion_and_follows_the_alias_without_restart(mlops_home, rows):
+    v1 = register_toy(mlops_home, seed=1)
+    follower = ChampionFollower(NAME, poll_seconds=0.2)
+    with Service(follower) as service:
+        health = httpx.get(f"{service.url}/health")
+        assert health.status_code == 200
+        assert health.json()["version"] == v1 and health.json()["status"] == "ok"
+        answer = httpx.post(f"{service.url}/predict", json={"dataframe_records": rows}).json()
+        assert answer["model_version"] == v1
+        np.testing.assert_allclose(answer["predictions"], expected(v1, rows), rtol=1e-6)
+
+        v2 = register_toy(mlops_home, seed=4)  # a different model; the alias moves to it
+        deadline = time.monotonic() + 20
+        while httpx.get(f"{service.url}/health").json()["version"] != v2:
+            assert time.monotonic() < deadline, "the service did not pick up the new champion"
+            time.sleep(0.1)
+        answer = httpx.post(f"{service.url}/invocations", json={"dataframe_records": rows}).json()
+        assert answer["model_version"] == v2
+        np.testing.assert_allclose(answer["predictions"], expected(v2, rows), rtol=1e-6)
+        assert not np.allclose(expected(v1, rows), expected(v2, rows))
+
+        # a registered version without the alias is never served
+        register_toy(mlops_home, seed=7, champion=False)
+        time.sleep(1.0)
+        assert httpx.get(f"{service.url}/health").json()["version"] == v2
+
+
+def test_every_payload_shape_mlflow_accepts(mlops_home, rows):
+    v1 = register_toy(mlops_home, seed=2)
+    follower = ChampionFollower(NAME, poll_seconds=60)
+    follower.refresh()
+    want = expected(v1, rows)
+    with Service(follower) as service:
+        payloads = [
+            {"dataframe_records": rows},
+            {"dataframe_split": {"columns": COLUMNS, "data": [[r[c] for c in COLUMNS] for r in rows]}},
+            {"instances": rows},
+            {"instances": [[r[c] for c in COLUMNS] for r in rows]},
+            {"inputs": {c: [r[c] for r in rows] for c in COLUMNS}},
+            {"dataframe_records": [{**r, "extra": "ignored"} for r in rows]},
+        ]
+        for payload in payloads:
+            response = httpx.post(f"{service.url}/predict", json=payload)
+            assert response.status_code == 200, (payload, response.text)
+            np.testing.assert_allclose(response.json()["predictions"], want, rtol=1e-6)
+
+
+BAD_PAYLOADS = [
+    (b"{not json", 400, "not valid JSON"),
+    (b"[1, 2]", 400, "JSON object"),
+    ({"rows": []}, 400, "exactly one of"),
+    ({"dataframe_records": [{"amount": 1.0, "count": 1}]}, 422, "flag"),
+    ({"dataframe_records": [{"amount": "lots", "count": 1, "flag": 0}]}, 422, "column amount"),
+    ({"dataframe_records": [{"amount": None, "count": 1, "flag": 0}]}, 422, "null"),
+    ({"dataframe_records": [{"amount": 1.0, "count": 1.5, "flag": 0}]}, 422, "column count"),
+    ({"dataframe_records": [{"amount": 1.0, "count": True, "flag": 0}]}, 422, "boolean"),
+    ({"dataframe_records": []}, 422, "no rows"),
+    ({"dataframe_split": {"columns": ["amount", "count"], "data": [[1.0, 2]]}}, 422, "flag"),
+    ({"dataframe_split": {"columns": COLUMNS, "data": [[1.0, 2]]}}, 422, "row 0"),
+    ({"instances": [[1.0, 2]]}, 422, "takes 3"),
+    ({"dataframe_records": "nope"}, 400, "list of records"),
+]
+
+
+def test_bad_payloads_get_a_clear_4xx_never_a_500(mlops_home):
+    register_toy(mlops_home, seed=3)
+    follower = ChampionFollower(NAME, poll_seconds=60)
+    follower.refresh()
+    with Service(follower) as service:
+        for payload, status, message in BAD_PAYLOADS:
+            if isinstance(payload, bytes):
+                response = httpx.post(f"{service.url}/predict", content=payload)
+            else:
+                response = httpx.post(f"{service.url}/predict", json=payload)
+            assert response.status_code == status, (payload, response.text)
+            assert message in response.json()["error"], (payload, response.text)
+
+
+def test_no_champion_yet_is_503_then_serves_once_promoted(mlops_home, rows):
+    mlflow.set_tracking_uri(f"sqlite:///{mlops_home / 'mlflow.db'}")
+    follower = ChampionFollower(NAME, poll_seconds=0.2)
+    follower.refresh()
+    with Service(follower) as service:
+        assert httpx.get(f"{service.url}/health").status_code == 503
+        assert httpx.post(f"{service.url}/predict", json={"dataframe_records": rows}).status_code == 503
+        version = register_toy(mlops_home, seed=5)
+        deadline = time.monotonic() + 20
+        while httpx.get(f"{service.url}/health").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert httpx.get(f"{service.url}/health").json()["version"] == version
+
+
+def test_serve_model_command(mlops_home, rows):
+    """`mlops serve-model` as a real process: health reports the champion's version."""
+    version = register_toy(mlops_home, seed=6, name="fraud-detector", tags={"use_case": "fraud"})
+    port = free_port()
+    env = {**os.environ, "MLOPS_HOME": str(mlops_home)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    command = [sys.executable, "-m", "flows.cli", "serve-model", "fraud", "--port", str(port)]
+    process = subprocess.Popen(
+        command,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.stdout.read().decode()
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "serve-model did not come up"
+                time.sleep(0.5)
+        assert health.json()["version"] == version and health.json()["registered_model"] == "fraud-detector"
+        bad = httpx.post(f"http://127.0.0.1:{port}/predict", json={"dataframe_records": [{"x": 1}]})
+        assert bad.status_code == 422
+    finally:
+        process.terminate()
+        process.wait(30)
