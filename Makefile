@@ -29,8 +29,9 @@ lint: install
 	$(UV) run ruff check --fix .
 	$(UV) run ruff format .
 
-bench: install  ## figures on the full handbook data (../shared/data/fraud-handbook)
+bench: install  ## figures: fraud pipeline on the full handbook data, stock pipeline on arch's S&P 500
 	$(UV) run python bench/pipeline.py
+	$(UV) run python bench/stock.py
 
 clean:
 	rm -rf .mlops .venv

@@ -67,7 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--home", type=Path, default=ROOT / ".mlops-bench", help="MLOPS_HOME to use")
+    parser.add_argument("--home", type=Path, default=ROOT / ".mlops" / "bench", help="MLOPS_HOME to use")
     parser.add_argument("--data", type=Path, default=HANDBOOK)
     parser.add_argument("--chunk-rows", type=int, default=1_000_000)
     args = parser.parse_args()

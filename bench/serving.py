@@ -58,7 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--home", type=Path, default=ROOT / ".mlops-bench")
+    parser.add_argument("--home", type=Path, default=ROOT / ".mlops" / "bench")
     parser.add_argument("--data", type=Path, default=HANDBOOK)
     parser.add_argument("--single", type=int, default=500, help="one-row requests per server")
     parser.add_argument("--batches", type=int, default=100, help="batch requests per server")

@@ -115,10 +115,10 @@ def print_summary(outcome) -> None:
     for metric, value in outcome.metrics.items():
         if metric in {"tn", "fp", "fn", "tp", "threshold"}:
             continue
-        row = [metric + (" *" if metric == primary else ""), f"{value:.4f}"]
-        row += [f"{m.get(metric, float('nan')):.4f}" for m in outcome.baseline_metrics.values()]
+        row = [metric + (" *" if metric == primary else ""), f"{value:.4g}"]
+        row += [f"{m.get(metric, float('nan')):.4g}" for m in outcome.baseline_metrics.values()]
         if outcome.champion_before.metrics:
-            row.append(f"{outcome.champion_before.metrics.get(metric, float('nan')):.4f}")
+            row.append(f"{outcome.champion_before.metrics.get(metric, float('nan')):.4g}")
         table.add_row(*row)
     console.print(table)
 
@@ -128,10 +128,10 @@ def print_summary(outcome) -> None:
     for r in outcome.verdict.results:
         # The detail says by how much and against what; shown where it adds to the numbers.
         verdict = "[green]passed[/]" if r.passed else f"[red]refused[/]: {r.detail}"
-        threshold = "-" if r.threshold != r.threshold else f"{r.threshold:.4f}"  # NaN: nothing to compare
+        threshold = "-" if r.threshold != r.threshold else f"{r.threshold:.4g}"  # NaN: nothing to compare
         if r.kind == "champion" and r.passed:
             verdict += f" ({r.detail})"
-        gates.add_row(r.name, f"{r.value:.4f}", threshold, verdict)
+        gates.add_row(r.name, f"{r.value:.4g}", threshold, verdict)
     console.print(gates)
 
     colour = {"promoted": "green", "registered": "yellow", "rejected": "red"}[outcome.decision.status]

@@ -12,7 +12,8 @@ One deployment per training flow in `flows.training.TRAINING_FLOWS` (so every us
   `AwaitingConcurrencySlot` (scheduled, UI-triggered and event-triggered runs all share the one slot);
 * tags: `mlops`, `training`, `use-case:<name>`, `model:<registered model>`.
 
-Scoring and monitoring flows join the same way when their modules appear (see `OTHER_FLOWS`).
+Scoring and monitoring flows are deployed too, as they appear (see `OTHER_FLOWS`): `batch-scoring/on-demand`
+runs from the UI's form or the API.
 """
 
 from __future__ import annotations
@@ -54,12 +55,24 @@ SCHEDULES: dict[str, Timing] = {
 }
 DEFAULT_TRAINING_SCHEDULE = Timing("0 3 * * *", "UTC", "daily at 03:00 UTC")
 
-OTHER_FLOWS: dict[str, tuple[str, str]] = {
-    # kind: (module, name of its {use case: flow} mapping). Picked up when the module exists; scheduled
-    # when `SCHEDULES` names the flow, otherwise run from the UI/API or by their own triggers only.
-    "scoring": ("flows.scoring", "SCORING_FLOWS"),
-    "monitoring": ("flows.monitoring", "MONITORING_FLOWS"),
-}
+
+@dataclass(frozen=True)
+class OtherFlow:
+    """A scoring or monitoring flow to deploy once its module exists: `attribute` names either one flow
+    (one deployment, `<flow>/<deployment>`) or a `{use case: flow}` mapping (`<flow>/<use case>` each)."""
+
+    kind: str
+    module: str
+    attribute: str
+    deployment: str = "on-demand"
+    timing: Timing | None = None  # none: run from the UI ("Custom run"), the API or an automation
+    one_at_a_time: bool = False
+
+
+OTHER_FLOWS: tuple[OtherFlow, ...] = (
+    OtherFlow("scoring", "flows.scoring", "batch_scoring"),
+    OtherFlow("monitoring", "flows.monitoring", "MONITORING_FLOWS", one_at_a_time=True),
+)
 
 ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
 
@@ -219,30 +232,36 @@ def training_plans(use_cases: Iterable[str] | None = None) -> list[DeploymentPla
 
 
 def other_plans(use_cases: Iterable[str] | None = None) -> list[DeploymentPlan]:
-    """Plans for the scoring and monitoring flows that exist (see `OTHER_FLOWS`)."""
+    """Plans for the scoring and monitoring flows that exist (see `OTHER_FLOWS`). A flow that serves every
+    use case is always included; per-use-case ones follow `use_cases`."""
     plans = []
-    for kind, (module_name, mapping_name) in OTHER_FLOWS.items():
+    for other in OTHER_FLOWS:
         try:
-            module = importlib.import_module(module_name)
+            module = importlib.import_module(other.module)
         except ModuleNotFoundError as exc:
-            if exc.name != module_name:
+            if exc.name != other.module:
                 raise
             continue
-        for use_case, flow in getattr(module, mapping_name, {}).items():
-            if use_case_filter(use_cases, use_case):
-                plans.append(
-                    DeploymentPlan(
-                        kind=kind,
-                        use_case=use_case,
-                        flow=flow,
-                        name=use_case,
-                        registered_model=None,
-                        entrypoint=_entrypoint(flow, module_name),
-                        timing=SCHEDULES.get(flow.name),
-                        tags=("mlops", kind, f"use-case:{use_case}"),
-                        concurrency=ONE_AT_A_TIME,
-                    )
+        target = getattr(module, other.attribute, None)
+        if target is None:
+            continue
+        named = target.items() if isinstance(target, dict) else [(None, target)]
+        for use_case, flow in named:
+            if use_case is not None and not use_case_filter(use_cases, use_case):
+                continue
+            plans.append(
+                DeploymentPlan(
+                    kind=other.kind,
+                    use_case=use_case or "",
+                    flow=flow,
+                    name=use_case or other.deployment,
+                    registered_model=None,
+                    entrypoint=_entrypoint(flow, other.module),
+                    timing=other.timing or SCHEDULES.get(flow.name),
+                    tags=("mlops", other.kind) + ((f"use-case:{use_case}",) if use_case else ()),
+                    concurrency=ONE_AT_A_TIME if other.one_at_a_time else None,
                 )
+            )
     return plans
 
 

@@ -8,7 +8,17 @@
     python -m infra.servers exec mlflow|prefect   # container entry point (docker-compose.yml)
 
 Everything is configured by environment variables, the same names docker-compose.yml passes to its
-containers (`.env.example` lists them); a `.env` file in the project root is read for names not already set.
+containers (`.env.example` lists them); a `.env` file in the project root (`MLOPS_ENV_FILE`; empty: none) is
+read for names not already set:
+
+    MLOPS_MLFLOW_HOST/PORT/WORKERS   127.0.0.1 / 5000 / 2      MLOPS_PREFECT_HOST/PORT   127.0.0.1 / 4200
+    MLOPS_POSTGRES                   postgres@127.0.0.1:5432   MLOPS_DB_PREFIX           mlops
+    MLFLOW_BACKEND_STORE_URI, MLFLOW_AUTH_DATABASE_URI, PREFECT_SERVER_DATABASE_CONNECTION_URL: default to
+        databases <prefix>_mlflow, <prefix>_mlflow_auth, <prefix>_prefect on MLOPS_POSTGRES
+    MLFLOW_ARTIFACTS_DESTINATION     <servers dir>/mlflow-artifacts
+    MLFLOW_AUTH_ADMIN_USERNAME/PASSWORD, MLFLOW_FLASK_SERVER_SECRET_KEY, MLFLOW_AUTH_DEFAULT_PERMISSION,
+    MLFLOW_SERVER_ALLOWED_HOSTS, PREFECT_SERVER_UI_API_URL: MLflow's and Prefect's own settings
+
 Natively, unset secrets (the MLflow admin password and the Flask secret key) are generated once and kept in
 `.mlops/servers/credentials.env` (mode 0600), so the servers keep accepting the same credentials.
 
@@ -350,13 +360,18 @@ class Managed:
     def log_file(self) -> Path:
         return self.state_dir / f"{self.name}.log"
 
+    @property
+    def marker(self) -> str:
+        """What the command line of this process contains (so a pid reused by another program is not ours)."""
+        return {"serve": "flows.cli"}.get(self.name, self.name)
+
     def pid(self) -> int | None:
         """The recorded pid while that process still runs (a stale pid file is removed)."""
         try:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
-        if _alive(pid):
+        if _alive(pid) and self.marker in _cmdline(pid) and _pgid(pid) == pid:
             return pid
         self.pid_file.unlink(missing_ok=True)
         return None
@@ -410,6 +425,20 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
 
 
 def _group_alive(pgid: int) -> bool:
@@ -496,7 +525,14 @@ def up(settings: Settings, serve: bool = True, timeout: float = 180.0) -> Settin
     """Start what is not running yet and wait until it answers. Safe to repeat."""
     settings = settings.with_secrets(generate=True)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    created = ensure_databases(settings.databases())
+    try:
+        created = ensure_databases(settings.databases())
+    except Exception as exc:  # psycopg2.OperationalError and friends: say which server and why
+        where = settings.mlflow_backend_store_uri.split("@")[-1].rsplit("/", 1)[0]
+        raise ServerError(
+            f"cannot prepare the databases on PostgreSQL at {where}: {str(exc).strip()} "
+            "(MLOPS_POSTGRES=user[:password]@host:port chooses the server)."
+        ) from exc
     if created:
         print(f"  postgres: created databases {', '.join(created)}")
     Path(settings.mlflow_artifacts_destination).mkdir(parents=True, exist_ok=True)
@@ -544,8 +580,9 @@ def up(settings: Settings, serve: bool = True, timeout: float = 180.0) -> Settin
 
 def down(settings: Settings, purge: bool = False) -> None:
     for name in ("serve", "prefect", "mlflow"):
+        began = time.monotonic()
         stopped = Managed(name, settings.state_dir).stop()
-        print(f"  {name}: {'stopped' if stopped else 'not running'}")
+        print(f"  {name}: {f'stopped ({time.monotonic() - began:.0f} s)' if stopped else 'not running'}")
     if purge:
         dropped = drop_databases(settings.databases())
         print(f"  postgres: dropped {', '.join(dropped) if dropped else 'nothing'}")

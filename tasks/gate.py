@@ -83,7 +83,7 @@ class GateVerdict:
         rows = ["| gate | metric | value | threshold | verdict |", "|---|---|---|---|---|"]
         for r in self.results:
             rows.append(
-                f"| {r.name} | {r.metric} | {r.value:.4f} | {r.threshold:.4f} | "
+                f"| {r.name} | {r.metric} | {r.value:.4g} | {r.threshold:.4g} | "
                 f"{'passed' if r.passed else '**refused**'} |"
             )
         return "\n".join(rows)
@@ -132,7 +132,7 @@ def evaluate_gates(
                 value=value,
                 threshold=g.threshold,
                 passed=ok,
-                detail=f"{g.metric} {value:.4f} {'' if ok else 'not '}{op} {g.threshold:.4f}",
+                detail=f"{g.metric} {value:.4g} {'' if ok else 'not '}{op} {g.threshold:.4g}",
             )
         )
     for g in spec.baseline:
@@ -151,8 +151,8 @@ def evaluate_gates(
                     threshold=threshold,
                     passed=ok,
                     detail=(
-                        f"{g.metric} {value:.4f} {'' if ok else 'not '}{op} {threshold:.4f} "
-                        f"({name} {reference:.4f}, margin {g.relative_margin:.0%})"
+                        f"{g.metric} {value:.4g} {'' if ok else 'not '}{op} {threshold:.4g} "
+                        f"({name} {reference:.4g}, margin {g.relative_margin:.0%})"
                     ),
                 )
             )
@@ -195,8 +195,8 @@ def evaluate_gates(
                 threshold=threshold,
                 passed=ok,
                 detail=(
-                    f"{primary} {value:.4f} {'' if ok else 'not '}{op} {threshold:.4f} "
-                    f"(champion v{champion_version} {reference:.4f} on the same test window, "
+                    f"{primary} {value:.4g} {'' if ok else 'not '}{op} {threshold:.4g} "
+                    f"(champion v{champion_version} {reference:.4g} on the same test window, "
                     f"margin {spec.champion_margin:.0%})"
                 ),
             )

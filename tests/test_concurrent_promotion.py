@@ -18,7 +18,19 @@ from mlflow import MlflowClient
 from tasks.promote import read_history
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--customers", "300", "--terminals", "600", "--days", "70"]
+# absolute gates off: on this small simulated sample they may refuse, and these tests are about promotion
+SMALL = [
+    "--customers",
+    "300",
+    "--terminals",
+    "600",
+    "--days",
+    "70",
+    "--min-roc-auc",
+    "0",
+    "--min-average-precision",
+    "0",
+]
 MODEL = "fraud-detector"
 
 pytestmark = [
@@ -83,12 +95,12 @@ def test_two_identical_runs_at_once_register_one_version(tmp_path):
 
 def test_two_different_runs_at_once_end_with_one_champion_and_a_chained_history(tmp_path):
     home = tmp_path / "mlops"
-    # both candidates pass every gate against no champion; with the lock the second compares against the
-    # first's version (margin 1.0: it may be worse and still promote, so the alias moves twice)
+    # same data, two parameter sets: both pass the registration gates; with the lock the second compares
+    # against the first's version (margin 1.0: it may be worse and still promote, so the alias moves twice)
     a, b = run_together(
         {"MLOPS_HOME": str(home)},
-        ["--seed", "1", "--champion-margin", "1.0"],
-        ["--seed", "2", "--champion-margin", "1.0"],
+        ["--champion-margin", "1.0"],
+        ["--max-depth", "4", "--champion-margin", "1.0"],
         cwd=ROOT,
     )
     assert a.returncode == 0, a.stdout[-3000:]
@@ -121,7 +133,7 @@ def postgres_uri():
     admin.autocommit = True
     with admin.cursor() as cursor:
         cursor.execute(f'CREATE DATABASE "{name}"')
-    uri = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    uri = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"  # SQLAlchemy 2.1 defaults to psycopg 3
     try:
         yield uri
     finally:
@@ -136,8 +148,8 @@ def test_two_runs_at_once_on_a_postgres_registry(tmp_path, postgres_uri):
     MlflowClient().search_experiments()  # create the schema once, before two processes race to migrate it
     a, b = run_together(
         {"MLFLOW_TRACKING_URI": postgres_uri, "MLOPS_HOME": str(tmp_path / "mlops")},
-        ["--seed", "1", "--champion-margin", "1.0"],
-        ["--seed", "2", "--champion-margin", "1.0"],
+        ["--champion-margin", "1.0"],
+        ["--max-depth", "4", "--champion-margin", "1.0"],
         cwd=tmp_path,  # artifacts of a database store without an artifact root go to ./mlruns
     )
     assert a.returncode == 0, a.stdout[-3000:]
@@ -145,3 +157,37 @@ def test_two_runs_at_once_on_a_postgres_registry(tmp_path, postgres_uri):
     assert "postgres advisory lock" in a.stdout + b.stdout
     mlflow.set_tracking_uri(postgres_uri)
     assert_consistent(MlflowClient(), expected_versions=2)
+
+
+HOLD_LOCK = """
+import os, sys, time
+from tasks.registry_lock import champion_lock
+with champion_lock("fraud-detector", timeout=120, holder="test"):
+    with open(sys.argv[1], "a") as log:
+        log.write(f"start {os.getpid()} {time.time()}\\n")
+    time.sleep(0.8)
+    with open(sys.argv[1], "a") as log:
+        log.write(f"end {os.getpid()} {time.time()}\\n")
+"""
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_the_lock_serialises_processes(tmp_path, backend):
+    """Three processes take the champion lock at once: their critical sections never overlap."""
+    if backend == "postgres":
+        if not _postgres_available():
+            pytest.skip("no PostgreSQL at 127.0.0.1:5432")
+        uri = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+    else:
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    log = tmp_path / "critical.log"
+    env = {**os.environ, "MLOPS_REGISTRY_LOCK_URI": uri, "PYTHONPATH": str(ROOT)}
+    processes = [
+        subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(log)], cwd=ROOT, env=env) for _ in range(3)
+    ]
+    assert [p.wait(120) for p in processes] == [0, 0, 0]
+    events = [line.split() for line in log.read_text().splitlines()]
+    assert len(events) == 6
+    for start, end in zip(events[::2], events[1::2], strict=True):
+        assert start[0] == "start" and end[0] == "end" and start[1] == end[1], events
+    assert len({e[1] for e in events}) == 3

@@ -19,7 +19,18 @@ from flows.cli import app
 from tasks.promote import _now, move_champion, read_history
 
 NAME = "toy-lifecycle"
-SMALL = ["--customers", "300", "--terminals", "600", "--days", "70"]
+SMALL = [
+    "--customers",
+    "300",
+    "--terminals",
+    "600",
+    "--days",
+    "70",
+    "--min-roc-auc",
+    "0",
+    "--min-average-precision",
+    "0",
+]
 runner = CliRunner()
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
@@ -190,7 +201,7 @@ def test_failed_promotion_leaves_no_half_state_then_recovers_and_respects_rollba
     def broken_alias(self, *args, **kwargs):
         raise RuntimeError("registry went away")
 
-    candidate = [*SMALL, "--seed", "3", "--champion-margin", "1.0"]
+    candidate = [*SMALL, "--max-depth", "4", "--champion-margin", "1.0"]
     with monkeypatch.context() as patch:
         patch.setattr(MlflowClient, "set_registered_model_alias", broken_alias)
         failed = mlops("run", "fraud", *candidate)

@@ -238,8 +238,10 @@ def stack(tmp_path_factory):
         )
         assert up.returncode == 0, f"up failed:\n{up.stdout}\n{up.stderr}\n{stack.logs()}"
         stack.up_output = up.stdout
+        stack.step("servers and `mlops serve` up")
         yield stack
     finally:
+        stack.step("tearing down")
         subprocess.run(
             [sys.executable, "-m", "infra.servers", "down", "--purge"],
             env=env,
@@ -250,6 +252,7 @@ def stack(tmp_path_factory):
         for name in ("serve", "prefect", "mlflow"):  # whatever `down` could not stop
             Managed(name, settings.state_dir).stop(timeout=10)
         drop_databases(settings.databases())
+        stack.step("servers stopped, databases dropped")
 
 
 def _iso(value: str) -> datetime:
@@ -282,6 +285,7 @@ def test_server_mode_end_to_end(stack, tmp_path):
     assert f"export MLFLOW_TRACKING_URI={settings.mlflow_url}" in stack.up_output
     again = stack.run(sys.executable, "-m", "infra.servers", "up", "--timeout", "60")
     assert again.returncode == 0 and again.stdout.count("already running") == 3, again.stdout + again.stderr
+    stack.step("`up` again: nothing to do")
 
     # MLflow runs the basic-auth app on Postgres.
     assert (
@@ -292,6 +296,7 @@ def test_server_mode_end_to_end(stack, tmp_path):
     deployed = stack.run(*MLOPS, "deploy")
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     assert "fraud-training/fraud-detector" in deployed.stdout
+    stack.step("`mlops deploy` done")
     deployment = api.get("/deployments/name/fraud-training/fraud-detector").json()
     assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 2 * * *"]
     limit = deployment.get("global_concurrency_limit") or {}
@@ -312,6 +317,7 @@ def test_server_mode_end_to_end(stack, tmp_path):
     custom = api.post(create, json={"parameters": {"params": SMALL}, "state": {"type": "SCHEDULED"}})
     assert custom.status_code == 201, custom.text
     first = custom.json()["id"]
+    stack.step(f"custom run {first} created")
 
     def flow_run(run_id: str) -> dict:
         return api.get(f"/flow_runs/{run_id}").json()
@@ -329,8 +335,10 @@ def test_server_mode_end_to_end(stack, tmp_path):
     from usecases.fraud.simulator import simulate_transactions
 
     simulate_transactions(n_customers=300, n_terminals=600, n_days=70, seed=7).to_parquet(data)
+    stack.step("custom run running")
     notified = stack.run(*MLOPS, "notify-data", "fraud", str(data))
     assert notified.returncode == 0, notified.stdout + notified.stderr
+    stack.step("`mlops notify-data` sent")
 
     def triggered_runs() -> list[dict]:
         runs = api.post(
@@ -340,11 +348,14 @@ def test_server_mode_end_to_end(stack, tmp_path):
 
     (second,) = _wait(triggered_runs, bool, 90, "a run started by mlops.data.arrived", stack)
     assert second["parameters"] == {"params": {"data": str(data)}}
+    stack.step(f"event-triggered run {second['id']} created")
 
     done = _wait(lambda: flow_run(first), lambda r: r["state_type"] in TERMINAL, 360, "the custom run", stack)
     assert done["state_type"] == "COMPLETED", f"{done['state']}\n{stack.logs()}"
+    stack.step("custom run completed")
     later = _wait(lambda: flow_run(second["id"]), lambda r: r["state_type"] in TERMINAL, 360, "run 2", stack)
     assert later["state_type"] == "COMPLETED", f"{later['state']}\n{stack.logs()}"
+    stack.step("event-triggered run completed")
     # One training of fraud-detector at a time: the event's run started after the custom run ended.
     assert _iso(later["start_time"]) >= _iso(done["end_time"]), (done["end_time"], later["start_time"])
 
@@ -387,5 +398,6 @@ def test_server_mode_end_to_end(stack, tmp_path):
     assert payload["version"] == version["version"]
     assert "previous_version" in payload
     assert payload["metrics"]["average_precision"] > 0 and payload["gates"]
+    stack.step("MLflow champion and Prefect events checked")
     arrived = [e for e in seen if e["event"] == "mlops.data.arrived"]
     assert [e["payload"] for e in arrived] == [{"use_case": "fraud", "path": str(data)}]

@@ -234,3 +234,30 @@ def test_serve_model_command(mlops_home, rows):
     finally:
         process.terminate()
         process.wait(30)
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_promotion_event_refreshes_before_the_next_poll(mlops_home, monkeypatch, rows):
+    """With a Prefect API, the `mlops.model.promoted` event makes the service look at once."""
+    from prefect.events import emit_event
+    from prefect.settings import PREFECT_API_URL
+
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())  # the listener thread reads the env
+    v1 = register_toy(mlops_home, seed=1)
+    follower = ChampionFollower(NAME, poll_seconds=600)  # polling alone would not see the move in time
+    with Service(follower) as service:
+        deadline = time.monotonic() + 20
+        while httpx.get(f"{service.url}/health").json()["version"] != v1:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(3)  # let the event subscriber connect
+        v2 = register_toy(mlops_home, seed=4)
+        emit_event(
+            event="mlops.model.promoted",
+            resource={"prefect.resource.id": f"mlflow.registered-model.{NAME}"},
+            payload={"version": v2},
+        )
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{service.url}/health").json()["version"] != v2:
+            assert time.monotonic() < deadline, "the promotion event did not trigger a refresh"
+            time.sleep(0.2)
