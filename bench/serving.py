@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=500, help="one-row requests per server")
     parser.add_argument("--batches", type=int, default=100, help="batch requests per server")
     parser.add_argument("--batch-rows", type=int, default=1000)
+    parser.add_argument("--poll-seconds", type=float, default=10.0, help="serve-model's registry polling")
     args = parser.parse_args()
     home = args.home.resolve()
     version = ensure_champion(home, args.data)
@@ -83,10 +84,18 @@ def main() -> None:
     rng = np.random.default_rng(0)
 
     env = {**os.environ, "MLOPS_HOME": str(home), "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}
+    # both servers with OpenMP's idle threads sleeping (serve-model's default; mlflow's would spin and make
+    # the two servers steal each other's CPU on a small machine)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # `mlflow models serve` execs `uvicorn` from PATH: the one next to this interpreter
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     ours_port, theirs_port = free_port(), free_port()
     servers = {
         "mlops serve-model": (
-            [sys.executable, "-m", "flows.cli", "serve-model", "fraud", "--port", str(ours_port)],
+            [
+                sys.executable, "-m", "flows.cli", "serve-model", "fraud", "--port", str(ours_port),
+                "--poll-seconds", str(args.poll_seconds),
+            ],
             f"http://127.0.0.1:{ours_port}",
             "/predict",
         ),

@@ -114,7 +114,11 @@ def serve_model(
 ) -> None:
     """Serve predictions from the champion over HTTP, following the alias without restarts."""
     import logging
+    import os
 
+    # Before XGBoost loads OpenMP: idle prediction threads sleep instead of spinning, so they do not steal
+    # the CPU the event loop needs between requests (p99 of one-row requests: ~20 ms -> ~2 ms on 2 cores).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     _check_use_case(use_case)
     from flows.serving import serve
 

@@ -20,6 +20,7 @@ and the row. A bad payload never gets a 500.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import threading
@@ -333,6 +334,10 @@ def serve(
     tracking.configure()
     follower = ChampionFollower(name, alias, poll_seconds)
     follower.refresh()  # serve at once if there is a champion; otherwise 503 until there is
+    # The interpreter holds MLflow's, Prefect's and pandas' objects for good: keep the garbage collector
+    # from rescanning them mid-request.
+    gc.collect()
+    gc.freeze()
     started = time.perf_counter()
     log.info("serving %s@%s v%s", name, alias, follower.served.model.version if follower.served else "-")
     uvicorn.run(create_app(follower), host=host, port=port, log_level="warning", access_log=False)

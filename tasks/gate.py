@@ -204,24 +204,5 @@ def evaluate_gates(
     return GateVerdict(tuple(results))
 
 
-@stage
-def gate(
-    spec: GateSpec,
-    metrics: Mapping[str, float],
-    baseline_metrics: Mapping[str, Mapping[str, float]],
-    champion_metrics: Mapping[str, float] | None,
-    primary: str,
-    greater_is_better: bool,
-    champion_version: str | None = None,
-    champion_error: str | None = None,
-) -> GateVerdict:
-    return evaluate_gates(
-        spec,
-        metrics,
-        baseline_metrics,
-        champion_metrics,
-        primary,
-        greater_is_better,
-        champion_version,
-        champion_error,
-    )
+# The stage is the pure decision, recorded as a Prefect task.
+gate = stage(evaluate_gates, name="gate")

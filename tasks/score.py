@@ -1,6 +1,7 @@
 """Score: a registered model on a table of raw records, with the use case's own checks and features.
 
-One feature path: the input is validated with the use case's raw suite, turned into features by the same
+One feature path: the input is validated with the use case's raw suite (or its `score_suite`, when the raw
+suite also demands what only training needs), turned into features by the same
 `build_features` training used (with the parameters the model was trained with, read from its training run),
 validated with the feature suite, and scored by the model pinned to one registry version for the whole input.
 
@@ -316,6 +317,7 @@ def score_file(
         log.info("use case %s declares no feature_history: scoring the input in one piece", spec.name)
         chunk_rows = None
     outputs = [*spec.id_columns, spec.score_column, VERSION_COLUMN]
+    raw_suite = getattr(spec, "score_suite", None) or spec.raw_suite
     writer = AtomicTableWriter(output_path)
     progress = _progress(count_rows(input_path), show_progress and sys.stderr.isatty())
 
@@ -353,7 +355,8 @@ def score_file(
             chunk = _prepare(chunk, time_column)
             new = chunk if pending is None else pd.concat([pending, chunk], ignore_index=True)
             frame = new if context is None else pd.concat([context, new], ignore_index=True)
-            seconds["validate"] += _check(frame, spec.raw_suite, f"raw, chunk {chunks}", log)
+            view = spec.raw_check_view(frame) if getattr(spec, "raw_check_view", None) else frame
+            seconds["validate"] += _check(view, raw_suite, f"raw, chunk {chunks}", log)
             if emitted_upto is not None and chunk[time_column].min() < emitted_upto:
                 raise InputOrderError(
                     f"{input_path}: chunk {chunks} has rows at {chunk[time_column].min()}, before rows at "

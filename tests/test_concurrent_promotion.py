@@ -43,7 +43,11 @@ def run_together(env: dict, *arg_lists: list[str], cwd: Path) -> list[subprocess
     """Start one `mlops run fraud` process per argument list at the same time; wait for all."""
     from prefect.settings import PREFECT_API_URL
 
-    env = {**os.environ, **env, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    # mlflow.set_tracking_uri() in this process exports MLFLOW_TRACKING_URI: the children get only what we say
+    inherited = {
+        k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    }
+    env = {**inherited, **env, "PREFECT_API_URL": PREFECT_API_URL.value()}
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", "flows.cli", "run", "fraud", *SMALL, *args],
@@ -191,3 +195,38 @@ def test_the_lock_serialises_processes(tmp_path, backend):
     for start, end in zip(events[::2], events[1::2], strict=True):
         assert start[0] == "start" and end[0] == "end" and start[1] == end[1], events
     assert len({e[1] for e in events}) == 3
+
+
+def test_with_an_mlflow_server_the_lock_is_a_prefect_concurrency_limit(monkeypatch):
+    """For an HTTP tracking URI the lock is a one-slot Prefect global concurrency limit (shared API)."""
+    import threading
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    from tasks.registry_lock import champion_lock
+
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
+    monkeypatch.setenv("MLOPS_REGISTRY_LOCK_URI", "http://mlflow.example:5000")
+    events, errors = [], []
+
+    def hold(name: str) -> None:
+        try:
+            with champion_lock("prefect-locked-model", timeout=120) as description:
+                events.append(("start", name, description))
+                time.sleep(1.0)
+                events.append(("end", name, description))
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hold, args=(f"t{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    assert not errors, errors
+    assert [e[0] for e in events] == ["start", "end", "start", "end"], events
+    assert events[0][1] == events[1][1] and "mlops-champion-prefect-locked-model" in events[0][2]
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name("mlops-champion-prefect-locked-model").limit == 1

@@ -203,3 +203,31 @@ def test_scoring_uses_the_training_runs_feature_parameters(home):
     spec = spec_for("fraud", model)
     assert spec.score_column == "fraud_score" and spec.feature_history == pd.Timedelta(days=37)
     assert os.environ["MLOPS_HOME"] == str(home)
+
+
+def test_stock_scoring_one_feature_path(tmp_path, monkeypatch, prefect_server):
+    """The stock use case: forecasts from the same features as training, id columns Date and Ticker."""
+    from flows.scoring import spec_for
+    from tasks.score import load_scoring_model
+    from usecases.stock.spec import Params, load
+
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "mlops"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    trained = mlops("run", "stock")
+    assert trained.exit_code == 0, trained.output
+    bars = tmp_path / "bars.parquet"
+    load(Params()).to_parquet(bars)
+    out = tmp_path / "forecasts.parquet"
+    result = mlops("score", "stock", "-i", str(bars), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    forecasts = pd.read_parquet(out)
+    assert list(forecasts.columns) == ["Date", "Ticker", "volatility_forecast", "model_version"]
+    model = load_scoring_model("stock-volatility-forecaster")
+    spec = spec_for("stock", model)
+    features = spec.build_features(pd.read_parquet(bars))
+    reference = mlflow.pyfunc.load_model("models:/stock-volatility-forecaster/1").predict(
+        features[list(model.columns)]
+    )
+    assert len(forecasts) == len(features)
+    np.testing.assert_allclose(forecasts.volatility_forecast.to_numpy(), np.asarray(reference), rtol=1e-9)
+    mlflow.set_tracking_uri(None)

@@ -135,3 +135,6 @@ class UseCaseSpec:
     # rows older than this do not change a row's features, so batch scoring can process a time-ordered
     # input in chunks carrying only this much history. None: the input is scored in one piece.
     feature_history: timedelta | None = None
+    # Batch scoring: the suite an input to score must pass (on `raw_check_view` of it, like the raw suite).
+    # None: the raw suite. Set it when the raw suite also asks what only training needs (years of history).
+    score_suite: Callable[[], object] | None = None
