@@ -36,7 +36,7 @@ bench: install  ## figures: fraud pipeline on the full handbook data, stock pipe
 clean:
 	rm -rf .mlops .venv
 
-# Server mode without Docker (docs/servers.md): MLflow and Prefect servers on loopback against the local
+# Server mode without Docker (README "Run on servers"): MLflow and Prefect servers on loopback against the local
 # Postgres, with the settings docker-compose.yml uses, plus `mlops serve`. State: .mlops/servers/.
 .PHONY: up down
 

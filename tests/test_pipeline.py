@@ -50,7 +50,8 @@ def registry_state(home: Path) -> dict:
     state = {}
     for model in c.search_registered_models():
         versions = sorted(str(v.version) for v in c.search_model_versions(f"name = '{model.name}'"))
-        state[model.name] = {"versions": versions, "aliases": {k: str(v) for k, v in dict(model.aliases).items()}}
+        aliases = {k: str(v) for k, v in dict(model.aliases).items()}
+        state[model.name] = {"versions": versions, "aliases": aliases}
     return state
 
 

@@ -224,6 +224,8 @@ def build_spec(params: Params):
         description=description,
         load=load,
         raw_suite=lambda: checks.raw_suite(min_history=history),
+        # Scoring needs only enough history to fill the longest feature window, not a training history.
+        score_suite=lambda: checks.raw_suite(min_history=WARMUP + 1),
         raw_check_view=checks.check_view,
         feature_suite=lambda: checks.feature_suite(target, FEATURES, positive_target=volatility),
         build_features=lambda raw: build_features(raw, params.target),
