@@ -16,6 +16,13 @@ import mlflow  # noqa: E402
 import pytest  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
+# A small simulated fraud run with the absolute gates off: on a sample this small they may refuse, and the
+# tests using it are about promotion and the registry, not about gates.
+SMALL_FRAUD_RUN = [
+    *("--customers", "300", "--terminals", "600", "--days", "70"),
+    *("--min-roc-auc", "0", "--min-average-precision", "0"),
+]
+
 HANDBOOK = Path(__file__).resolve().parents[1].parent / "shared/data/fraud-handbook/transactions.parquet"
 
 

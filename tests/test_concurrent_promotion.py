@@ -13,24 +13,13 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from conftest import SMALL_FRAUD_RUN
 from mlflow import MlflowClient
 
 from tasks.promote import read_history
 
 ROOT = Path(__file__).resolve().parents[1]
-# absolute gates off: on this small simulated sample they may refuse, and these tests are about promotion
-SMALL = [
-    "--customers",
-    "300",
-    "--terminals",
-    "600",
-    "--days",
-    "70",
-    "--min-roc-auc",
-    "0",
-    "--min-average-precision",
-    "0",
-]
+SMALL = SMALL_FRAUD_RUN
 MODEL = "fraud-detector"
 
 pytestmark = [

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xgboost as xgb
+from conftest import SMALL_FRAUD_RUN
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
@@ -19,18 +20,7 @@ from flows.cli import app
 from tasks.promote import _now, move_champion, read_history
 
 NAME = "toy-lifecycle"
-SMALL = [
-    "--customers",
-    "300",
-    "--terminals",
-    "600",
-    "--days",
-    "70",
-    "--min-roc-auc",
-    "0",
-    "--min-average-precision",
-    "0",
-]
+SMALL = SMALL_FRAUD_RUN
 runner = CliRunner()
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
