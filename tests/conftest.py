@@ -14,6 +14,7 @@ os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_STREAM", "ext://sys.__st
 
 import mlflow  # noqa: E402
 import pytest  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
 # A small simulated fraud run with the absolute gates off: on a sample this small they may refuse, and the
@@ -24,6 +25,12 @@ SMALL_FRAUD_RUN = [
 ]
 
 HANDBOOK = Path(__file__).resolve().parents[1].parent / "shared/data/fraud-handbook/transactions.parquet"
+
+
+def registry_client(home: Path) -> MlflowClient:
+    """A client on the SQLite tracking and registry store that `mlops` keeps under MLOPS_HOME=home."""
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    return MlflowClient()
 
 
 @pytest.fixture(scope="session")

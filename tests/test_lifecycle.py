@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import xgboost as xgb
 from conftest import SMALL_FRAUD_RUN
+from conftest import registry_client as client_for
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
@@ -40,11 +41,6 @@ def mlops(*args: str):
     if result.exception and not isinstance(result.exception, SystemExit):
         raise result.exception
     return result
-
-
-def client_for(home: Path) -> MlflowClient:
-    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
-    return MlflowClient()
 
 
 def register(home: Path, tags: dict, seed: int = 0) -> str:

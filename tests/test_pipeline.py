@@ -11,7 +11,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
+from conftest import registry_client as client
 
 from flows.cli import app
 from usecases.fraud.simulator import simulate_transactions
@@ -38,11 +38,6 @@ def mlops(capsys):
         return Result(code or 0, capsys.readouterr().out)
 
     return run
-
-
-def client(home: Path) -> MlflowClient:
-    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
-    return MlflowClient()
 
 
 def registry_state(home: Path) -> dict:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from arch.data import sp500
-from mlflow import MlflowClient
+from conftest import registry_client as client
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -32,11 +32,6 @@ def mlops(*args: str):
     if result.exception and not isinstance(result.exception, SystemExit):
         raise result.exception
     return result
-
-
-def client(home: Path) -> MlflowClient:
-    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
-    return MlflowClient()
 
 
 def registry_state(home: Path) -> dict:
