@@ -10,7 +10,7 @@ export GX_ANALYTICS_ENABLED ?= false
 export MLFLOW_ENABLE_TELEMETRY ?= false
 export DO_NOT_TRACK ?= true
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test test-fast lint bench clean
 
 # The environment follows the committed uv.lock exactly (`--locked` fails if it is out of date).
 install:
@@ -24,6 +24,9 @@ test: install  ## lint, then every test
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
 	$(UV) run pytest -q
+
+test-fast: install  ## the unit tests only (no servers, no flows): the inner loop, well under a minute
+	$(UV) run pytest -q tests/unit
 
 lint: install
 	$(UV) run ruff check --fix .
@@ -43,5 +46,6 @@ clean:
 up: install  ## start MLflow + Prefect servers and `mlops serve`; idempotent; prints the UI URLs and exports
 	$(UV) run python -m infra.servers up $(ARGS)
 
-down: install  ## stop what `make up` started; `make down ARGS=--purge` also drops its databases and artifacts
+down: install  ## stop what `make up` started and the local Prefect server; ARGS=--purge also drops databases
 	$(UV) run python -m infra.servers down $(ARGS)
+	$(UV) run mlops server stop

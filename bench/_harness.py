@@ -22,16 +22,16 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNNER = r"""
 import json, resource, sys, time
 started = time.perf_counter()
-from flows.cli import app
+from cli.main import app
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter
 import mlflow
-from tasks import _tracking
+from tasks import tracking
 imported = time.perf_counter()
 use_case = sys.argv[1]
 code = app(["run", use_case, *sys.argv[2:]], standalone_mode=False) or 0
 finished = time.perf_counter()
-mlflow.set_tracking_uri(_tracking.tracking_uri())
+mlflow.set_tracking_uri(tracking.tracking_uri())
 run = mlflow.search_runs(experiment_names=[use_case], max_results=1, output_format="list")[0]
 stages = {}
 with get_client(sync_client=True) as client:

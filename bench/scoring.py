@@ -37,7 +37,7 @@ def ensure_champion(home: Path, data: Path) -> str:
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     from mlflow import MlflowClient
 
-    from tasks import _tracking as tracking
+    from tasks import tracking
 
     tracking.configure()
     try:
@@ -79,8 +79,8 @@ def main() -> None:
     import numpy as np
     import pandas as pd
 
+    from champion.loading import load_scoring_model
     from flows.scoring import batch_scoring, spec_for
-    from tasks.score import load_scoring_model
 
     print(f"\n{MODEL} v{version} on {args.data.name}; {os.cpu_count()} CPUs", flush=True)
     rows = []

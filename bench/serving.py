@@ -72,8 +72,8 @@ def main() -> None:
     import numpy as np
     import pandas as pd
 
+    from champion.loading import load_scoring_model
     from flows.scoring import spec_for
-    from tasks.score import load_scoring_model
 
     model = load_scoring_model(MODEL, version=version)
     spec = spec_for("fraud", model)
@@ -93,7 +93,7 @@ def main() -> None:
     servers = {
         "mlops serve-model": (
             [
-                sys.executable, "-m", "flows.cli", "serve-model", "fraud", "--port", str(ours_port),
+                sys.executable, "-m", "cli.main", "serve-model", "fraud", "--port", str(ours_port),
                 "--poll-seconds", str(args.poll_seconds),
             ],
             f"http://127.0.0.1:{ours_port}",

@@ -1,4 +1,5 @@
-"""The fraud use case's data checks, as code: one GX suite for the raw transactions, one for the features.
+"""The fraud use case's data checks, as code: GX suites for the raw transactions, for the transactions to
+score (labels not known yet) and for the features.
 
 The raw suite follows the Fraud Detection Handbook's transaction schema (TRANSACTION_ID, TX_DATETIME,
 CUSTOMER_ID, TERMINAL_ID, TX_AMOUNT, TX_FRAUD; other columns such as TX_FRAUD_SCENARIO are allowed). The
@@ -19,11 +20,14 @@ import great_expectations as gx  # noqa: E402  (the analytics switch must be set
 from great_expectations import expectations as gxe  # noqa: E402
 
 RAW_SUITE_NAME = "fraud_raw"
+SCORE_SUITE_NAME = "fraud_score"
 FEATURE_SUITE_NAME = "fraud_features"
 
 ID_COLUMNS = ("TRANSACTION_ID", "CUSTOMER_ID", "TERMINAL_ID")
 REQUIRED_COLUMNS = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT", "TX_FRAUD")
 LABEL = "TX_FRAUD"
+# What scoring needs: labels arrive after a delay, so the newest rows have none (or no label column at all).
+SCORE_COLUMNS = tuple(c for c in REQUIRED_COLUMNS if c != LABEL)
 
 # The handbook simulates ~0.8 % fraud (14,681 of 1,754,155 transactions). Real card fraud sits around 0.1 %
 # to 1 %. Below 0.05 % a window of the size we train on holds too few positives to learn or to evaluate
@@ -85,17 +89,7 @@ def raw_suite() -> gx.ExpectationSuite:
         gxe.ExpectColumnValuesToBeInTypeList(column=LABEL, type_list=LABEL_TYPES),
         gxe.ExpectColumnValuesToBeInTypeList(column="TX_DATETIME", type_list=DATETIME_TYPES),
     ]
-    expectations += [
-        gxe.ExpectColumnValuesToNotBeNull(
-            column=column,
-            description=(
-                "TX_DATETIME missing or unparseable (NaT after pd.to_datetime(errors='coerce'))"
-                if column == "TX_DATETIME"
-                else None
-            ),
-        )
-        for column in REQUIRED_COLUMNS
-    ]
+    expectations += [_not_null(column) for column in REQUIRED_COLUMNS]
     expectations += [
         gxe.ExpectColumnValuesToBeUnique(column="TRANSACTION_ID"),
         gxe.ExpectColumnValuesToBeBetween(column="TX_AMOUNT", min_value=0),
@@ -110,9 +104,48 @@ def raw_suite() -> gx.ExpectationSuite:
     return gx.ExpectationSuite(name=RAW_SUITE_NAME, expectations=expectations)
 
 
-def feature_suite() -> gx.ExpectationSuite:
-    """Every handbook feature present and complete, with counts, amounts, risks and flags in range."""
-    columns = [*FEATURE_COLUMNS, LABEL]
+def score_suite() -> gx.ExpectationSuite:
+    """The raw suite without what needs labels or a training-sized window: transactions to score.
+
+    TX_FRAUD may be absent or hold missing values (labels arrive after a delay), so nothing is expected
+    of it: a GX expectation on an absent column fails, and a static suite cannot make one conditional.
+    No minimum row count and no fraud rate either. Kept: the id, amount and timestamp columns present,
+    typed and complete, unique TRANSACTION_IDs and non-negative amounts.
+    """
+    expectations: list[gxe.Expectation] = [gxe.ExpectColumnToExist(column=column) for column in SCORE_COLUMNS]
+    expectations += [
+        gxe.ExpectColumnValuesToBeInTypeList(column=c, type_list=INTEGER_TYPES) for c in ID_COLUMNS
+    ]
+    expectations += [
+        gxe.ExpectColumnValuesToBeInTypeList(column="TX_AMOUNT", type_list=NUMERIC_TYPES),
+        gxe.ExpectColumnValuesToBeInTypeList(column="TX_DATETIME", type_list=DATETIME_TYPES),
+    ]
+    expectations += [_not_null(column) for column in SCORE_COLUMNS]
+    expectations += [
+        gxe.ExpectColumnValuesToBeUnique(column="TRANSACTION_ID"),
+        gxe.ExpectColumnValuesToBeBetween(column="TX_AMOUNT", min_value=0),
+    ]
+    return gx.ExpectationSuite(name=SCORE_SUITE_NAME, expectations=expectations)
+
+
+def _not_null(column: str) -> gxe.Expectation:
+    return gxe.ExpectColumnValuesToNotBeNull(
+        column=column,
+        description=(
+            "TX_DATETIME missing or unparseable (NaT after pd.to_datetime(errors='coerce'))"
+            if column == "TX_DATETIME"
+            else None
+        ),
+    )
+
+
+def feature_suite(labelled: bool = True) -> gx.ExpectationSuite:
+    """Every handbook feature present and complete, with counts, amounts, risks and flags in range.
+
+    `labelled=False` (scoring and monitoring): the label is not checked, since the newest rows' labels are
+    not known yet."""
+    label = [LABEL] if labelled else []
+    columns = [*FEATURE_COLUMNS, *label]
     expectations: list[gxe.Expectation] = [gxe.ExpectColumnToExist(column=column) for column in columns]
     expectations += [gxe.ExpectColumnValuesToNotBeNull(column=column) for column in columns]
     expectations += [gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0) for c in COUNT_COLUMNS]
@@ -121,6 +154,7 @@ def feature_suite() -> gx.ExpectationSuite:
         gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0, max_value=1) for c in RISK_COLUMNS
     ]
     expectations += [
-        gxe.ExpectColumnValuesToBeInSet(column=c, value_set=[0, 1]) for c in [*FLAG_COLUMNS, LABEL]
+        gxe.ExpectColumnValuesToBeInSet(column=c, value_set=[0, 1]) for c in [*FLAG_COLUMNS, *label]
     ]
-    return gx.ExpectationSuite(name=FEATURE_SUITE_NAME, expectations=expectations)
+    name = FEATURE_SUITE_NAME if labelled else f"{FEATURE_SUITE_NAME}_unlabelled"
+    return gx.ExpectationSuite(name=name, expectations=expectations)

@@ -1,7 +1,8 @@
 """The one generic gated-training flow. Every use case runs through it with its own spec.
 
     ingest → validate raw → features → validate features → split → train (+ baselines) → evaluate
-    (+ champion re-scored on the same test window) → gate → register → promote → report
+    → record the monitoring profile → [champion lock: re-score the champion on the same test window → gate
+    → register → promote] → report
 
 One MLflow run per flow run records params, the dataset, metrics, plots, the validation results and the gate
 report. Nothing reaches the registry unless the absolute and baseline gates pass, and the `champion` alias
@@ -11,21 +12,22 @@ moves only when the champion gate passes too.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Param
 from prefect import flow, runtime
 
-from tasks import _tracking as tracking
+from champion.lock import champion_lock, ensure_store
+from champion.promotion import Promotion, current_champion, mark_not_promoted, promote, rolled_back_hold
+from tasks import tracking
 from tasks.evaluate import ChampionScore, evaluate, evaluate_champion
 from tasks.features import featurize
 from tasks.gate import GateResult, GateVerdict, gate
 from tasks.ingest import ingest
-from tasks.promote import Promotion, current_champion, mark_not_promoted, promote, rolled_back_hold
+from tasks.profile import record_profile
 from tasks.register import FINGERPRINT_TAG, Registration, fingerprint, log_candidate, register
-from tasks.registry_lock import champion_lock, ensure_store
 from tasks.report import Decision, report
 from tasks.split import Splits, split
 from tasks.train import train, train_baselines
@@ -87,39 +89,13 @@ def gated_training(spec: UseCaseSpec, params: TrainingParams) -> TrainingOutcome
         if unknown.any():
             table = table[~unknown].reset_index(drop=True)
         feature_check = validate(table, spec.feature_suite, run_id)
-        splits = split(
-            table,
-            spec.split,
-            spec.time_column,
-            spec.target if spec.problem == "binary" else None,
-            spec.test_filter,
-        )
+        splits = split(table, spec.split, spec.schema, spec.test_filter)
         data_digest = _log_datasets(run_id, spec, raw, splits)
 
-        candidate = train(
-            splits,
-            spec.features,
-            spec.target,
-            spec.problem,
-            dict(spec.model.params),
-            spec.model.num_boost_round,
-            spec.model.early_stopping_rounds,
-            spec.model.balance_classes,
-            params.seed,
-            target_transform=spec.model.target_transform,
-            offset_features=spec.model.offset_features,
-            search=dict(spec.model.search),
-            folds=spec.model.folds,
-            time_column=spec.time_column,
-            gap=spec.split.gap,
-            unit=spec.split.unit,
-            run_id=run_id,
-        )
-        baselines = train_baselines(splits, spec.baselines, spec.features, spec.target)
-
-        evaluation = evaluate(
-            candidate, baselines, splits, spec.metrics, spec.problem, spec.target, spec.time_column, run_id
-        )
+        candidate = train(splits, spec.model, spec.schema, spec.split, params.seed, run_id)
+        baselines = train_baselines(splits, spec.baselines, spec.schema)
+        evaluation = evaluate(candidate, baselines, splits, spec.metrics, spec.schema, run_id)
+        record_profile(spec, splits, evaluation, run_id)  # what monitoring compares new data against
         logged = log_candidate(candidate, splits.test.head(5), run_id)
         lineage = {
             "use_case": spec.name,
@@ -141,7 +117,7 @@ def gated_training(spec: UseCaseSpec, params: TrainingParams) -> TrainingOutcome
 
         # Champion comparison, registration and promotion are one step per registered model: concurrent
         # runs take turns here, each re-reading and re-scoring the champion it has to beat
-        # (tasks/registry_lock.py).
+        # (champion/lock.py).
         # Registration depends on the absolute and baseline gates only; the alias moves only if the champion
         # gate passed too. A version without the alias is invisible to consumers, who load by alias.
         lock = (
@@ -149,16 +125,7 @@ def gated_training(spec: UseCaseSpec, params: TrainingParams) -> TrainingOutcome
         )
         with lock:
             champion = evaluate_champion(spec.registered_model, splits, spec.metrics)
-            verdict = gate(
-                spec.gates,
-                evaluation.candidate.metrics,
-                evaluation.baseline_metrics,
-                champion.metrics,
-                spec.metrics.primary,
-                spec.metrics.greater_is_better,
-                champion.version,
-                champion.error,
-            )
+            verdict = gate(spec.gates, spec.metrics, evaluation, champion)
             registration = None
             if verdict.registrable and not params.dry_run:
                 registration = register(
@@ -244,25 +211,15 @@ def _hold_rolled_back(verdict: GateVerdict, registration: Registration, metrics:
 
 
 def _log_params(client: MlflowClient, run_id: str, spec: UseCaseSpec, params: TrainingParams) -> None:
+    """The run's parameters and the spec's model and split parts, read from their dataclasses."""
     flat = {f"param.{k}": v for k, v in params.model_dump().items()}
-    flat.update({f"model.{k}": v for k, v in spec.model.params.items()})
-    flat.update(
-        {
-            "model.num_boost_round": spec.model.num_boost_round,
-            "model.early_stopping_rounds": spec.model.early_stopping_rounds,
-            "model.target_transform": spec.model.target_transform,
-            "model.offset_features": ",".join(spec.model.offset_features),
-            "model.search": dict(spec.model.search),
-            "model.folds": spec.model.folds,
-            "split.train": spec.split.train,
-            "split.validation": spec.split.validation,
-            "split.test": spec.split.test,
-            "split.gap": spec.split.gap,
-            "split.unit": spec.split.unit,
-            "split.end": spec.split.end,
-            "features": ",".join(spec.features),
-        }
-    )
+    for part in ("model", "split"):
+        for key, value in asdict(getattr(spec, part)).items():
+            if key == "params":
+                flat.update({f"model.{k}": v for k, v in value.items()})
+            else:
+                flat[f"{part}.{key}"] = ",".join(value) if isinstance(value, tuple) else value
+    flat["features"] = ",".join(spec.features)
     client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in flat.items()])
 
 

@@ -11,18 +11,14 @@ Features come from the use case's own `build_features`, built with the parameter
 from __future__ import annotations
 
 from mlflow import MlflowClient
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from tasks import _tracking as tracking
-from tasks._stage import mlflow_stage
-from tasks.score import DEFAULT_CHUNK_ROWS, ScoringModel, ScoringResult, load_scoring_model, score_file
-from usecases import spec_module
-
-
-def default_registered_model(use_case: str) -> str:
-    module = spec_module(use_case)
-    return module.build_spec(module.Params()).registered_model
+from champion.loading import ScoringModel, load_scoring_model
+from tasks import tracking
+from tasks.score import DEFAULT_CHUNK_ROWS, ScoringResult, score_file
+from tasks.stage import mlflow_stage
+from usecases import default_registered_model, spec_module
 
 
 def training_params(module, run_id: str | None):
@@ -55,7 +51,7 @@ def spec_for(use_case: str, model: ScoringModel):
 @mlflow_stage
 def load_model(name: str, version: str | None, alias: str | None) -> ScoringModel:
     model = load_scoring_model(name, version, alias)
-    get_run_logger().info(
+    tracking.run_logger().info(
         "scoring with %s v%s (%s; %s flavor)",
         name,
         model.version,

@@ -1,13 +1,13 @@
-"""Training entry points, one per use case: bind the use case's spec and run the generic gated flow.
+"""Training entry points, one per discovered use case: bind its spec and run the generic gated flow.
 
 Their typed parameters (the spec module's `Params`) are what the Prefect UI renders as the "Run" form of a
-deployment. A new use case adds one line here, naming its spec module in `usecases/__init__.py`.
+deployment. Each is bound to a module-level name `<use case>_training`, so a work-pool worker can import it.
 """
 
 from prefect import flow
 
 from flows.gated_training import TrainingOutcome, gated_training
-from usecases import spec_module
+from usecases import SPEC_MODULES, spec_module
 
 
 def training_flow(use_case: str):
@@ -24,7 +24,5 @@ def training_flow(use_case: str):
     return flow(run, name=f"{use_case}-training")
 
 
-fraud_training = training_flow("fraud")
-stock_training = training_flow("stock")
-
-TRAINING_FLOWS = {"fraud": fraud_training, "stock": stock_training}
+TRAINING_FLOWS = {name: training_flow(name) for name in SPEC_MODULES}
+globals().update({f"{name}_training": f for name, f in TRAINING_FLOWS.items()})

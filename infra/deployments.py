@@ -6,7 +6,8 @@ One deployment per training flow in `flows.training.TRAINING_FLOWS` (so every us
 * parameters: the flow's single `params` argument, the use case's typed `Params` model. Prefect turns it into
   a JSON schema with descriptions, defaults and bounds, so the UI's "Run > Custom run" is a form, and the API
   rejects out-of-bounds values before anything runs (`enforce_parameter_schema`);
-* schedule: `SCHEDULES` below (fraud daily, stock on weekdays after the US close), else a daily default;
+* schedule: the spec module's `TRAINING_SCHEDULE` (fraud daily, stock on weekdays after the US close), else
+  a daily default;
 * trigger: the custom event `mlops.data.arrived` for that use case starts a run on the dataset it names;
 * concurrency: at most one run per deployment, i.e. per registered model; further runs wait in
   `AwaitingConcurrencySlot` (scheduled, UI-triggered and event-triggered runs all share the one slot);
@@ -47,12 +48,14 @@ class Timing:
         return Cron(self.cron, timezone=self.timezone)
 
 
-SCHEDULES: dict[str, Timing] = {
-    "fraud-training": Timing("0 2 * * *", "UTC", "daily at 02:00 UTC"),
-    # NYSE/Nasdaq close at 16:00 New York time; 16:30 leaves time for the day's bars to land. The time zone
-    # keeps it after the close across daylight-saving changes.
-    "stock-training": Timing("30 16 * * 1-5", "America/New_York", "weekdays at 16:30 New York time"),
-}
+def use_case_timing(use_case: str, attribute: str) -> Timing | None:
+    """The spec module's own schedule (`TRAINING_SCHEDULE`, `MONITORING_SCHEDULE`), if it declares one."""
+    from usecases import spec_module
+
+    cadence = getattr(spec_module(use_case), attribute, None)
+    return None if cadence is None else Timing(cadence.cron, cadence.timezone, cadence.note)
+
+
 DEFAULT_TRAINING_SCHEDULE = Timing("0 3 * * *", "UTC", "daily at 03:00 UTC")
 
 
@@ -67,6 +70,9 @@ class OtherFlow:
     deployment: str = "on-demand"
     timing: Timing | None = None  # none: run from the UI ("Custom run"), the API or an automation
     one_at_a_time: bool = False
+    schedule: str = (
+        "MONITORING_SCHEDULE"  # per-use-case flows: the spec module's attribute naming its cadence
+    )
 
 
 OTHER_FLOWS: tuple[OtherFlow, ...] = (
@@ -181,11 +187,10 @@ def _entrypoint(flow, module_name: str) -> str | None:
 
 
 def registered_model_of(use_case: str) -> str:
-    """The registered model a use case's spec writes to (built from its default parameters)."""
-    from usecases import spec_module
+    """The registered model a use case writes to with its default parameters."""
+    from usecases import default_registered_model
 
-    module = spec_module(use_case)
-    return module.build_spec(module.Params()).registered_model
+    return default_registered_model(use_case)
 
 
 def _training_trigger(flow_name: str, use_case: str) -> DeploymentEventTrigger:
@@ -222,7 +227,7 @@ def training_plans(use_cases: Iterable[str] | None = None) -> list[DeploymentPla
                 name=model,
                 registered_model=model,
                 entrypoint=_entrypoint(flow, "flows.training"),
-                timing=SCHEDULES.get(flow.name, DEFAULT_TRAINING_SCHEDULE),
+                timing=use_case_timing(use_case, "TRAINING_SCHEDULE") or DEFAULT_TRAINING_SCHEDULE,
                 tags=("mlops", "training", f"use-case:{use_case}", f"model:{model}"),
                 triggers=(_training_trigger(flow.name, use_case),),
                 concurrency=ONE_AT_A_TIME,
@@ -257,7 +262,7 @@ def other_plans(use_cases: Iterable[str] | None = None) -> list[DeploymentPlan]:
                     name=use_case or other.deployment,
                     registered_model=None,
                     entrypoint=_entrypoint(flow, other.module),
-                    timing=other.timing or SCHEDULES.get(flow.name),
+                    timing=other.timing or (use_case_timing(use_case, other.schedule) if use_case else None),
                     tags=("mlops", other.kind) + ((f"use-case:{use_case}",) if use_case else ()),
                     concurrency=ONE_AT_A_TIME if other.one_at_a_time else None,
                 )

@@ -278,7 +278,7 @@ class Settings:
         }
 
     def serve_command(self) -> list[str]:
-        return [sys.executable, "-m", "flows.cli", "serve"]
+        return [sys.executable, "-m", "cli.main", "serve"]
 
     def serve_env(self) -> dict[str, str]:
         return {**QUIET, **self.client_env(), "PREFECT_HOME": str(self.state_dir / "serve-prefect-home")}
@@ -363,7 +363,7 @@ class Managed:
     @property
     def marker(self) -> str:
         """What the command line of this process contains (so a pid reused by another program is not ours)."""
-        return {"serve": "flows.cli"}.get(self.name, self.name)
+        return {"serve": "cli.main"}.get(self.name, self.name)
 
     def pid(self) -> int | None:
         """The recorded pid while that process still runs (a stale pid file is removed)."""

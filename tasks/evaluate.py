@@ -9,21 +9,32 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import matplotlib
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
 
-matplotlib.use("Agg")  # headless: plots are files logged to MLflow
+from tasks.split import Splits
+from tasks.stage import mlflow_stage, stage
+from tasks.tracking import run_logger
 
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from mlflow import MlflowClient  # noqa: E402
-from prefect import get_run_logger  # noqa: E402
-from sklearn import metrics as skm  # noqa: E402
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
 
-from tasks._stage import mlflow_stage, stage  # noqa: E402
-from tasks.split import Splits  # noqa: E402
+    from usecases.spec import Metrics, Schema
+
+
+def _pyplot():
+    """matplotlib, headless (plots are files logged to MLflow), imported by the stages that draw."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
 
 CHAMPION = "champion"
 
@@ -33,6 +44,8 @@ CHAMPION = "champion"
 
 def best_f1_threshold(frame: pd.DataFrame, scores: np.ndarray, target: str) -> dict[str, float]:
     """The score threshold that maximises F1 on the given (validation) window."""
+    from sklearn import metrics as skm
+
     precision, recall, thresholds = skm.precision_recall_curve(frame[target].to_numpy(), scores)
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     best = int(np.nanargmax(f1[:-1])) if len(thresholds) else 0
@@ -40,6 +53,8 @@ def best_f1_threshold(frame: pd.DataFrame, scores: np.ndarray, target: str) -> d
 
 
 def binary_metrics(y: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    from sklearn import metrics as skm
+
     predicted = (scores >= threshold).astype(int)
     tn, fp, fn, tp = skm.confusion_matrix(y, predicted, labels=[0, 1]).ravel()
     both_classes = len(np.unique(y)) == 2
@@ -66,6 +81,9 @@ def regression_metrics(y: np.ndarray, predictions: np.ndarray) -> dict[str, floa
 
 
 def binary_plots(y: np.ndarray, scores: np.ndarray, threshold: float, label: str) -> dict[str, plt.Figure]:
+    from sklearn import metrics as skm
+
+    plt = _pyplot()
     figures = {}
     fig, ax = plt.subplots(figsize=(5, 4))
     skm.RocCurveDisplay.from_predictions(y, scores, ax=ax, name=label)
@@ -86,6 +104,7 @@ def binary_plots(y: np.ndarray, scores: np.ndarray, threshold: float, label: str
 
 
 def regression_plots(times: pd.Series, y: np.ndarray, predictions: np.ndarray, label: str) -> dict:
+    plt = _pyplot()
     figures = {}
     # Several series (e.g. tickers) at one time: plot the mean per time; errors by year use every row.
     per_time = pd.DataFrame({"t": times.to_numpy(), "y": y, "p": predictions}).groupby("t").mean()
@@ -106,6 +125,7 @@ def regression_plots(times: pd.Series, y: np.ndarray, predictions: np.ndarray, l
 
 
 def feature_importance_plot(booster, features: Sequence[str]) -> plt.Figure:
+    plt = _pyplot()
     gain = booster.get_score(importance_type="total_gain")
     values = pd.Series({f: gain.get(f, 0.0) for f in features}).sort_values()
     fig, ax = plt.subplots(figsize=(6, 0.3 * len(values) + 1.5))
@@ -126,6 +146,7 @@ class Scored:
     metrics: dict[str, float]
     context: dict[str, float]
     test_predictions: np.ndarray
+    validation_predictions: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -147,10 +168,12 @@ class ChampionScore:
 
 def score_model(predict, splits: Splits, metrics_spec) -> Scored:
     context = {}
+    validation_predictions = np.asarray(predict(splits.validation), dtype=float)
     if metrics_spec.calibrate is not None:
-        context = metrics_spec.calibrate(splits.validation, predict(splits.validation))
+        context = metrics_spec.calibrate(splits.validation, validation_predictions)
     test_predictions = np.asarray(predict(splits.test), dtype=float)
-    return Scored(metrics_spec.compute(splits.test, test_predictions, context), context, test_predictions)
+    metrics = metrics_spec.compute(splits.test, test_predictions, context)
+    return Scored(metrics, context, test_predictions, validation_predictions)
 
 
 def _plots(problem: str, splits: Splits, target: str, time_column: str, scored: Scored, label: str) -> dict:
@@ -161,6 +184,7 @@ def _plots(problem: str, splits: Splits, target: str, time_column: str, scored: 
 
 
 def _log_figures(client: MlflowClient, run_id: str, figures: Mapping[str, plt.Figure], prefix: str) -> None:
+    plt = _pyplot()
     for name, fig in figures.items():
         client.log_figure(run_id, fig, f"plots/{prefix}{name}.png")
         plt.close(fig)
@@ -168,8 +192,10 @@ def _log_figures(client: MlflowClient, run_id: str, figures: Mapping[str, plt.Fi
 
 @stage
 def evaluate(
-    candidate, baselines, splits: Splits, metrics_spec, problem: str, target: str, time_column: str, run_id
+    candidate, baselines, splits: Splits, metrics_spec: Metrics, schema: Schema, run_id
 ) -> Evaluation:
+    """Candidate and baselines on the test window; metrics and plots to the MLflow run."""
+    problem, target, time_column = schema.problem, schema.target, schema.time_column
     client = MlflowClient()
     scored = score_model(candidate.predict, splits, metrics_spec)
     scored_baselines = {b.name: score_model(b.predict, splits, metrics_spec) for b in baselines}
@@ -193,7 +219,7 @@ def evaluate(
         {"feature_importance": feature_importance_plot(candidate.booster, candidate.features)},
         "",
     )
-    get_run_logger().info(
+    run_logger().info(
         "test %s: candidate %.4g; %s",
         metrics_spec.primary,
         scored.metrics[metrics_spec.primary],
@@ -212,8 +238,10 @@ def _best_baseline(scored: Mapping[str, Scored], metrics_spec) -> str | None:
 
 
 @mlflow_stage
-def evaluate_champion(registered_model: str, splits: Splits, metrics_spec) -> ChampionScore:
+def evaluate_champion(registered_model: str, splits: Splits, metrics_spec: Metrics) -> ChampionScore:
     """Re-score the current champion on this run's windows, so the champion gate compares like with like."""
+    from champion.loading import load_scoring_model
+
     client = MlflowClient()
     try:
         version = client.get_model_version_by_alias(registered_model, CHAMPION)
@@ -222,12 +250,11 @@ def evaluate_champion(registered_model: str, splits: Splits, metrics_spec) -> Ch
             return ChampionScore(None)
         raise
     try:
-        model = mlflow.pyfunc.load_model(f"models:/{registered_model}@{CHAMPION}")
-        columns = [c.name for c in model.metadata.get_input_schema().inputs]
-        scored = score_model(lambda f: np.asarray(model.predict(f[columns])).ravel(), splits, metrics_spec)
+        model = load_scoring_model(registered_model, version=version.version)  # pinned: the one we read
+        scored = score_model(model.predict, splits, metrics_spec)
     except Exception as exc:  # an incompatible champion refuses promotion with the reason, never crashes
         return ChampionScore(str(version.version), error=f"{type(exc).__name__}: {exc}")
-    get_run_logger().info(
+    run_logger().info(
         "champion v%s on the same test window: %s %.4f",
         version.version,
         metrics_spec.primary,

@@ -9,16 +9,16 @@ from __future__ import annotations
 import time
 
 import pandas as pd
-from prefect import get_run_logger
 
-from tasks._stage import stage
+from tasks.stage import stage
+from tasks.tracking import run_logger
 
 
 @stage
 def featurize(raw: pd.DataFrame, build_features) -> pd.DataFrame:
     started = time.perf_counter()
     table = build_features(raw)
-    get_run_logger().info(
+    run_logger().info(
         "features: %d rows x %d columns in %.1f s", len(table), table.shape[1], time.perf_counter() - started
     )
     return table

@@ -12,8 +12,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
-from tasks._stage import stage
+from tasks.stage import stage
+
+if TYPE_CHECKING:
+    from tasks.evaluate import ChampionScore, Evaluation
+    from usecases.spec import Metrics
 
 
 @dataclass(frozen=True)
@@ -204,5 +209,16 @@ def evaluate_gates(
     return GateVerdict(tuple(results))
 
 
-# The stage is the pure decision, recorded as a Prefect task.
-gate = stage(evaluate_gates, name="gate")
+@stage
+def gate(spec: GateSpec, metrics: Metrics, evaluation: Evaluation, champion: ChampionScore) -> GateVerdict:
+    """The pure decision (`evaluate_gates`) on this run's evaluation and the re-scored champion."""
+    return evaluate_gates(
+        spec,
+        evaluation.candidate.metrics,
+        evaluation.baseline_metrics,
+        champion.metrics,
+        metrics.primary,
+        metrics.greater_is_better,
+        champion.version,
+        champion.error,
+    )

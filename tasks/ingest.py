@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks._stage import stage
+from tasks.stage import stage
 
 READERS = {".parquet": pd.read_parquet, ".pq": pd.read_parquet, ".csv": pd.read_csv}
 

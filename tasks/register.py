@@ -24,12 +24,10 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
-from prefect import get_run_logger
 
-from tasks._stage import mlflow_stage
-from tasks._tracking import resumed
-
-FINGERPRINT_TAG = "lineage.fingerprint"
+from champion.promotion import FINGERPRINT_TAG
+from tasks.stage import mlflow_stage
+from tasks.tracking import resumed, run_logger
 
 
 @dataclass(frozen=True)
@@ -113,7 +111,7 @@ def register(
     tags: Mapping[str, str],
     run_id: str,
 ) -> Registration:
-    log = get_run_logger()
+    log = run_logger()
     client = MlflowClient()
     try:
         client.get_registered_model(registered_model)

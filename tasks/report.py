@@ -12,10 +12,10 @@ from mlflow import MlflowClient
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 
-from tasks._stage import mlflow_stage
+from champion.promotion import Promotion
 from tasks.gate import GateVerdict
-from tasks.promote import Promotion
 from tasks.register import Registration
+from tasks.stage import mlflow_stage
 
 
 @dataclass(frozen=True)

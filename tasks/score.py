@@ -23,104 +23,23 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
-from mlflow import MlflowClient
-from prefect import get_run_logger
 
-from tasks._stage import stage
+from champion.loading import ScoringModel
 from tasks.ingest import READERS, DataReadError, read_table
+from tasks.stage import stage
+from tasks.tracking import run_logger
 
 DEFAULT_CHUNK_ROWS = 1_000_000
 VERSION_COLUMN = "model_version"
 
 
-class ModelNotFoundError(LookupError):
-    """The requested registered model, version or alias does not exist."""
-
-
 class InputOrderError(ValueError):
     """A chunked input is not in time order, so a chunk's history would be incomplete."""
-
-
-# ------------------------------------------------------------------------------------------- the model
-
-
-@dataclass
-class ScoringModel:
-    """One registry version, loaded once; predicts from its signature's input columns."""
-
-    name: str
-    version: str
-    run_id: str | None
-    columns: tuple[str, ...]
-    column_types: dict[str, str]
-    required: frozenset[str]
-    flavor: str  # "xgboost" (native booster, in-place prediction) or "pyfunc"
-    source: str
-    _model: object = field(repr=False, default=None)
-
-    def predict_matrix(self, matrix: np.ndarray) -> np.ndarray:
-        """Scores for a float matrix whose columns are `columns`, in that order (already checked)."""
-        if self.flavor == "xgboost":
-            return self._model.inplace_predict(matrix)
-        frame = pd.DataFrame(np.asarray(matrix, dtype=np.float64), columns=list(self.columns))
-        for column, kind in self.column_types.items():  # the signature's integer columns as integers
-            if kind in ("long", "integer") and column in frame and frame[column].notna().all():
-                frame[column] = frame[column].astype("int64" if kind == "long" else "int32")
-        return self.predict(frame)
-
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        missing = [c for c in self.columns if c not in frame.columns]
-        if missing:
-            raise ValueError(f"model {self.name} v{self.version} needs columns the input lacks: {missing}")
-        if self.flavor == "xgboost":
-            return self._model.inplace_predict(frame[list(self.columns)].to_numpy(np.float32))
-        return np.asarray(self._model.predict(frame[list(self.columns)])).ravel()
-
-
-def resolve_version(name: str, version: str | int | None = None, alias: str | None = None):
-    """The registry version to use: `version`, else the version `alias` (default `champion`) points to."""
-    client = MlflowClient()
-    try:
-        if version is not None:
-            return client.get_model_version(name, str(version))
-        return client.get_model_version_by_alias(name, alias or "champion")
-    except mlflow.exceptions.MlflowException as exc:
-        what = f"version {version}" if version is not None else f"alias @{alias or 'champion'}"
-        raise ModelNotFoundError(f"registered model {name!r} has no {what}: {exc.message}") from exc
-
-
-def load_scoring_model(name: str, version: str | int | None = None, alias: str | None = None) -> ScoringModel:
-    """Load one registry version (by number, or where `alias` points now), pinned to that version."""
-    import xgboost as xgb
-    from mlflow.models import Model
-
-    mv = resolve_version(name, version, alias)
-    uri = f"models:/{name}/{mv.version}"
-    local = Path(mlflow.artifacts.download_artifacts(uri))
-    meta = Model.load(str(local))
-    schema = meta.get_input_schema()
-    if schema is None or not schema.has_input_names():
-        raise ValueError(f"{uri} has no named input signature: cannot check or order its inputs")
-    columns = tuple(schema.input_names())
-    types = {c.name: str(c.type).split(".")[-1].lower() for c in schema.inputs}
-    required = frozenset(c.name for c in schema.inputs if getattr(c, "required", True))
-    model, flavor = None, "pyfunc"
-    if "xgboost" in meta.flavors:
-        loaded = mlflow.xgboost.load_model(str(local))
-        if isinstance(loaded, xgb.Booster):
-            loaded.set_param("nthread", os.cpu_count() or 1)
-            model, flavor = loaded, "xgboost"
-    if model is None:
-        model = mlflow.pyfunc.load_model(str(local))
-    return ScoringModel(
-        name, str(mv.version), mv.run_id, columns, types, required, flavor, mv.source, _model=model
-    )
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -308,7 +227,7 @@ def score_file(
     check_features: bool = True,
 ) -> ScoringResult:
     """Validate, featurize and score `input_path` chunk by chunk into `output_path` (atomically)."""
-    log = get_run_logger()
+    log = run_logger()
     started = time.perf_counter()
     seconds = dict.fromkeys(("read", "validate", "features", "model", "write"), 0.0)
     time_column = spec.time_column
@@ -372,7 +291,8 @@ def score_file(
             features = spec.build_features(frame)
             seconds["features"] += time.perf_counter() - t0
             if check_features:
-                seconds["validate"] += _check(features, spec.feature_suite, f"features, chunk {chunks}", log)
+                feature_suite = spec.score_feature_suite or spec.feature_suite
+                seconds["validate"] += _check(features, feature_suite, f"features, chunk {chunks}", log)
             score(features, emitted_upto, cutoff)
             if cutoff is not None:
                 emitted_upto = cutoff

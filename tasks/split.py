@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
-from prefect import get_run_logger
 
-from tasks._stage import stage
+from tasks.stage import stage
+from tasks.tracking import run_logger
+
+if TYPE_CHECKING:
+    from usecases.spec import Schema
 
 
 class SplitError(ValueError):
@@ -133,9 +136,11 @@ def rolling_origin_folds(
 
 
 @stage
-def split(table: pd.DataFrame, spec: SplitSpec, time_column: str, target=None, test_filter=None) -> Splits:
-    splits = split_frame(table, spec, time_column, target, test_filter)
-    get_run_logger().info(
+def split(table: pd.DataFrame, spec: SplitSpec, schema: Schema, test_filter=None) -> Splits:
+    """Cut the windows; binary targets are checked for positives in each."""
+    target = schema.target if schema.problem == "binary" else None
+    splits = split_frame(table, spec, schema.time_column, target, test_filter)
+    run_logger().info(
         "windows: %s",
         ", ".join(
             f"{name} {lo} .. {hi} ({len(getattr(splits, name))} rows)"

@@ -16,15 +16,19 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import xgboost as xgb
-from prefect import get_run_logger
 
 from tasks import pyfunc_model
-from tasks._stage import stage
-from tasks.split import Splits, rolling_origin_folds
+from tasks.split import Splits, SplitSpec, rolling_origin_folds
+from tasks.stage import stage
+from tasks.tracking import run_logger
+
+if TYPE_CHECKING:
+    from usecases.spec import Baseline, ModelSpec, Schema
 
 OBJECTIVES = {
     "binary": {"objective": "binary:logistic", "eval_metric": "aucpr"},
@@ -233,50 +237,38 @@ def select_params(
 
 @stage
 def train(
-    splits: Splits,
-    features: Sequence[str],
-    target: str,
-    problem: str,
-    params: dict,
-    num_boost_round: int,
-    early_stopping_rounds: int,
-    balance_classes: bool,
-    seed: int,
-    *,
-    target_transform: str = "identity",
-    offset_features: Sequence[str] = (),
-    search: Mapping[str, Sequence] | None = None,
-    folds: int = 0,
-    time_column: str | None = None,
-    gap: int = 0,
-    unit: str = "days",
-    run_id: str | None = None,
+    splits: Splits, model: ModelSpec, schema: Schema, split: SplitSpec, seed: int, run_id: str | None = None
 ) -> Candidate:
-    log = get_run_logger()
+    """Fit the candidate on the training window (walk-forward selection first, when the model spec asks)."""
+    log = run_logger()
+    params = dict(model.params)
+    common = dict(
+        num_boost_round=model.num_boost_round,
+        early_stopping_rounds=model.early_stopping_rounds,
+        balance_classes=model.balance_classes,
+        seed=seed,
+    )
+    shape = dict(target_transform=model.target_transform, offset_features=model.offset_features)
     selection = None
-    if search and folds > 0:
+    if model.search and model.folds > 0:
         chosen, selection = select_params(
             splits.train,
-            features,
-            target,
-            problem,
+            schema.features,
+            schema.target,
+            schema.problem,
             params,
-            search,
-            folds,
-            num_boost_round,
-            early_stopping_rounds,
-            balance_classes,
-            seed,
-            time_column=time_column,
-            gap=gap,
-            unit=unit,
-            target_transform=target_transform,
-            offset_features=offset_features,
+            dict(model.search),
+            model.folds,
+            **common,
+            time_column=schema.time_column,
+            gap=split.gap,
+            unit=split.unit,
+            **shape,
         )
         params = {**params, **chosen}
         log.info(
             "walk-forward selection over %d folds: %s (mean validation %s %.6g); tried %s",
-            folds,
+            model.folds,
             chosen,
             selection["metric"],
             selection["selected_mean"],
@@ -284,20 +276,9 @@ def train(
         )
         if run_id is not None:
             _log_selection(run_id, selection)
-    log.info("training XGBoost on %d rows, %d features", len(splits.train), len(features))
+    log.info("training XGBoost on %d rows, %d features", len(splits.train), len(schema.features))
     candidate = fit_candidate(
-        splits,
-        features,
-        target,
-        problem,
-        params,
-        num_boost_round,
-        early_stopping_rounds,
-        balance_classes,
-        seed,
-        log,
-        target_transform=target_transform,
-        offset_features=offset_features,
+        splits, schema.features, schema.target, schema.problem, params, **common, log=log, **shape
     )
     if selection is not None:
         candidate = replace(candidate, selection=selection)
@@ -321,7 +302,8 @@ def _log_selection(run_id: str, selection: dict) -> None:
 
 
 @stage
-def train_baselines(splits: Splits, baselines, features: Sequence[str], target: str) -> list[FittedBaseline]:
+def train_baselines(splits: Splits, baselines: Sequence[Baseline], schema: Schema) -> list[FittedBaseline]:
+    features = list(schema.features)
     return [
-        FittedBaseline(b.name, b.description, b.fit(splits.train, list(features), target)) for b in baselines
+        FittedBaseline(b.name, b.description, b.fit(splits.train, features, schema.target)) for b in baselines
     ]

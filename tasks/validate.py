@@ -36,7 +36,8 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 import great_expectations as gx  # noqa: E402  (the analytics switch must be set before the import)
 import pandas as pd  # noqa: E402
 
-from tasks._stage import stage  # noqa: E402
+from tasks.stage import stage  # noqa: E402
+from tasks.tracking import run_logger
 
 # BASIC: counts plus a short list of unexpected values per column-map expectation. It never collects
 # unexpected indices or value counts, which cost time and memory on millions of rows.
@@ -235,12 +236,11 @@ def validate(
     markdown table to a Prefect artifact keyed `validation-<suite>`, both before raising, so a failed
     run still shows what was wrong.
     """
-    from prefect import get_run_logger
     from prefect.artifacts import create_markdown_artifact
 
     suite = suite_factory()
     report = validate_frame(frame, suite)
-    logger = get_run_logger()
+    logger = run_logger()
     (logger.info if report.success else logger.error)(report.summary())
 
     if run_id is not None:

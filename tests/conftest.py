@@ -1,21 +1,28 @@
-"""Shared fixtures: a real Prefect test server for the session and a fresh SQLite MLflow store per test."""
+"""Shared fixtures, light enough for the unit tests: nothing here imports Prefect or MLflow at import time.
+
+Tests are grouped by kind, one folder each (the marker follows the folder):
+- tests/unit    no servers, no flows: pure functions, stages called directly, SQLite MLflow at most (seconds);
+- tests/flow    flows through the CLI or in-process, with temporary stores (a Prefect test server, SQLite);
+- tests/server  MLflow and Prefect servers on the local PostgreSQL.
+`make test-fast` runs tests/unit; `make test` runs everything.
+"""
 
 import os
 from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 os.environ.setdefault("DO_NOT_TRACK", "true")
+# Tests keep Prefect's per-process temporary server (or the session's test harness); the background server
+# that CLI users get (infra/prefect_local.py) has tests of its own that opt in.
+os.environ.setdefault("MLOPS_PREFECT_SERVER", "ephemeral")
 # Prefect's console log handler keeps the stream it was created with; pytest swaps and closes sys.stderr per
 # test, so point the handler at the process's real stderr (still captured by pytest at the fd level).
 os.environ.setdefault("COLUMNS", "160")  # rich tables in captured output: wide enough not to wrap
 os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_STREAM", "ext://sys.__stderr__")
-
-import mlflow  # noqa: E402
-import pytest  # noqa: E402
-from mlflow import MlflowClient  # noqa: E402
-from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
 # A small simulated fraud run with the absolute gates off: on a sample this small they may refuse, and the
 # tests using it are about promotion and the registry, not about gates.
@@ -25,16 +32,38 @@ SMALL_FRAUD_RUN = [
 ]
 
 HANDBOOK = Path(__file__).resolve().parents[1].parent / "shared/data/fraud-handbook/transactions.parquet"
+KINDS = ("unit", "flow", "server")
 
 
-def registry_client(home: Path) -> MlflowClient:
+def pytest_collection_modifyitems(items):
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        for kind in KINDS:
+            if kind in parts:
+                item.add_marker(getattr(pytest.mark, kind))
+
+
+def registry_client(home: Path):
     """A client on the SQLite tracking and registry store that `mlops` keeps under MLOPS_HOME=home."""
+    import mlflow
+    from mlflow import MlflowClient
+
     mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
     return MlflowClient()
 
 
+def needs(what: str, why: str) -> None:
+    """A test's missing prerequisite: under CI a failure (nothing may be skipped silently), else a skip."""
+    message = f"{what} is not available: {why}"
+    if os.environ.get("CI"):
+        pytest.fail(message + " (CI must provide it)")
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
     with prefect_test_harness(server_startup_timeout=120):
         yield
 
@@ -42,6 +71,8 @@ def prefect_server():
 @pytest.fixture
 def mlops_home(tmp_path, monkeypatch):
     """A project-local MLflow store (SQLite + artifacts) of this test's own."""
+    import mlflow
+
     home = tmp_path / "mlops"
     monkeypatch.setenv("MLOPS_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -52,5 +83,5 @@ def mlops_home(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def handbook_path():
     if not HANDBOOK.exists():
-        pytest.skip(f"reference data not found at {HANDBOOK}")
+        needs("the Fraud Detection Handbook data", f"not found at {HANDBOOK}")
     return HANDBOOK

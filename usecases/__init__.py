@@ -1,14 +1,27 @@
-"""Use cases: each is one spec module (`usecases/<name>/spec.py`) exposing `Params` (its typed run
-parameters, a `TrainingParams` subclass) and `build_spec(params) -> UseCaseSpec`. Register it here by name."""
+"""Use cases, discovered: every package here with a `spec.py` is one, named after its folder.
+
+A spec module exposes `Params` (its typed run parameters, a `TrainingParams` subclass), `build_spec(params)
+-> UseCaseSpec`, `registered_model(params) -> str`, and optionally `TRAINING_SCHEDULE` / `MONITORING_SCHEDULE`
+(`usecases.spec.Cadence`). Adding a use case is adding its folder (and its `data_checks/` suite): the CLI,
+the flows and the deployments find it. Discovery lists folders only; a spec module is imported when used.
+"""
 
 from __future__ import annotations
 
 from importlib import import_module
+from pathlib import Path
 
-SPEC_MODULES = {
-    "fraud": "usecases.fraud.spec",
-    "stock": "usecases.stock.spec",
-}
+
+def _discover() -> dict[str, str]:
+    here = Path(__file__).parent
+    return {
+        folder.name: f"usecases.{folder.name}.spec"
+        for folder in sorted(here.iterdir())
+        if (folder / "spec.py").is_file() and (folder / "__init__.py").is_file()
+    }
+
+
+SPEC_MODULES: dict[str, str] = _discover()
 
 
 def spec_module(name: str):
@@ -16,3 +29,10 @@ def spec_module(name: str):
         return import_module(SPEC_MODULES[name])
     except KeyError:
         raise KeyError(f"unknown use case {name!r}; known: {', '.join(sorted(SPEC_MODULES))}") from None
+
+
+def default_registered_model(name: str) -> str:
+    """The registered model a use case writes to with its default parameters (`registered_model(params)` in
+    its spec module: cheap, without building the spec and its imports)."""
+    module = spec_module(name)
+    return module.registered_model(module.Params())

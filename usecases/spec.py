@@ -24,6 +24,15 @@ if TYPE_CHECKING:  # types only: `Params` must import fast (CLI help, deployment
 Problem = Literal["binary", "regression"]
 
 
+@dataclass(frozen=True)
+class Cadence:
+    """When a deployment runs on its own: a cron line, its time zone and the sentence people read."""
+
+    cron: str
+    timezone: str
+    note: str
+
+
 class TrainingParams(BaseModel):
     """Parameters every use case accepts; use cases subclass it with their own typed options.
 
@@ -101,6 +110,17 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class Schema:
+    """What a stage needs to know about the feature table: the problem, the columns and their roles."""
+
+    problem: Problem
+    features: tuple[str, ...]
+    target: str
+    time_column: str
+    id_columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class UseCaseSpec:
     name: str
     registered_model: str
@@ -138,3 +158,11 @@ class UseCaseSpec:
     # Batch scoring: the suite an input to score must pass (on `raw_check_view` of it, like the raw suite).
     # None: the raw suite. Set it when the raw suite also asks what only training needs (years of history).
     score_suite: Callable[[], object] | None = None
+    # Batch scoring and monitoring: the suite their feature tables must pass. None: the feature suite. Set it
+    # when the feature suite also checks the label, which new data may not have yet.
+    score_feature_suite: Callable[[], object] | None = None
+
+    @property
+    def schema(self) -> Schema:
+        columns = (tuple(self.features), self.target, self.time_column, tuple(self.id_columns))
+        return Schema(self.problem, *columns)

@@ -10,6 +10,10 @@ TRANSACTION_ID): the window of a row covers (t - N days, t] and contains the row
 come up to and including the row itself in that order. So with tied timestamps a row sees the tied rows
 sorted before it (smaller TRANSACTION_ID) and not those after it; the handbook sorts with an unstable
 quicksort, which leaves that order arbitrary, so we fix it by TRANSACTION_ID.
+
+Labels arrive late (the delay), so at scoring or monitoring time the newest rows may have no label yet:
+TX_FRAUD may hold missing values, or be absent altogether. Terminal risks read only known labels; with
+the usual delay the unknown labels are the ones the features would not have read anyway.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ FEATURES: tuple[str, ...] = (
 )
 
 KEYS: tuple[str, ...] = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_FRAUD")
+LABEL = "TX_FRAUD"
 
 _NS_PER_DAY = 86_400 * 1_000_000_000
 _NS_PER_HOUR = 3_600 * 1_000_000_000
@@ -46,25 +51,38 @@ def build_features(transactions: pd.DataFrame, delay_days: int = 7) -> pd.DataFr
       D = 0 the handbook's formula (pandas' "0D" window holds only the row itself) gives the rows of
       (t - N days, t] sorted before the current one: all labels so far except its own.
 
+    Unknown labels: TX_FRAUD may contain missing values (NaN, None, pd.NA), or be absent (every label
+    unknown). RISK is then known frauds / transactions with a known label in the window (0 when no label
+    there is known); NB_TX still counts every transaction. When every label is known this is exactly the
+    above. The returned TX_FRAUD keeps the input's column as it is (absent: all NaN, float64; object
+    with missing values: float64), so a fully labelled int64 column stays int64.
+
     Only the KEYS columns and TX_AMOUNT are read; other columns (TX_FRAUD_SCENARIO in particular, the
-    simulator's answer key) are ignored and never returned.
+    simulator's answer key) are ignored and never returned. TX_AMOUNT and TX_DATETIME must be complete.
     """
     if int(delay_days) != delay_days or delay_days < 0:
         raise ValueError(f"delay_days must be a non-negative integer, got {delay_days!r}")
     delay_days = int(delay_days)
-    required = [*KEYS, "TX_AMOUNT"]
+    required = [*(c for c in KEYS if c != LABEL), "TX_AMOUNT"]
     missing = [c for c in required if c not in transactions.columns]
     if missing:
         raise ValueError(f"transactions lacks columns {missing}")
-    if transactions[["TX_AMOUNT", "TX_FRAUD", "TX_DATETIME"]].isna().any().any():
-        raise ValueError("TX_AMOUNT, TX_FRAUD and TX_DATETIME must not contain missing values")
+    for column in ("TX_AMOUNT", "TX_DATETIME"):
+        n_missing = int(transactions[column].isna().sum())
+        if n_missing:
+            raise ValueError(f"{column} must not contain missing values ({n_missing:,} missing)")
+    if LABEL not in transactions.columns:
+        transactions = transactions.assign(**{LABEL: np.nan})
+    elif transactions[LABEL].dtype == object and transactions[LABEL].isna().any():
+        transactions = transactions.assign(**{LABEL: pd.to_numeric(transactions[LABEL]).astype(np.float64)})
 
     times = transactions["TX_DATETIME"].to_numpy(dtype="datetime64[ns]").view(np.int64)
     order = np.lexsort((transactions["TRANSACTION_ID"].to_numpy(), times))
     frame = transactions[list(KEYS)].iloc[order].reset_index(drop=True)
     t = times[order]
     amount = transactions["TX_AMOUNT"].to_numpy(dtype=np.float64)[order]
-    fraud = transactions["TX_FRAUD"].to_numpy(dtype=np.float64)[order]
+    fraud = pd.to_numeric(transactions[LABEL]).to_numpy(dtype=np.float64, na_value=np.nan)[order]
+    known = ~np.isnan(fraud)
 
     out: dict[str, np.ndarray] = {"TX_AMOUNT": amount}
     days_since_epoch = t // _NS_PER_DAY
@@ -81,8 +99,10 @@ def build_features(transactions: pd.DataFrame, delay_days: int = 7) -> pd.DataFr
         out[f"CUSTOMER_ID_AVG_AMOUNT_{n}DAY_WINDOW"] = customer.scatter(total / nb_tx)
 
     terminal = _RollingWindows(frame["TERMINAL_ID"].to_numpy(), t)
-    # Frauds before each row in entity order (exclusive prefix): labels are 0/1, float sums stay exact.
-    fraud_before = np.concatenate(([0.0], np.cumsum(fraud[terminal.order])))
+    # Known frauds and known labels before each row in entity order (exclusive prefixes): labels are 0/1,
+    # float sums stay exact. An unknown label counts in neither.
+    fraud_before = np.concatenate(([0.0], np.cumsum(np.where(known, fraud, 0.0)[terminal.order])))
+    known_before = np.concatenate(([0], np.cumsum(known[terminal.order])))
     # pandas' rolling("0D") holds just the row itself, so with no delay the window is the rows before it.
     delay_first = terminal.window_start(delay_days * _NS_PER_DAY) if delay_days else terminal.position
     for n in WINDOWS:
@@ -91,7 +111,8 @@ def build_features(transactions: pd.DataFrame, delay_days: int = 7) -> pd.DataFr
         # the current row, so its own label never enters.
         nb_tx = (delay_first - first).astype(np.float64)
         nb_fraud = fraud_before[delay_first] - fraud_before[first]
-        risk = np.divide(nb_fraud, nb_tx, out=np.zeros_like(nb_tx), where=nb_tx > 0)
+        nb_known = (known_before[delay_first] - known_before[first]).astype(np.float64)  # nb_tx if all known
+        risk = np.divide(nb_fraud, nb_known, out=np.zeros_like(nb_known), where=nb_known > 0)
         out[f"TERMINAL_ID_NB_TX_{n}DAY_WINDOW"] = terminal.scatter(nb_tx)
         out[f"TERMINAL_ID_RISK_{n}DAY_WINDOW"] = terminal.scatter(risk)
 

@@ -12,6 +12,9 @@ published table statistically, not row for row.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import date, datetime
+
 import numpy as np
 import pandas as pd
 from sklearn.neighbors import NearestNeighbors
@@ -36,6 +39,73 @@ _TERMINALS_PER_DAY, _TERMINAL_COMPROMISE_DAYS = 2, 28
 _CUSTOMERS_PER_DAY, _CUSTOMER_COMPROMISE_DAYS = 3, 14
 _CUSTOMER_FRAUD_AMOUNT_FACTOR = 5
 
+# Card testing (drift scenario 4): a burst of 3-10 small payments, 5 s to 2 min apart, at random terminals.
+CARD_TESTING_SCENARIO = 4
+_CARD_TESTING_BURST = (3, 10)
+_CARD_TESTING_GAP_SECONDS = (5, 120)
+
+
+@dataclass(frozen=True)
+class Drift:
+    """A change of the simulated world from `start` on, for `simulate_transactions(..., drift=Drift(...))`.
+
+    Drift applies to the simulated days that begin at or after `start` (day d begins at
+    start_date + d days); every transaction before that is exactly the one simulated without drift
+    (same rows, same TRANSACTION_IDs, same labels). Each kind draws from a random stream of its own,
+    derived from the simulation's seed, so turning one on does not change what another draws.
+
+    Covariate drift (the fraud rules stay the same):
+    - amount_factor: genuine spending is multiplied by this factor (rounded to cents) before the fraud
+      scenarios run, so scenario 1 (amount > 220) still applies to the new amounts.
+    - hour_shift: times of day move by this many hours, wrapping around within the day (00:00:01 to
+      23:59:59): e.g. -6 moves the midday peak to 06:00, a good part of the activity into the night.
+    - new_terminal_share: new terminals open at `start` (round(share * n_terminals) of them, at least one,
+      ids n_terminals, n_terminals + 1, ...): each transaction moves, with this probability, to the new
+      terminal nearest its customer. New terminals are never compromised by scenario 2.
+    - new_customer_share: new customers (ids n_customers, ...) with the handbook's profiles start to
+      transact at `start`, as many as make up about this share of the transactions from then on. They
+      are never compromised by scenario 3 (scenario 2 does take their payments at compromised terminals).
+
+    Concept drift:
+    - card_testing_cards_per_day: a new fraud scenario (TX_FRAUD_SCENARIO 4, the features have never
+      seen it): each day, this many distinct cards (any customer) are tested by fraudsters with a burst
+      of 3 to 10 payments of less than `card_testing_max_amount`, 5 s to 2 min apart, at random
+      terminals. These rows are added to the simulated ones and labelled fraud.
+    """
+
+    start: str | date | datetime | pd.Timestamp
+    amount_factor: float = 1.0
+    hour_shift: float = 0.0
+    new_terminal_share: float = 0.0
+    new_customer_share: float = 0.0
+    card_testing_cards_per_day: int = 0
+    card_testing_max_amount: float = 5.0
+
+    def __post_init__(self) -> None:
+        pd.Timestamp(self.start)  # raises on an unparseable date
+        if not self.amount_factor > 0:
+            raise ValueError(f"amount_factor must be positive, got {self.amount_factor!r}")
+        if not 0 <= self.new_terminal_share <= 1:
+            raise ValueError(f"new_terminal_share must be in [0, 1], got {self.new_terminal_share!r}")
+        if not 0 <= self.new_customer_share < 1:
+            raise ValueError(f"new_customer_share must be in [0, 1), got {self.new_customer_share!r}")
+        if int(self.card_testing_cards_per_day) != self.card_testing_cards_per_day or (
+            self.card_testing_cards_per_day < 0
+        ):
+            raise ValueError(
+                f"card_testing_cards_per_day must be a non-negative integer, got "
+                f"{self.card_testing_cards_per_day!r}"
+            )
+        if not self.card_testing_max_amount > 0.01:
+            raise ValueError(
+                f"card_testing_max_amount must exceed 0.01, got {self.card_testing_max_amount!r}"
+            )
+
+    def first_day(self, start_date: str | date | datetime | pd.Timestamp) -> int:
+        """Index of the first simulated day beginning at or after `start` (0 when `start` is earlier)."""
+        delta = (pd.Timestamp(self.start) - pd.Timestamp(start_date)).value
+        return max(0, -(-delta // (SECONDS_PER_DAY * 1_000_000_000)))
+
 
 def simulate_transactions(
     n_customers: int = 5000,
@@ -44,6 +114,7 @@ def simulate_transactions(
     start_date: str = "2018-04-01",
     radius: float = 5.0,
     seed: int = 42,
+    drift: Drift | None = None,
 ) -> pd.DataFrame:
     """Simulate card transactions with the handbook's three fraud scenarios.
 
@@ -62,40 +133,40 @@ def simulate_transactions(
 
     Returns the handbook's schema (`COLUMNS`), sorted by time with TRANSACTION_ID = 0..n-1. Ties in time
     are broken by customer then generation order (the handbook's quicksort leaves them arbitrary).
-    Same `seed` -> identical frame.
+    Same `seed` (and `drift`) -> identical frame.
+
+    `drift` (see `Drift`) changes the world from a given date on: amounts, hours, new terminals and
+    customers, and a fourth fraud scenario (card testing). Without it the output is the handbook's.
     """
     if min(n_customers, n_terminals, n_days) < 0:
         raise ValueError("n_customers, n_terminals and n_days must be non-negative")
-    # Independent streams per stage: changing how one stage draws does not shift the others.
-    rng_cust, rng_term, rng_tx, rng_s2, rng_s3 = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)
-    )
+    # Independent streams per stage: changing how one stage draws does not shift the others. Drift draws
+    # from further children of the same seed sequence (the first five are the same whatever the count).
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(8)]
+    rng_cust, rng_term, rng_tx, rng_s2, rng_s3, rng_new_cust, rng_new_term, rng_card = streams
 
     # --- Profiles -----------------------------------------------------------------------------------
-    cust_xy = rng_cust.uniform(0, 100, size=(n_customers, 2))
-    mean_amount = rng_cust.uniform(5, 100, size=n_customers)
-    std_amount = mean_amount / 2
-    mean_nb_tx_per_day = rng_cust.uniform(0, 4, size=n_customers)
+    cust_xy, mean_amount, mean_nb_tx_per_day = _customer_profiles(rng_cust, n_customers)
     term_xy = rng_term.uniform(0, 100, size=(n_terminals, 2))
     indptr, term_indices = _terminals_within_radius(cust_xy, term_xy, radius)
-    nb_terminals = np.diff(indptr)
 
     # --- Transactions: one Poisson draw per (customer, day) ------------------------------------------
-    counts = rng_tx.poisson(np.broadcast_to(mean_nb_tx_per_day[:, None], (n_customers, n_days)))
-    counts[nb_terminals == 0] = 0  # customers without a terminal in reach never transact
-    flat = np.repeat(np.arange(n_customers * n_days), counts.ravel())
-    customer, day = np.divmod(flat, n_days) if n_days else (flat, flat)
-    time_of_day = rng_tx.normal(SECONDS_PER_DAY / 2, 20000, size=flat.size).astype(np.int64)  # int()
-    keep = (time_of_day > 0) & (time_of_day < SECONDS_PER_DAY)
-    customer, day, time_of_day = customer[keep], day[keep], time_of_day[keep]
+    customer, day, time_of_day, amount, terminal = _draw_transactions(
+        rng_tx, mean_amount, mean_nb_tx_per_day, indptr, term_indices, 0, n_days
+    )
+    # handbook: `for day in range(TX_TIME_DAYS.max())`; drift's extra rows never move this
+    n_start_days = int(day.max()) if day.size else 0
 
-    mu = mean_amount[customer]
-    amount = rng_tx.normal(mu, std_amount[customer])
-    negative = amount < 0
-    amount[negative] = rng_tx.uniform(0, 2 * mu[negative])
-    amount = np.round(amount, 2)
-    pick = (rng_tx.random(customer.size) * nb_terminals[customer]).astype(np.int64)
-    terminal = term_indices[indptr[customer] + pick]
+    first_drift_day = drift.first_day(start_date) if drift is not None else n_days
+    if first_drift_day < n_days:
+        customer, day, time_of_day, amount, terminal = _apply_covariate_drift(
+            drift,
+            first_drift_day,
+            (customer, day, time_of_day, amount, terminal),
+            (cust_xy, term_xy, radius, n_days),
+            rng_new_cust,
+            rng_new_term,
+        )
 
     seconds = day * SECONDS_PER_DAY + time_of_day
     order = np.lexsort((customer, seconds))  # stable: time, then customer, then generation order
@@ -108,7 +179,6 @@ def simulate_transactions(
     s1 = amount > _FRAUD_AMOUNT_THRESHOLD
     fraud[s1], scenario[s1] = 1, 1
 
-    n_start_days = int(day.max()) if n else 0  # handbook: `for day in range(TX_TIME_DAYS.max())`
     if n_start_days > 0 and n_terminals > 0:
         start = np.repeat(np.arange(n_start_days), min(_TERMINALS_PER_DAY, n_terminals))
         who = _sample_without_replacement(rng_s2, n_terminals, _TERMINALS_PER_DAY, n_start_days).ravel()
@@ -131,6 +201,18 @@ def simulate_transactions(
             amount[times_chosen > m] *= _CUSTOMER_FRAUD_AMOUNT_FACTOR
         fraud[chosen], scenario[chosen] = 1, 3
 
+    if first_drift_day < n_days and drift.card_testing_cards_per_day > 0 and n_terminals > 0:
+        n_cards = n_customers + _new_customer_count(drift, n_customers)
+        tested = _card_testing(rng_card, drift, first_drift_day, n_days, n_cards, n_terminals)
+        if tested[0].size:
+            # Appended after the handbook's scenarios, so they neither see nor change these rows; a stable
+            # sort keeps every earlier row (and every row before the drift) where it was.
+            columns = (customer, terminal, amount, seconds, day, fraud, scenario)
+            columns = [np.concatenate((a, b)) for a, b in zip(columns, tested, strict=True)]
+            order = np.lexsort((columns[0], columns[3]))
+            customer, terminal, amount, seconds, day, fraud, scenario = (a[order] for a in columns)
+            n = seconds.size
+
     tx_datetime = np.datetime64(pd.Timestamp(start_date).as_unit("ns").asm8) + (
         seconds * 1_000_000_000
     ).astype("timedelta64[ns]")
@@ -148,6 +230,125 @@ def simulate_transactions(
         },
         columns=list(COLUMNS),
     )
+
+
+def _customer_profiles(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Locations, mean amounts and mean transactions per day of `n` customers (handbook chapter 3.2)."""
+    xy = rng.uniform(0, 100, size=(n, 2))
+    mean_amount = rng.uniform(5, 100, size=n)
+    mean_nb_tx_per_day = rng.uniform(0, 4, size=n)
+    return xy, mean_amount, mean_nb_tx_per_day
+
+
+def _draw_transactions(
+    rng: np.random.Generator,
+    mean_amount: np.ndarray,
+    mean_nb_tx_per_day: np.ndarray,
+    indptr: np.ndarray,
+    term_indices: np.ndarray,
+    first_day: int,
+    n_days: int,
+) -> tuple[np.ndarray, ...]:
+    """(customer, day, time of day, amount, terminal) of every transaction on days [first_day, n_days).
+
+    Rows in (customer, day, draw) order; customers are indices into the profile arrays.
+    """
+    n_customers, span = mean_amount.size, max(n_days - first_day, 0)
+    nb_terminals = np.diff(indptr)
+    counts = rng.poisson(np.broadcast_to(mean_nb_tx_per_day[:, None], (n_customers, span)))
+    counts[nb_terminals == 0] = 0  # customers without a terminal in reach never transact
+    flat = np.repeat(np.arange(n_customers * span), counts.ravel())
+    customer, day = np.divmod(flat, span) if span else (flat, flat)
+    day = day + first_day
+    time_of_day = rng.normal(SECONDS_PER_DAY / 2, 20000, size=flat.size).astype(np.int64)  # int()
+    keep = (time_of_day > 0) & (time_of_day < SECONDS_PER_DAY)
+    customer, day, time_of_day = customer[keep], day[keep], time_of_day[keep]
+
+    mu = mean_amount[customer]
+    amount = rng.normal(mu, mu / 2)  # std = mean / 2
+    negative = amount < 0
+    amount[negative] = rng.uniform(0, 2 * mu[negative])
+    amount = np.round(amount, 2)
+    pick = (rng.random(customer.size) * nb_terminals[customer]).astype(np.int64)
+    terminal = term_indices[indptr[customer] + pick]
+    return customer, day, time_of_day, amount, terminal
+
+
+def _new_customer_count(drift: Drift, n_customers: int) -> int:
+    """New customers making up about `new_customer_share` of the transactions once they arrive."""
+    share = drift.new_customer_share
+    return round(n_customers * share / (1 - share)) if share > 0 else 0
+
+
+def _apply_covariate_drift(
+    drift: Drift,
+    first_day: int,
+    transactions: tuple[np.ndarray, ...],
+    world: tuple[np.ndarray, np.ndarray, float, int],
+    rng_new_cust: np.random.Generator,
+    rng_new_term: np.random.Generator,
+) -> tuple[np.ndarray, ...]:
+    """New customers' transactions added, then hours, amounts and terminals changed on days >= first_day."""
+    customer, day, time_of_day, amount, terminal = transactions
+    cust_xy, term_xy, radius, n_days = world
+    n_customers, n_terminals = len(cust_xy), len(term_xy)
+
+    n_new = _new_customer_count(drift, n_customers)
+    if n_new and n_terminals:
+        new_xy, new_mean, new_nb = _customer_profiles(rng_new_cust, n_new)
+        new_indptr, new_indices = _terminals_within_radius(new_xy, term_xy, radius)
+        new = _draw_transactions(rng_new_cust, new_mean, new_nb, new_indptr, new_indices, first_day, n_days)
+        new = (new[0] + n_customers, *new[1:])
+        customer, day, time_of_day, amount, terminal = (
+            np.concatenate((a, b))
+            for a, b in zip((customer, day, time_of_day, amount, terminal), new, strict=True)
+        )
+        cust_xy = np.concatenate((cust_xy, new_xy))
+
+    after = np.flatnonzero(day >= first_day)
+    shift = round(drift.hour_shift * 3600)
+    if shift:  # wrap within (0, 86400): the handbook's times of day are 1..86399 s
+        time_of_day[after] = (time_of_day[after] - 1 + shift) % (SECONDS_PER_DAY - 1) + 1
+    if drift.amount_factor != 1:
+        amount[after] = np.round(amount[after] * drift.amount_factor, 2)
+    if drift.new_terminal_share > 0 and n_terminals and after.size:
+        n_new_terminals = max(1, round(drift.new_terminal_share * n_terminals))
+        new_term_xy = rng_new_term.uniform(0, 100, size=(n_new_terminals, 2))
+        moved = after[rng_new_term.random(after.size) < drift.new_terminal_share]
+        if moved.size:
+            nearest = NearestNeighbors(n_neighbors=1).fit(new_term_xy)
+            index = nearest.kneighbors(cust_xy[customer[moved]], return_distance=False)[:, 0]
+            terminal[moved] = n_terminals + index
+    return customer, day, time_of_day, amount, terminal
+
+
+def _card_testing(
+    rng: np.random.Generator, drift: Drift, first_day: int, n_days: int, n_cards: int, n_terminals: int
+) -> tuple[np.ndarray, ...]:
+    """Scenario 4 rows (customer, terminal, amount, seconds, day, fraud, scenario), days >= first_day."""
+    days = np.arange(first_day, n_days)
+    per_day = min(int(drift.card_testing_cards_per_day), n_cards)
+    cards = _sample_without_replacement(rng, n_cards, per_day, days.size).ravel()
+    burst_day = np.repeat(days, per_day)
+    low, high = _CARD_TESTING_BURST
+    sizes = rng.integers(low, high + 1, size=cards.size)
+    burst = np.repeat(np.arange(cards.size), sizes)
+    longest = high * _CARD_TESTING_GAP_SECONDS[1]
+    burst_start = rng.integers(1, SECONDS_PER_DAY - longest, size=cards.size)
+    gaps = rng.integers(_CARD_TESTING_GAP_SECONDS[0], _CARD_TESTING_GAP_SECONDS[1] + 1, size=burst.size)
+    first_row = np.cumsum(sizes) - sizes
+    gaps[first_row] = 0  # the burst's first payment is at its start
+    offset = np.cumsum(gaps)
+    offset -= np.repeat(offset[first_row], sizes)
+    day = burst_day[burst]
+    seconds = day * SECONDS_PER_DAY + burst_start[burst] + offset
+    amount = np.maximum(
+        np.floor(rng.uniform(0, drift.card_testing_max_amount, size=burst.size) * 100) / 100, 0.01
+    )
+    amount = np.minimum(amount, np.nextafter(drift.card_testing_max_amount, 0))
+    terminal = rng.integers(0, n_terminals, size=burst.size)
+    ones = np.ones(burst.size, dtype=np.int64)
+    return cards[burst], terminal, amount, seconds, day, ones, ones * CARD_TESTING_SCENARIO
 
 
 def _terminals_within_radius(

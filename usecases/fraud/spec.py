@@ -12,10 +12,12 @@ from typing import Literal
 
 from pydantic import Field
 
-from usecases.spec import TrainingParams
+from usecases.spec import Cadence, TrainingParams
 
 # The heavy imports (GX, MLflow, scikit-learn) live in the functions below: `Params` alone serves `--help`
 # and the Prefect UI's form, and should not cost ~10 s of imports.
+
+TRAINING_SCHEDULE = Cadence("0 2 * * *", "UTC", "daily at 02:00 UTC")
 
 TARGET = "TX_FRAUD"
 TIME = "TX_DATETIME"
@@ -44,6 +46,10 @@ class Params(TrainingParams):
     )
     min_average_precision: float = Field(default=0.3, ge=0, le=1, description="Gate: minimum test AP.")
     min_roc_auc: float = Field(default=0.75, ge=0, le=1, description="Gate: minimum test ROC AUC.")
+
+
+def registered_model(params: Params) -> str:
+    return "fraud-detector"
 
 
 def load(params: Params):
@@ -101,7 +107,7 @@ def build_spec(params: Params):
 
     return UseCaseSpec(
         name="fraud",
-        registered_model="fraud-detector",
+        registered_model=registered_model(params),
         problem="binary",
         description=(
             "Card-fraud detector: the probability that a card transaction is fraudulent, from the Fraud "
@@ -112,6 +118,9 @@ def build_spec(params: Params):
         load=load,
         raw_suite=checks.raw_suite,
         feature_suite=checks.feature_suite,
+        # Scoring and monitoring: labels arrive after the delay, so the newest rows (or all) have none yet.
+        score_suite=checks.score_suite,
+        score_feature_suite=lambda: checks.feature_suite(labelled=False),
         build_features=lambda raw: build_features(raw, delay_days=params.delay_days),
         features=tuple(FEATURES),
         target=TARGET,

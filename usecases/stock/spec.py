@@ -14,10 +14,14 @@ from typing import Literal
 
 from pydantic import Field
 
-from usecases.spec import TrainingParams
+from usecases.spec import Cadence, TrainingParams
 
 # The heavy imports (GX, arch, MLflow) live in the functions below: `Params` alone serves `--help` and the
 # Prefect UI's form.
+
+# NYSE/Nasdaq close at 16:00 New York time; 16:30 leaves time for the day's bars to land. The time zone keeps
+# it after the close across daylight-saving changes.
+TRAINING_SCHEDULE = Cadence("30 16 * * 1-5", "America/New_York", "weekdays at 16:30 New York time")
 
 TIME = "Date"
 REGISTERED = {"volatility": "stock-volatility-forecaster", "return": "stock-return-forecaster"}
@@ -59,6 +63,10 @@ class Params(TrainingParams):
         le=1,
         description="Gate: how much lower (relative) the MAE must be than the best naive baseline's.",
     )
+
+
+def registered_model(params: Params) -> str:
+    return REGISTERED[params.target]
 
 
 def horizon(params: Params) -> int:
@@ -219,7 +227,7 @@ def build_spec(params: Params):
         )
     return UseCaseSpec(
         name="stock",
-        registered_model=REGISTERED[params.target],
+        registered_model=registered_model(params),
         problem="regression",
         description=description,
         load=load,

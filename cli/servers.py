@@ -1,8 +1,10 @@
-"""`mlops deploy`, `mlops serve`, `mlops notify-data`: the factory in server mode.
+"""`mlops deploy`, `mlops serve`, `mlops notify-data`, `mlops server`: the factory in server mode.
 
 They talk to the Prefect server at `PREFECT_API_URL` (and flow runs to the MLflow server at
-`MLFLOW_TRACKING_URI`); `make up` or `docker compose up` start both and print what to export.
-The deployments themselves are defined in `infra/deployments.py`.
+`MLFLOW_TRACKING_URI`); `make up` or `docker compose up` start both and print what to export. Without
+`PREFECT_API_URL`, they use `make up`'s server when it runs, else the local background server that `mlops run`
+starts (`infra/prefect_local.py`; `mlops server status|stop`). The deployments are defined in
+`infra/deployments.py`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,59 @@ def register_commands(app: typer.Typer) -> None:
     """Add the server-mode commands to the `mlops` app."""
     for name, command in (("deploy", deploy), ("serve", serve), ("notify-data", notify_data)):
         app.command(name, help=_reflow(command.__doc__))(command)
+    server = typer.Typer(
+        help="The local Prefect server that `mlops` commands start once and reuse.", no_args_is_help=True
+    )
+    server.command("status")(server_status)
+    server.command("stop")(server_stop)
+    app.add_typer(server, name="server")
+
+
+def use_prefect_server() -> str | None:
+    """Before a flow runs: the Prefect API to use, starting the local background server when none is chosen.
+
+    None where Prefect's per-process temporary server is wanted (`MLOPS_PREFECT_SERVER=ephemeral`).
+    """
+    from infra.prefect_local import LocalServerError, ensure_api
+
+    try:
+        return ensure_api(announce=lambda line: err.print(f"[dim]{line}[/]"))
+    except LocalServerError as exc:
+        err.print(f"[bold red]could not start the local Prefect server[/]: {exc}")
+        raise typer.Exit(1) from None
+
+
+def server_status() -> None:
+    """Where commands send their runs: PREFECT_API_URL, `make up`'s server, or the local background one."""
+    from infra import prefect_local
+
+    if os.environ.get("PREFECT_API_URL"):
+        console.print(f"PREFECT_API_URL is set: {os.environ['PREFECT_API_URL']} (no local server is used)")
+        return
+    if os.environ.get(prefect_local.MODE_ENV) == "ephemeral":
+        console.print(f"{prefect_local.MODE_ENV}=ephemeral: each command starts a temporary Prefect server")
+        return
+    up = prefect_local.make_up_api()
+    if up:
+        console.print(f"`make up`'s Prefect server: {up} (commands use it)")
+    found = prefect_local.running()
+    if found is None:
+        console.print("local Prefect server: not running (the next `mlops run` starts it)")
+        if not up:
+            raise typer.Exit(3)
+        return
+    console.print(
+        f"local Prefect server: running, pid {found.pid}, UI {found.ui}, API {found.url}; "
+        f"state and log in {prefect_local.state_dir()}"
+    )
+
+
+def server_stop() -> None:
+    """Stop the local background Prefect server (its runs' history stays for the next start)."""
+    from infra import prefect_local
+
+    stopped = prefect_local.stop()
+    console.print("local Prefect server: " + ("stopped" if stopped else "not running"))
 
 
 def _reflow(doc: str | None) -> str:
@@ -57,13 +112,15 @@ def _check_use_cases(use_cases: list[str] | None) -> list[str] | None:
 
 def _require_prefect_server() -> str:
     """The Prefect API these commands act on; refuse Prefect's throwaway in-process server."""
+    use_prefect_server()
     from prefect.settings import PREFECT_API_URL
 
     api = PREFECT_API_URL.value()
     if not api:
         err.print(
-            "[bold red]PREFECT_API_URL is not set[/]: start the servers (`make up`, or `docker compose up "
-            "-d`) and export what they print, e.g. `export PREFECT_API_URL=http://127.0.0.1:4200/api`."
+            "[bold red]PREFECT_API_URL is not set[/] and MLOPS_PREFECT_SERVER=ephemeral: start the servers "
+            "(`make up`, or `docker compose up -d`) and export what they print, e.g. "
+            "`export PREFECT_API_URL=http://127.0.0.1:4200/api`."
         )
         raise typer.Exit(2)
     import httpx

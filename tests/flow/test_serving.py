@@ -21,7 +21,7 @@ import xgboost as xgb
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
-from flows.serving import ChampionFollower, create_app
+from serving.app import ChampionFollower, create_app
 
 NAME = "toy-detector"
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
@@ -210,11 +210,11 @@ def test_serve_model_command(mlops_home, rows):
     port = free_port()
     env = {**os.environ, "MLOPS_HOME": str(mlops_home)}
     env.pop("MLFLOW_TRACKING_URI", None)
-    command = [sys.executable, "-m", "flows.cli", "serve-model", "fraud", "--port", str(port)]
+    command = [sys.executable, "-m", "cli.main", "serve-model", "fraud", "--port", str(port)]
     process = subprocess.Popen(
         command,
         env=env,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )

@@ -157,8 +157,8 @@ def test_rejects_bad_input(small):
     for bad in (-1, 1.5):
         with pytest.raises(ValueError, match="delay_days"):
             build_features(small, delay_days=bad)
-    with pytest.raises(ValueError, match="TX_FRAUD"):
-        build_features(small.drop(columns="TX_FRAUD"))
+    with pytest.raises(ValueError, match="TX_AMOUNT"):
+        build_features(small.drop(columns="TX_AMOUNT"))
 
 
 def test_empty_input(small):

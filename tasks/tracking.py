@@ -1,4 +1,4 @@
-"""Where MLflow records go, and how stages write to the flow's run.
+"""Where MLflow records go, how stages write to the flow's run, and where their log lines go.
 
 Embedded default: one project-local folder (`MLOPS_HOME`, default `./.mlops`) holding a SQLite tracking and
 registry store (`mlflow.db`) and the artifacts (`artifacts/`). `MLFLOW_TRACKING_URI`, when set, wins (e.g. an
@@ -7,16 +7,31 @@ MLflow server on Postgres); the registry follows the tracking URI unless `MLFLOW
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
+import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-import mlflow
-from mlflow import MlflowClient
-
 DEFAULT_HOME = ".mlops"
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The Prefect run's logger inside a flow or task run (its lines show in the UI), else `mlops`'s own.
+
+    Stages and the champion protocol log through this, so they also run outside Prefect (unit tests, the
+    lifecycle commands) and never import Prefect just to log.
+    """
+    if "prefect" in sys.modules:
+        from prefect.context import FlowRunContext, TaskRunContext
+
+        if TaskRunContext.get() or FlowRunContext.get():
+            from prefect import get_run_logger
+
+            return get_run_logger()
+    return logging.getLogger("mlops")
 
 
 def mlops_home() -> Path:
@@ -37,6 +52,8 @@ def configure() -> str:
     # validated non-null before a model sees them).
     warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
     warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+    import mlflow
+
     uri = tracking_uri()
     if uri.startswith("sqlite:///"):
         mlops_home().mkdir(parents=True, exist_ok=True)
@@ -46,6 +63,9 @@ def configure() -> str:
 
 def experiment_id(name: str) -> str:
     """The experiment for a use case; embedded stores keep its artifacts under MLOPS_HOME."""
+    import mlflow
+    from mlflow import MlflowClient
+
     client = MlflowClient()
     found = client.get_experiment_by_name(name)
     if found is not None:
@@ -66,6 +86,8 @@ def resumed(run_id: str):
 
     Stages may run in worker threads where the flow's run is not active; resuming does not end it.
     """
+    import mlflow
+
     active = mlflow.active_run()
     if active is not None and active.info.run_id == run_id:
         yield active

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import needs
 
 from usecases.fraud.simulator import COLUMNS, simulate_transactions
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared/data/fraud-handbook/transactions.parquet"
+REFERENCE = Path(__file__).resolve().parents[2].parent / "shared/data/fraud-handbook/transactions.parquet"
 
 ROWS_TOLERANCE = 0.05  # relative difference in row count
 FRAUD_RATE_TOLERANCE = 0.20  # relative difference in fraud rate (seeds 0-3, 42 measured within 3 %)
@@ -33,7 +34,7 @@ EXPECTED_DTYPES = {
 @pytest.fixture(scope="module")
 def reference() -> pd.DataFrame:
     if not REFERENCE.exists():
-        pytest.skip(f"handbook reference data not found at {REFERENCE}")
+        needs("the handbook reference data", f"not found at {REFERENCE}")
     return pd.read_parquet(REFERENCE)
 
 

@@ -21,7 +21,7 @@ import yaml
 
 from infra.servers import PLACEHOLDER, ServerError, Settings, read_env_file
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 SCHEMA = ROOT / "infra" / "compose" / "compose-spec.json"

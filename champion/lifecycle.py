@@ -20,9 +20,8 @@ from dataclasses import dataclass
 import mlflow
 from mlflow import MlflowClient
 
-from tasks.promote import CHAMPION, current_champion, move_champion, read_history
-from tasks.register import FINGERPRINT_TAG
-from tasks.registry_lock import champion_lock
+from champion.lock import champion_lock
+from champion.promotion import CHAMPION, FINGERPRINT_TAG, current_champion, move_champion, read_history
 
 REGISTRATION_GATES = ("gate.absolute.", "gate.baseline.")
 
@@ -210,7 +209,7 @@ def rollback(name: str, to: str | None = None, reason: str = "", by: str | None 
         problems = gate_problems(to, dict(target.tags))
         if problems:
             raise RollbackRefused(f"refusing to make {name} v{to} champion: " + "; ".join(problems))
-        from tasks.promote import _now
+        from champion.promotion import _now
 
         now = _now()
         move_champion(

@@ -34,7 +34,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from tasks.score import ScoringModel, load_scoring_model, resolve_version
+from champion.loading import ScoringModel, load_scoring_model, resolve_version
 
 log = logging.getLogger("mlops.serving")
 
@@ -329,7 +329,7 @@ def serve(
     """Serve `name@alias` until interrupted (blocking)."""
     import uvicorn
 
-    from tasks import _tracking as tracking
+    from tasks import tracking
 
     tracking.configure()
     follower = ChampionFollower(name, alias, poll_seconds)

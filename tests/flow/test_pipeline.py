@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from conftest import registry_client as client
 
-from flows.cli import app
+from cli.main import app
 from usecases.fraud.simulator import simulate_transactions
 
 SMALL = ["--customers", "300", "--terminals", "600", "--days", "70"]

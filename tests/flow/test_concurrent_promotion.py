@@ -13,12 +13,12 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import SMALL_FRAUD_RUN
+from conftest import SMALL_FRAUD_RUN, needs
 from mlflow import MlflowClient
 
-from tasks.promote import read_history
+from champion.promotion import read_history
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = SMALL_FRAUD_RUN
 MODEL = "fraud-detector"
 
@@ -39,7 +39,7 @@ def run_together(env: dict, *arg_lists: list[str], cwd: Path) -> list[subprocess
     env = {**inherited, **env, "PREFECT_API_URL": PREFECT_API_URL.value()}
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "run", "fraud", *SMALL, *args],
+            [sys.executable, "-m", "cli.main", "run", "fraud", *SMALL, *args],
             cwd=cwd,
             env={**env, "PYTHONPATH": str(ROOT)},
             stdout=subprocess.PIPE,
@@ -118,7 +118,7 @@ def _postgres_available() -> bool:
 @pytest.fixture
 def postgres_uri():
     if not _postgres_available():
-        pytest.skip("no PostgreSQL at 127.0.0.1:5432")
+        needs("PostgreSQL", "nothing answers at 127.0.0.1:5432")
     import psycopg2
 
     name = f"mlops_test_{uuid.uuid4().hex[:10]}"
@@ -154,7 +154,7 @@ def test_two_runs_at_once_on_a_postgres_registry(tmp_path, postgres_uri):
 
 HOLD_LOCK = """
 import os, sys, time
-from tasks.registry_lock import champion_lock
+from champion.lock import champion_lock
 with champion_lock("fraud-detector", timeout=120, holder="test"):
     with open(sys.argv[1], "a") as log:
         log.write(f"start {os.getpid()} {time.time()}\\n")
@@ -169,7 +169,7 @@ def test_the_lock_serialises_processes(tmp_path, backend):
     """Three processes take the champion lock at once: their critical sections never overlap."""
     if backend == "postgres":
         if not _postgres_available():
-            pytest.skip("no PostgreSQL at 127.0.0.1:5432")
+            needs("PostgreSQL", "nothing answers at 127.0.0.1:5432")
         uri = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
     else:
         uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -194,7 +194,7 @@ def test_with_an_mlflow_server_the_lock_is_a_prefect_concurrency_limit(monkeypat
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL
 
-    from tasks.registry_lock import champion_lock
+    from champion.lock import champion_lock
 
     monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
     monkeypatch.setenv("MLOPS_REGISTRY_LOCK_URI", "http://mlflow.example:5000")

@@ -16,7 +16,7 @@ from arch.data import sp500
 from conftest import registry_client as client
 from typer.testing import CliRunner
 
-from flows.cli import app
+from cli.main import app
 from tasks.split import split_frame
 from usecases.stock import spec as stock_spec
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import logging
 import os
 import re
 import socket
@@ -42,12 +41,9 @@ class RegistryLockTimeout(TimeoutError):
 
 
 def _logger():
-    try:
-        from prefect import get_run_logger
+    from tasks.tracking import run_logger
 
-        return get_run_logger()
-    except Exception:  # outside a flow or task run
-        return logging.getLogger(__name__)
+    return run_logger()
 
 
 def lock_uri() -> str:
@@ -57,9 +53,9 @@ def lock_uri() -> str:
         return override
     import mlflow
 
-    from tasks import _tracking
+    from tasks import tracking
 
-    _tracking.configure()
+    tracking.configure()
     return mlflow.get_registry_uri()
 
 
@@ -227,14 +223,14 @@ def ensure_store(experiment_name: str) -> str:
     """
     from mlflow import MlflowClient
 
-    from tasks import _tracking
+    from tasks import tracking
 
-    uri = _tracking.tracking_uri()
+    uri = tracking.tracking_uri()
     if lock_kind(uri) != "file" or not urlparse(uri).scheme.startswith("sqlite"):
-        return _tracking.experiment_id(experiment_name)
+        return tracking.experiment_id(experiment_name)
     path = lock_file(uri, "schema")
     path.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(path, DEFAULT_TIMEOUT, "schema creation"):
-        experiment = _tracking.experiment_id(experiment_name)
+        experiment = tracking.experiment_id(experiment_name)
         MlflowClient().search_registered_models(max_results=1)  # the registry store's tables too
     return experiment

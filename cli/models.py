@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cli.servers import use_prefect_server
+
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 console = Console(stderr=False)
 
@@ -30,8 +32,8 @@ def _model_name(use_case: str, model: str | None) -> str:
     """--model, else the one registered model whose versions carry `use_case`, else the spec's default."""
     if model:
         return model
-    from tasks import _tracking as tracking
-    from tasks.lifecycle import registered_models
+    from champion.lifecycle import registered_models
+    from tasks import tracking
 
     tracking.configure()
     names = registered_models(use_case)
@@ -42,7 +44,7 @@ def _model_name(use_case: str, model: str | None) -> str:
         raise typer.Exit(EXIT_BAD_INPUT)
     if names:
         return names[0]
-    from flows.scoring import default_registered_model  # builds the spec: heavier imports
+    from usecases import default_registered_model
 
     return default_registered_model(use_case)
 
@@ -65,9 +67,12 @@ def score(
     if version is not None and alias is not None:
         console.print("[bold red]input rejected[/]: give --version or --alias, not both")
         raise typer.Exit(EXIT_BAD_INPUT)
+    from champion.loading import ModelNotFoundError
+
+    use_prefect_server()
     from flows.scoring import batch_scoring
     from tasks.ingest import DataReadError
-    from tasks.score import InputOrderError, ModelNotFoundError
+    from tasks.score import InputOrderError
     from tasks.validate import DataValidationError
 
     try:
@@ -120,7 +125,7 @@ def serve_model(
     # the CPU the event loop needs between requests (p99 of one-row requests: ~20 ms -> ~2 ms on 2 cores).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     _check_use_case(use_case)
-    from flows.serving import serve
+    from serving.app import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     name = _model_name(use_case, model)
@@ -138,8 +143,8 @@ def status(
     refused: int = typer.Option(5, "--refused", help="How many refused candidates to list.", min=0),
 ) -> None:
     """Champion version, when and why it was promoted, earlier champions, the latest refused candidates."""
-    from tasks import _tracking as tracking
-    from tasks.lifecycle import model_status, registered_models
+    from champion.lifecycle import model_status, registered_models
+    from tasks import tracking
 
     tracking.configure()
     if use_case is not None:
@@ -237,9 +242,9 @@ def rollback(
     model: str | None = typer.Option(None, "--model", help=_MODEL_HELP),
 ) -> None:
     """Move champion back (default: the previous one), recording why; refuses ungated versions."""
-    from tasks import _tracking as tracking
-    from tasks.lifecycle import RollbackRefused
-    from tasks.lifecycle import rollback as do_rollback
+    from champion.lifecycle import RollbackRefused
+    from champion.lifecycle import rollback as do_rollback
+    from tasks import tracking
 
     _check_use_case(use_case)
     tracking.configure()

@@ -1,39 +1,30 @@
-"""`mlops`: the command line over the flows.
+"""`mlops run USE_CASE`: the use case's gated training pipeline end to end, with a summary.
 
-Exit codes of `mlops run`: 0 promoted; 3 completed without promotion (a gate refused, or registration was
-switched off); 2 the input could not be read or failed its data checks (nothing trained or registered);
-1 anything else.
+One command per discovered use case, its options generated from the use case's typed `Params` (descriptions
+and bounds show in `--help`), the same model that drives the Prefect form and the deployments.
+
+Exit codes: 0 promoted; 3 completed without promotion (a gate refused, or registration was switched off);
+2 the input could not be read or failed its data checks (nothing trained or registered); 1 anything else.
 """
 
 from __future__ import annotations
 
 import inspect
-import os
-import sys
 from typing import Any
 
-# No network here, and no surprise telemetry anywhere: set before Prefect/GX are imported.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
-os.environ.setdefault("DO_NOT_TRACK", "true")
+import typer
+from rich.console import Console
+from rich.table import Table
 
-import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from usecases import SPEC_MODULES, spec_module  # noqa: E402
+from cli.servers import use_prefect_server
+from usecases import SPEC_MODULES, spec_module
 
 EXIT_PROMOTED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_PROMOTED = 0, 1, 2, 3
 
-app = typer.Typer(
-    help="Gated model factory: validate data, train, evaluate, gate, register and promote models.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
-run_app = typer.Typer(help="Run a use case's gated training pipeline end to end.", no_args_is_help=True)
-app.add_typer(run_app, name="run")
 console = Console(stderr=False)
+
+
+run_app = typer.Typer(help="Run a use case's gated training pipeline end to end.", no_args_is_help=True)
 
 
 def _options_from(params_model) -> list[inspect.Parameter]:
@@ -81,13 +72,14 @@ def run_use_case(use_case: str, params) -> int:
     """Run the use case's training flow and map its outcome to an exit code, printing a summary."""
     from pydantic import ValidationError
 
-    from flows.training import training_flow
+    from flows.training import TRAINING_FLOWS
     from tasks.ingest import DataReadError
     from tasks.split import SplitError
     from tasks.validate import DataValidationError
 
+    use_prefect_server()
     try:
-        outcome = training_flow(use_case)(params)
+        outcome = TRAINING_FLOWS[use_case](params)
     except (DataReadError, DataValidationError, SplitError, ValidationError) as exc:
         console.print(f"[bold red]input rejected[/]: {exc}", soft_wrap=True)
         console.print("Nothing was trained or registered; the champion is unchanged.")
@@ -147,18 +139,6 @@ def print_summary(outcome) -> None:
         console.print(f"  open the UI: uv run mlflow ui --backend-store-uri {outcome.tracking_uri}")
 
 
-from flows.server_cli import register_commands  # noqa: E402 - server mode: deploy, serve, notify-data
-
-register_commands(app)
-
-from flows.lifecycle_cli import register_commands as register_lifecycle  # noqa: E402 - score, serve-model, status, rollback
-
-register_lifecycle(app)
-
-
-def main() -> None:  # pragma: no cover - console script entry
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+def register_commands(app: typer.Typer) -> None:
+    """Add `mlops run` to the `mlops` app."""
+    app.add_typer(run_app, name="run")

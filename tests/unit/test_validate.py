@@ -19,6 +19,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from fraud_frames import N_ROWS, _label_two, _missing_amount, _negative_amounts, make_features, make_raw  # noqa: E402
 
 from data_checks.fraud import (  # noqa: E402
     FEATURE_COLUMNS,
@@ -33,54 +34,16 @@ from tasks.validate import (  # noqa: E402
     DataValidationError,
     ValidationReport,
     artifact_key,
-    validate,
     validate_frame,
 )
 
-N_ROWS = 2_000
 N_FRAUD = 20  # 1 %
-
-
-def make_raw(n: int = N_ROWS, seed: int = 0) -> pd.DataFrame:
-    """Valid raw transactions in the handbook's schema, typed as the shared Parquet file is."""
-    rng = np.random.default_rng(seed)
-    seconds = np.sort(rng.integers(0, 30 * 86_400, size=n))
-    fraud = np.zeros(n, dtype="int64")
-    fraud[rng.choice(n, size=n // 100, replace=False)] = 1
-    return pd.DataFrame(
-        {
-            "TRANSACTION_ID": np.arange(n, dtype="int64"),
-            "TX_DATETIME": pd.Timestamp("2018-04-01") + pd.to_timedelta(seconds, unit="s"),
-            "CUSTOMER_ID": rng.integers(0, 100, size=n),
-            "TERMINAL_ID": rng.integers(0, 500, size=n),
-            "TX_AMOUNT": np.round(rng.gamma(2.0, 30.0, size=n), 2),
-            "TX_TIME_SECONDS": seconds,
-            "TX_FRAUD": fraud,
-            "TX_FRAUD_SCENARIO": fraud,
-        }
-    )
 
 
 def read_like_loader(path: Path) -> pd.DataFrame:
     """What the raw loader does with a CSV: read it, then parse TX_DATETIME, unparseable -> NaT."""
     frame = pd.read_csv(path)
     frame["TX_DATETIME"] = pd.to_datetime(frame["TX_DATETIME"], errors="coerce")
-    return frame
-
-
-def make_features(n: int = 500, seed: int = 1) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    frame = pd.DataFrame({"TX_AMOUNT": np.round(rng.gamma(2.0, 30.0, size=n), 2)})
-    for column in FEATURE_COLUMNS[1:]:
-        if column.startswith("TX_DURING_"):
-            frame[column] = rng.integers(0, 2, size=n)
-        elif "_NB_TX_" in column:
-            frame[column] = rng.integers(0, 50, size=n)
-        elif "_RISK_" in column:
-            frame[column] = rng.random(size=n)
-        else:
-            frame[column] = rng.gamma(2.0, 30.0, size=n)
-    frame["TX_FRAUD"] = (rng.random(size=n) < 0.02).astype("int64")
     return frame
 
 
@@ -141,21 +104,6 @@ def test_csv_input_is_what_the_loader_gives(tmp_path):
 
 def _drop_amount(frame):
     return frame.drop(columns="TX_AMOUNT")
-
-
-def _label_two(frame):
-    frame.loc[[5, 50], "TX_FRAUD"] = 2
-    return frame
-
-
-def _negative_amounts(frame):
-    frame.loc[[3, 7, 9], "TX_AMOUNT"] = [-5.0, -1.0, -5.0]
-    return frame
-
-
-def _missing_amount(frame):
-    frame.loc[10, "TX_AMOUNT"] = np.nan
-    return frame
 
 
 def _duplicate_id(frame):
@@ -381,100 +329,3 @@ def test_feature_suite_fails_on_missing_feature_and_bad_flag():
 def test_artifact_key_is_prefect_safe():
     assert artifact_key("fraud_raw") == "validation-fraud-raw"
     assert artifact_key("Fraud Features.v2") == "validation-fraud-features-v2"
-
-
-# ------------------------------------------------------------------------- the stage: Prefect and MLflow
-
-
-@pytest.fixture(scope="session")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness():
-        yield
-
-
-@pytest.fixture
-def mlflow_run(tmp_path):
-    import mlflow
-
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    client = mlflow.MlflowClient()
-    experiment = client.create_experiment(
-        "validate-test", artifact_location=(tmp_path / "artifacts").as_uri()
-    )
-    run = client.create_run(experiment)
-    yield run.info.run_id
-    mlflow.set_tracking_uri(previous)
-
-
-def _validation_flow():
-    from prefect import flow
-
-    @flow(name="validation-test")
-    def check(frame: pd.DataFrame, run_id: str | None, features: bool = False):
-        return validate(frame, feature_suite if features else raw_suite, run_id=run_id)
-
-    return check
-
-
-def _markdown_artifacts(flow_run_id, key: str) -> list:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
-
-    with get_client(sync_client=True) as client:
-        return client.read_artifacts(
-            artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
-            )
-        )
-
-
-def test_validate_stage_on_failure_raises_and_keeps_both_artifacts(prefect_harness, mlflow_run):
-    import mlflow
-
-    frame = _label_two(_negative_amounts(make_raw()))
-    state = _validation_flow()(frame, mlflow_run, return_state=True)
-
-    assert state.is_failed()
-    with pytest.raises(DataValidationError) as raised:
-        state.result()
-    assert "expect_column_values_to_be_between(TX_AMOUNT) failed" in str(raised.value)
-    assert "expect_column_values_to_be_in_set(TX_FRAUD) failed" in str(raised.value)
-
-    client = mlflow.MlflowClient()
-    listed = [a.path for a in client.list_artifacts(mlflow_run, "validation")]
-    assert listed == ["validation/fraud_raw.json"]
-    run = client.get_run(mlflow_run)
-    logged = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/validation/fraud_raw.json")
-    assert logged == raised.value.report.result
-    assert logged["success"] is False and logged["suite_name"] == "fraud_raw"
-
-    artifacts = _markdown_artifacts(state.state_details.flow_run_id, "validation-fraud-raw")
-    assert len(artifacts) == 1
-    assert artifacts[0].type == "markdown"
-    assert "`fraud_raw` FAILED" in artifacts[0].data
-    assert "expect_column_values_to_be_between(TX_AMOUNT)" in artifacts[0].data
-    assert "FAILED (2 failures)" in artifacts[0].description
-
-
-def test_validate_stage_passes_and_returns_report(prefect_harness, mlflow_run):
-    import mlflow
-
-    state = _validation_flow()(make_features(), mlflow_run, features=True, return_state=True)
-
-    assert state.is_completed()
-    report = state.result()
-    assert isinstance(report, ValidationReport) and report.success
-    paths = [a.path for a in mlflow.MlflowClient().list_artifacts(mlflow_run, "validation")]
-    assert paths == ["validation/fraud_features.json"]
-    artifacts = _markdown_artifacts(state.state_details.flow_run_id, "validation-fraud-features")
-    assert len(artifacts) == 1 and "`fraud_features` passed" in artifacts[0].data
-
-
-def test_validate_stage_without_run_id_skips_mlflow(prefect_harness):
-    state = _validation_flow()(_missing_amount(make_raw()), None, return_state=True)
-    with pytest.raises(DataValidationError, match=r"expect_column_values_to_not_be_null\(TX_AMOUNT\)"):
-        state.result()
-    assert len(_markdown_artifacts(state.state_details.flow_run_id, "validation-fraud-raw")) == 1

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
+from champion.loading import ScoringModel
+from cli.main import app
 from flows.scoring import batch_scoring
-from tasks.score import ScoringModel
 from usecases.fraud.features import build_features
 from usecases.fraud.simulator import simulate_transactions
 
@@ -196,8 +196,8 @@ def test_unknown_use_case_exits_2(home, transactions, tmp_path):
 
 def test_scoring_uses_the_training_runs_feature_parameters(home):
     """The spec is rebuilt with the parameters the version was trained with (here: the defaults)."""
+    from champion.loading import load_scoring_model
     from flows.scoring import spec_for
-    from tasks.score import load_scoring_model
 
     model = load_scoring_model(MODEL)
     spec = spec_for("fraud", model)
@@ -207,8 +207,8 @@ def test_scoring_uses_the_training_runs_feature_parameters(home):
 
 def test_stock_scoring_one_feature_path(tmp_path, monkeypatch, prefect_server):
     """The stock use case: forecasts from the same features as training, id columns Date and Ticker."""
+    from champion.loading import load_scoring_model
     from flows.scoring import spec_for
-    from tasks.score import load_scoring_model
     from usecases.stock.spec import Params, load
 
     monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "mlops"))

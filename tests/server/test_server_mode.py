@@ -33,11 +33,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import needs
 
 from infra.servers import QUIET, Managed, Settings, drop_databases
 
-ROOT = Path(__file__).resolve().parents[1]
-MLOPS = [sys.executable, "-m", "flows.cli"]
+ROOT = Path(__file__).resolve().parents[2]
+MLOPS = [sys.executable, "-m", "cli.main"]
 SMALL = {"customers": 300, "terminals": 600, "days": 70}
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
@@ -67,11 +68,11 @@ def test_every_use_case_gets_a_training_deployment():
 
 
 def test_schedules():
-    from infra.deployments import SCHEDULES, training_plans
+    from infra.deployments import training_plans
 
     plans = {plan.flow_name: plan for plan in training_plans()}
     assert plans["fraud-training"].timing.cron == "0 2 * * *"  # daily
-    stock = SCHEDULES["stock-training"]  # weekdays, after the 16:00 New York close, across DST
+    stock = plans["stock-training"].timing  # weekdays, after the 16:00 New York close, across DST
     assert stock.cron.endswith("* * 1-5") and stock.timezone == "America/New_York"
     hour, minute = int(stock.cron.split()[1]), int(stock.cron.split()[0])
     assert (hour, minute) >= (16, 0)
@@ -140,7 +141,7 @@ def test_env_file_fills_what_the_environment_does_not(tmp_path):
 def test_commands_explain_themselves(command):
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from cli.main import app
 
     result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "120"})
     assert result.exit_code == 0, result.output
@@ -204,7 +205,7 @@ def stack(tmp_path_factory):
     if not _postgres_up():
         if os.environ.get("CI"):
             pytest.fail("CI needs PostgreSQL on 127.0.0.1:5432 for the server-mode test")
-        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+        needs("PostgreSQL", "nothing answers at 127.0.0.1:5432")
     base = tmp_path_factory.mktemp("server-mode")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
     env.update(

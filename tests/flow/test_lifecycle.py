@@ -17,8 +17,8 @@ from conftest import registry_client as client_for
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from flows.cli import app
-from tasks.promote import _now, move_champion, read_history
+from champion.promotion import _now, move_champion, read_history
+from cli.main import app
 
 NAME = "toy-lifecycle"
 SMALL = SMALL_FRAUD_RUN

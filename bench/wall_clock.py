@@ -1,0 +1,107 @@
+"""Benchmark: what a user waits for, end to end, start-up included.
+
+Side by side in one run, each as a fresh process the way a person starts it:
+- `mlops run fraud --data <handbook>`: the first run in a fresh MLOPS_HOME (it starts the local Prefect
+  server) and then repeated runs that reuse it (best of `--repeat`);
+- `bench/handwritten.py` on the same data: the same features, training and MLflow logging, no gates, no
+  orchestration (best of `--repeat`);
+- `mlops status fraud` and `mlops --help`;
+- the import time of what `mlops run`, `mlops score` and `mlops status` load before working.
+
+Everything is wall clock of the whole process (interpreter start, imports, server connection, work, exit).
+Nothing is excluded except the data file's first read into the page cache (a warm-up read happens first).
+
+    uv run python bench/wall_clock.py [--data PATH] [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HANDBOOK = ROOT.parent / "shared/data/fraud-handbook/transactions.parquet"
+BIN = Path(sys.executable).parent
+
+# What each command imports before it does its work (measured in a fresh interpreter each).
+IMPORTS = {
+    "mlops run": "import cli.main, flows.training",
+    "mlops score": "import cli.main, flows.scoring, tasks.validate",
+    "mlops status": "import cli.main, champion.lifecycle",
+    "mlops --help": "import cli.main",
+}
+
+
+def timed(command: list[str], env: dict, check: bool = True) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if check and done.returncode not in (0, 3):
+        raise RuntimeError(
+            f"{command[:4]} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+        )
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(HANDBOOK))
+    parser.add_argument("--repeat", type=int, default=2)
+    args = parser.parse_args()
+    if not Path(args.data).exists():
+        sys.exit(f"benchmark data not found: {args.data}")
+    Path(args.data).read_bytes()  # page cache warm for every contender alike
+
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_TRACKING"))}
+        env.update(
+            MLOPS_HOME=str(Path(tmp) / "home"),
+            MLOPS_LOCAL_PREFECT_PORT=str(4300 + os.getpid() % 500),
+            MLOPS_PREFECT_SERVER="background",
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            DO_NOT_TRACK="true",
+        )
+        mlops = [str(BIN / "mlops")]
+        run = [*mlops, "run", "fraud", "--data", args.data]
+        hand = [sys.executable, "bench/handwritten.py", args.data]
+        try:
+            imports = {
+                name: min(timed([sys.executable, "-c", code], env) for _ in range(2))
+                for name, code in IMPORTS.items()
+            }
+            status_empty = timed([*mlops, "status", "fraud"], env)
+            first = timed(run, env)  # starts the local Prefect server
+            runs, hands = [], []
+            for _ in range(args.repeat):  # interleaved, so load on the machine hits both alike
+                runs.append(timed(run, env))
+                hands.append(timed(hand, {**env, "MLOPS_BENCH_TMP": tmp}))
+            status = timed([*mlops, "status", "fraud"], env)
+            helps = timed([*mlops, "--help"], env)
+        finally:
+            subprocess.run([*mlops, "server", "stop"], env=env, cwd=ROOT, capture_output=True)
+
+    best_run, best_hand = min(runs), min(hands)
+    print(f"data: {args.data}; best of {args.repeat}; wall clock of the whole process, start-up included\n")
+    print(f"{'':48}{'seconds':>10}")
+    print(f"{'mlops run fraud, first run (starts Prefect)':48}{first:10.1f}")
+    every = ", ".join(f"{r:.1f}" for r in runs)
+    print(f"{'mlops run fraud, later runs (best)':48}{best_run:10.1f}   all: {every}")
+    every = ", ".join(f"{h:.1f}" for h in hands)
+    print(f"{'hand-written script (best)':48}{best_hand:10.1f}   all: {every}")
+    print(f"{'ratio, later run / hand-written':48}{best_run / best_hand:10.2f}   (target <= 1.5)")
+    print(f"{'first-run cost of the local Prefect server':48}{first - best_run:10.1f}")
+    print(f"{'mlops status fraud (empty registry)':48}{status_empty:10.1f}")
+    print(f"{'mlops status fraud (one model)':48}{status:10.1f}")
+    print(f"{'mlops --help':48}{helps:10.1f}")
+    print("\nimport time before a command works (fresh interpreter, best of 2):")
+    for name, seconds in imports.items():
+        print(f"  {name:46}{seconds:10.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""`mlops`: the command line of the gated model factory.
+
+    mlops run USE_CASE ...        train, gate, register, promote (cli/run.py)
+    mlops score | monitor | serve-model | status | rollback      the registry's consumers (cli/models.py)
+    mlops deploy | serve | notify-data | server status|stop      server mode (cli/servers.py)
+
+Exit codes are listed in each command's module and `--help`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# No network here, and no surprise telemetry anywhere: set before Prefect/GX are imported.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+import typer  # noqa: E402
+
+from cli import models, run, servers  # noqa: E402
+
+app = typer.Typer(
+    help="Gated model factory: validate data, train, evaluate, gate, register and promote models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+run.register_commands(app)
+models.register_commands(app)
+servers.register_commands(app)
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,1 @@
+"""The HTTP model server behind `mlops serve-model` (`app.py`)."""

@@ -1,0 +1,246 @@
+"""The stages train, evaluate, register and promote, called directly (no flow, no Prefect server) against a
+real SQLite MLflow store in a temporary folder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.gate import AbsoluteGate, GateSpec, evaluate_gates
+from tasks.split import Splits, SplitSpec
+from usecases.spec import Baseline, Metrics, ModelSpec, Schema
+
+FEATURES = ("x1", "x2", "noise")
+SCHEMA = Schema("binary", FEATURES, "y", "t", ("id",))
+SPLIT = SplitSpec(test=10, validation=10, gap=0)
+
+
+def _frame(n: int, seed: int, start: str) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    x1, x2, noise = rng.normal(size=n), rng.normal(size=n), rng.normal(size=n)
+    logit = 2.0 * x1 - 1.5 * x2 - 2.0
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype("int64")
+    return pd.DataFrame(
+        {
+            "id": np.arange(n),
+            "t": pd.date_range(start, periods=n, freq="min"),
+            "x1": x1,
+            "x2": x2,
+            "noise": noise,
+            "y": y,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def splits() -> Splits:
+    return Splits(
+        _frame(4000, 0, "2024-01-01"),
+        _frame(1500, 1, "2024-02-01"),
+        _frame(1500, 2, "2024-03-01"),
+        {
+            "train": ("2024-01-01", "2024-01-03"),
+            "validation": ("2024-02-01", "2024-02-02"),
+            "test": ("a", "b"),
+        },
+    )
+
+
+def _metrics() -> Metrics:
+    from tasks.evaluate import best_f1_threshold, binary_metrics
+
+    return Metrics(
+        compute=lambda frame, scores, context: binary_metrics(
+            frame.y.to_numpy(), scores, context["threshold"]
+        ),
+        primary="average_precision",
+        greater_is_better=True,
+        calibrate=lambda frame, scores: best_f1_threshold(frame, scores, "y"),
+    )
+
+
+def _model(**params) -> ModelSpec:
+    return ModelSpec(
+        params={"max_depth": 3, "eta": 0.3, "nthread": 1, **params},
+        num_boost_round=200,
+        early_stopping_rounds=10,
+    )
+
+
+@pytest.fixture
+def run_id(tmp_path, monkeypatch):
+    import mlflow
+
+    from tasks import tracking
+
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking.configure()
+    run = mlflow.MlflowClient().create_run(tracking.experiment_id("stages"))
+    yield run.info.run_id
+    mlflow.set_tracking_uri(None)
+
+
+# -------------------------------------------------------------------------------------------------- train
+
+
+def test_train_stops_early_cuts_back_to_the_best_round_and_is_seeded(splits):
+    from tasks.train import train
+
+    candidate = train.fn(splits, _model(), SCHEMA, SPLIT, seed=7)
+    again = train.fn(splits, _model(), SCHEMA, SPLIT, seed=7)
+
+    assert candidate.rounds_trained < 200  # early stopping fired
+    assert candidate.booster.num_boosted_rounds() == candidate.best_iteration + 1  # cut back to the best
+    assert candidate.features == FEATURES
+    predictions = candidate.predict(splits.test)
+    assert predictions.shape == (len(splits.test),) and ((predictions > 0) & (predictions < 1)).all()
+    np.testing.assert_array_equal(predictions, again.predict(splits.test))
+    # the signal is in x1 and x2, not in the noise column
+    gain = candidate.booster.get_score(importance_type="total_gain")
+    assert gain["x1"] > gain.get("noise", 0) and gain["x2"] > gain.get("noise", 0)
+
+
+def test_train_balances_classes_only_when_asked(splits):
+    from tasks.train import train
+
+    plain = train.fn(splits, _model(), SCHEMA, SPLIT, seed=1)
+    balanced = train.fn(
+        splits, ModelSpec(params=_model().params, balance_classes=True), SCHEMA, SPLIT, seed=1
+    )
+    positives = splits.train.y.sum()
+    assert "scale_pos_weight" not in plain.params
+    assert balanced.params["scale_pos_weight"] == pytest.approx((len(splits.train) - positives) / positives)
+
+
+def test_baselines_are_fitted_on_the_training_window(splits):
+    from tasks.train import train_baselines
+
+    seen = {}
+
+    def fit(train, features, target):
+        seen.update(rows=len(train), features=features, target=target)
+        rate = train[target].mean()
+        return lambda frame: np.full(len(frame), rate)
+
+    (fitted,) = train_baselines.fn(splits, (Baseline("rate", fit, "the training positive rate"),), SCHEMA)
+    assert seen == {"rows": len(splits.train), "features": list(FEATURES), "target": "y"}
+    assert fitted.predict(splits.test)[0] == pytest.approx(splits.train.y.mean())
+
+
+# ----------------------------------------------------------------------------------------------- evaluate
+
+
+def test_evaluate_scores_candidate_and_baselines_on_the_same_window_and_logs_them(splits, run_id):
+    from mlflow import MlflowClient
+
+    from tasks.evaluate import evaluate
+    from tasks.train import FittedBaseline, train
+
+    candidate = train.fn(splits, _model(), SCHEMA, SPLIT, seed=3)
+    constant = FittedBaseline("constant", "", lambda frame: np.full(len(frame), 0.5))
+    evaluation = evaluate.fn(candidate, [constant], splits, _metrics(), SCHEMA, run_id)
+
+    assert evaluation.candidate.metrics["average_precision"] > 0.6
+    # a constant score ranks nothing: its AP is the positive rate of the test window
+    assert evaluation.baseline_metrics["constant"]["average_precision"] == pytest.approx(splits.test.y.mean())
+    assert len(evaluation.candidate.validation_predictions) == len(splits.validation)
+    logged = MlflowClient().get_run(run_id).data.metrics
+    assert logged["test_average_precision"] == pytest.approx(
+        evaluation.candidate.metrics["average_precision"]
+    )
+    assert "constant_test_average_precision" in logged
+    plots = {a.path for a in MlflowClient().list_artifacts(run_id, "plots")}
+    assert {"plots/roc.png", "plots/feature_importance.png"} <= plots or len(plots) >= 3
+
+
+# ------------------------------------------------------------------------------------ register, promote
+
+
+def _register(splits, run_id, fingerprint: str):
+    from tasks.register import FINGERPRINT_TAG, log_candidate, register
+    from tasks.train import train
+
+    candidate = train.fn(splits, _model(), SCHEMA, SPLIT, seed=5)
+    logged = log_candidate.fn(candidate, splits.test.head(5), run_id)
+    verdict = evaluate_gates(GateSpec((AbsoluteGate("auc", 0.5),)), {"auc": 0.9}, {}, None, "auc", True)
+    tags = {FINGERPRINT_TAG: fingerprint, "use_case": "stages", **verdict.as_tags()}
+    return register.fn(logged, "stages-model", "a test model", "card", tags, run_id)
+
+
+def test_register_creates_a_version_with_its_tags_and_reuses_an_identical_one(splits, run_id):
+    from mlflow import MlflowClient
+
+    first = _register(splits, run_id, "fp-1")
+    same = _register(splits, run_id, "fp-1")
+    other = _register(splits, run_id, "fp-2")
+
+    assert (first.version, first.deduplicated) == ("1", False)
+    assert (same.version, same.deduplicated) == ("1", True)
+    assert (other.version, other.deduplicated) == ("2", False)
+    version = MlflowClient().get_model_version("stages-model", "1")
+    assert version.tags["lineage.fingerprint"] == "fp-1"
+    assert version.tags["gate.absolute.auc"].startswith("passed")
+    assert version.description == "card"
+    assert not MlflowClient().get_registered_model("stages-model").aliases  # registration sets no alias
+
+
+def test_promote_is_a_compare_and_set_with_history(splits, run_id):
+    from mlflow import MlflowClient
+
+    from champion.promotion import StaleChampionError, current_champion, promote, read_history
+
+    _register(splits, run_id, "fp-1")
+    _register(splits, run_id, "fp-2")
+    client = MlflowClient()
+
+    first = promote("stages-model", "1", compared_with=None, run_id="run-a")
+    assert (first.moved, first.previous) == (True, None)
+    with pytest.raises(StaleChampionError, match="compared against no champion"):
+        promote("stages-model", "2", compared_with=None, run_id="run-b")  # v1 became champion meanwhile
+    assert current_champion(client, "stages-model") == "1"
+
+    second = promote("stages-model", "2", compared_with="1", run_id="run-b")
+    assert (second.moved, second.previous) == (True, "1")
+    assert current_champion(client, "stages-model") == "2"
+    assert client.get_model_version("stages-model", "2").tags["previous_champion"] == "1"
+    history = read_history(client, "stages-model")
+    assert [(h["version"], h["previous"]) for h in history] == [("1", ""), ("2", "1")]
+
+
+def test_a_retried_promotion_after_a_write_that_reported_failure_keeps_the_history(
+    splits, run_id, monkeypatch
+):
+    """The alias write lands but the call raises (a timeout on the way back): the retry must finish the same
+    compare-and-set, keeping the previous champion on record so a rollback can find it."""
+    from mlflow import MlflowClient
+
+    from champion.lifecycle import rollback
+    from champion.promotion import current_champion, promote
+
+    _register(splits, run_id, "fp-1")
+    _register(splits, run_id, "fp-2")
+    client = MlflowClient()
+    promote("stages-model", "1", compared_with=None, run_id="run-a")
+
+    real = MlflowClient.set_registered_model_alias
+    calls = []
+
+    def lands_then_fails(self, name, alias, version):
+        real(self, name, alias, version)
+        calls.append(version)
+        if len(calls) == 1:
+            raise ConnectionError("response lost after the write")
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", lands_then_fails)
+    with pytest.raises(ConnectionError):
+        promote("stages-model", "2", compared_with="1", run_id="run-b")
+    retried = promote("stages-model", "2", compared_with="1", run_id="run-b")  # what the stage's retry does
+
+    assert (retried.moved, retried.previous) == (True, "1")
+    assert current_champion(client, "stages-model") == "2"
+    assert client.get_model_version("stages-model", "2").tags["previous_champion"] == "1"
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", real)
+    done = rollback("stages-model", reason="test")
+    assert (done.version, done.previous) == ("1", "2")
