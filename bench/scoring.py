@@ -79,8 +79,8 @@ def main() -> None:
     import numpy as np
     import pandas as pd
 
-    from champion.loading import load_scoring_model
-    from flows.scoring import batch_scoring, spec_for
+    from champion.loading import load_scoring_model, spec_for
+    from flows.scoring import batch_scoring
 
     print(f"\n{MODEL} v{version} on {args.data.name}; {os.cpu_count()} CPUs", flush=True)
     rows = []

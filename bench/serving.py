@@ -72,8 +72,7 @@ def main() -> None:
     import numpy as np
     import pandas as pd
 
-    from champion.loading import load_scoring_model
-    from flows.scoring import spec_for
+    from champion.loading import load_scoring_model, spec_for
 
     model = load_scoring_model(MODEL, version=version)
     spec = spec_for("fraud", model)

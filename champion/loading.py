@@ -94,3 +94,33 @@ def load_scoring_model(name: str, version: str | int | None = None, alias: str |
     return ScoringModel(
         name, str(mv.version), mv.run_id, columns, types, required, flavor, mv.source, _model=model
     )
+
+
+def training_params(module, run_id: str | None):
+    """The use case's `Params` as the version's training run recorded them (`param.<name>`); defaults for
+    anything not recorded."""
+    if not run_id:
+        return module.Params()
+    try:
+        recorded = MlflowClient().get_run(run_id).data.params
+    except Exception:  # run deleted or unreachable: the use case's defaults
+        return module.Params()
+    values = {}
+    for name in module.Params.model_fields:
+        value = recorded.get(f"param.{name}")
+        if value is not None and value != "None":
+            values[name] = value
+    try:
+        return module.Params.model_validate(values)
+    except Exception:
+        return module.Params()
+
+
+def spec_for(use_case: str, model: ScoringModel):
+    """The use case's spec with the parameters `model` was trained with: one feature path for training,
+    scoring, serving and monitoring."""
+    from usecases import spec_module
+
+    module = spec_module(use_case)
+    params = training_params(module, model.run_id)
+    return module.build_spec(params)

@@ -1,7 +1,9 @@
-"""`mlops score`, `mlops serve-model`, `mlops status`, `mlops rollback`: the registry's consumers.
+"""`mlops score`, `mlops monitor`, `mlops serve-model`, `mlops status`, `mlops rollback`: the registry's
+consumers.
 
-Exit codes: 0 done; 2 bad input (unreadable or invalid input file, unknown use case, model or version, a
-refused rollback; nothing written, nothing moved); 1 anything else.
+Exit codes: 0 done (monitor: healthy); 4 monitor: drift or degraded; 2 bad input (unreadable or invalid
+input file, unknown use case, model or version, a refused rollback; nothing written, nothing moved); 1
+anything else.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli.servers import use_prefect_server
+from cli.servers import reflow, use_prefect_server
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_ATTENTION = 0, 1, 2, 4
 console = Console(stderr=False)
 
 _MODEL_HELP = "Registered model (default: the use case's own)."
@@ -262,9 +264,95 @@ def rollback(
     )
 
 
+def monitor(use_case: str, **options) -> None:
+    """Watch the champion (or --version) on new data: drift, estimated and realised performance, a verdict.
+
+    Exit 0 healthy, 4 drift or degraded (an `mlops.model.degraded` event was sent), 2 unreadable or
+    invalid input, 1 anything else. The report is an MLflow run in experiment `<use case>-monitoring`.
+    """
+    from pydantic import ValidationError
+
+    from usecases.spec import MonitorParams
+
+    _check_use_case(use_case)
+    try:
+        params = MonitorParams(**options)
+    except ValidationError as exc:
+        console.print(f"[bold red]input rejected[/]: {exc}")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    if not params.data:
+        console.print(
+            "[bold red]input rejected[/]: --data is required (a Parquet or CSV file of new records)"
+        )
+        raise typer.Exit(EXIT_BAD_INPUT)
+    use_prefect_server()
+    from champion.loading import ModelNotFoundError
+    from flows.monitoring import monitoring
+    from tasks.ingest import DataReadError
+    from tasks.profile import ProfileUnavailable
+    from tasks.validate import DataValidationError
+
+    try:
+        outcome = monitoring(use_case, params)
+    except (DataReadError, DataValidationError, ModelNotFoundError, ProfileUnavailable) as exc:
+        console.print(f"[bold red]input rejected[/]: {exc}")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    except Exception as exc:
+        console.print_exception(max_frames=12)
+        console.print(f"[bold red]monitoring failed[/]: {type(exc).__name__}: {exc}")
+        raise typer.Exit(EXIT_FAILED) from None
+    _print_monitoring(outcome)
+    raise typer.Exit(EXIT_OK if outcome.status == "healthy" else EXIT_ATTENTION)
+
+
+def _print_monitoring(outcome) -> None:
+    a, v = outcome.assessment, outcome.assessment.verdict
+    colour = {"healthy": "green", "drift": "yellow", "degraded": "red"}[v.status]
+    table = Table(
+        title=f"{outcome.registered_model} v{outcome.version} from {outcome.since}: {a.rows:,} rows"
+    )
+    for column in ("feature", "PSI", "test", "statistic", "drifted"):
+        table.add_column(column, justify="right" if column in ("PSI", "statistic") else "left")
+    for d in a.drifts:  # worst first
+        mark = "[red]yes[/]" if d.drifted else "no"
+        table.add_row(d.feature, f"{d.psi:.3f}", d.test, f"{d.statistic:.3f}", mark)
+    console.print(table)
+    fmt = lambda x: "-" if x is None else f"{x:.4g}"  # noqa: E731
+    console.print(
+        f"{v.primary}: test {fmt(v.test_value)}, estimated {fmt(v.estimated_value)}, realised "
+        f"{fmt(v.realised_value)} ({a.labelled_rows:,} labelled rows); drifted features "
+        f"{a.drift_share:.0%}; score PSI {fmt(a.score_psi)}; profile {outcome.profile}"
+    )
+    console.print(f"[bold {colour}]{v.status}[/]" + "".join(f"\n  - {r}" for r in v.reasons), soft_wrap=True)
+    if outcome.alerted:
+        console.print("sent mlops.model.degraded: the training deployment retrains on it (debounced)")
+    console.print(f"report: MLflow run {outcome.mlflow_run_id} (monitoring_report.html)")
+
+
+def _monitor_command():
+    import inspect
+
+    from cli.run import options_from
+    from usecases.spec import MonitorParams
+
+    def command(use_case: str, **options) -> None:
+        monitor(use_case, **options)
+
+    argument = inspect.Parameter(
+        "use_case",
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        default=typer.Argument(..., help="Use case, e.g. fraud."),
+        annotation=str,
+    )
+    command.__signature__ = inspect.Signature([argument, *options_from(MonitorParams)])
+    command.__doc__ = reflow(monitor.__doc__)
+    return command
+
+
 def register_commands(app: typer.Typer) -> None:
     """Add the consumer and lifecycle commands to the `mlops` app."""
     app.command("score")(score)
+    app.command("monitor")(_monitor_command())
     app.command("serve-model")(serve_model)
     app.command("status")(status)
     app.command("rollback")(rollback)

@@ -27,7 +27,7 @@ console = Console(stderr=False)
 run_app = typer.Typer(help="Run a use case's gated training pipeline end to end.", no_args_is_help=True)
 
 
-def _options_from(params_model) -> list[inspect.Parameter]:
+def options_from(params_model) -> list[inspect.Parameter]:
     """One `--option` per field of a use case's Params, with its description as help and bounds shown."""
     parameters = []
     for name, field in params_model.model_fields.items():
@@ -59,7 +59,7 @@ def _make_run_command(use_case: str):
     def command(**options: Any) -> None:
         raise typer.Exit(run_use_case(use_case, module.Params(**options)))
 
-    command.__signature__ = inspect.Signature(_options_from(module.Params))
+    command.__signature__ = inspect.Signature(options_from(module.Params))
     command.__doc__ = (module.__doc__ or "").strip().split("\n\n")[0]
     return command
 
@@ -70,6 +70,7 @@ for _name in SPEC_MODULES:
 
 def run_use_case(use_case: str, params) -> int:
     """Run the use case's training flow and map its outcome to an exit code, printing a summary."""
+    use_prefect_server()  # before Prefect is imported: it reads its settings once
     from pydantic import ValidationError
 
     from flows.training import TRAINING_FLOWS
@@ -77,7 +78,6 @@ def run_use_case(use_case: str, params) -> int:
     from tasks.split import SplitError
     from tasks.validate import DataValidationError
 
-    use_prefect_server()
     try:
         outcome = TRAINING_FLOWS[use_case](params)
     except (DataReadError, DataValidationError, SplitError, ValidationError) as exc:

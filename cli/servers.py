@@ -26,7 +26,7 @@ USE_CASE_HELP = "Only this use case (repeatable). Default: every use case in use
 def register_commands(app: typer.Typer) -> None:
     """Add the server-mode commands to the `mlops` app."""
     for name, command in (("deploy", deploy), ("serve", serve), ("notify-data", notify_data)):
-        app.command(name, help=_reflow(command.__doc__))(command)
+        app.command(name, help=reflow(command.__doc__))(command)
     server = typer.Typer(
         help="The local Prefect server that `mlops` commands start once and reuse.", no_args_is_help=True
     )
@@ -82,7 +82,7 @@ def server_stop() -> None:
     console.print("local Prefect server: " + ("stopped" if stopped else "not running"))
 
 
-def _reflow(doc: str | None) -> str:
+def reflow(doc: str | None) -> str:
     """Docstring paragraphs as single lines, so the terminal wraps them (not the source's line breaks)."""
     paragraphs = (doc or "").strip().split("\n\n")
     return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
@@ -193,11 +193,11 @@ def deploy(
     for `mlops serve` (or a worker of --work-pool) to execute them.
     """
     use_cases = _check_use_cases(use_case)
-    plans = _plans(use_cases)
     if dry_run:
-        typer.echo(_describe(plans, work_pool))
+        typer.echo(_describe(_plans(use_cases), work_pool))
         return
-    api = _require_prefect_server()
+    api = _require_prefect_server()  # before the plans import Prefect: it reads its settings once
+    plans = _plans(use_cases)
     if work_pool:
         _ensure_process_pool(work_pool)
     for plan in plans:

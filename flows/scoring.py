@@ -10,55 +10,13 @@ Features come from the use case's own `build_features`, built with the parameter
 
 from __future__ import annotations
 
-from mlflow import MlflowClient
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from champion.loading import ScoringModel, load_scoring_model
+from champion.loading import spec_for
 from tasks import tracking
-from tasks.score import DEFAULT_CHUNK_ROWS, ScoringResult, score_file
-from tasks.stage import mlflow_stage
-from usecases import default_registered_model, spec_module
-
-
-def training_params(module, run_id: str | None):
-    """The use case's `Params` as the version's training run recorded them (`param.<name>`); defaults for
-    anything not recorded."""
-    if not run_id:
-        return module.Params()
-    try:
-        recorded = MlflowClient().get_run(run_id).data.params
-    except Exception:  # run deleted or unreachable: the use case's defaults
-        return module.Params()
-    values = {}
-    for name in module.Params.model_fields:
-        value = recorded.get(f"param.{name}")
-        if value is not None and value != "None":
-            values[name] = value
-    try:
-        return module.Params.model_validate(values)
-    except Exception:
-        return module.Params()
-
-
-def spec_for(use_case: str, model: ScoringModel):
-    """The use case's spec with the parameters `model` was trained with."""
-    module = spec_module(use_case)
-    params = training_params(module, model.run_id)
-    return module.build_spec(params)
-
-
-@mlflow_stage
-def load_model(name: str, version: str | None, alias: str | None) -> ScoringModel:
-    model = load_scoring_model(name, version, alias)
-    tracking.run_logger().info(
-        "scoring with %s v%s (%s; %s flavor)",
-        name,
-        model.version,
-        f"@{alias or 'champion'}" if version is None else "pinned version",
-        model.flavor,
-    )
-    return model
+from tasks.score import DEFAULT_CHUNK_ROWS, ScoringResult, load_model, score_file
+from usecases import default_registered_model
 
 
 @flow(name="batch-scoring", validate_parameters=False, log_prints=True)

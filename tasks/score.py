@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from champion.loading import ScoringModel
+from champion.loading import ScoringModel, load_scoring_model
 from tasks.ingest import READERS, DataReadError, read_table
-from tasks.stage import stage
+from tasks.stage import mlflow_stage, stage
 from tasks.tracking import run_logger
 
 DEFAULT_CHUNK_ROWS = 1_000_000
@@ -170,7 +170,7 @@ class ScoringResult:
         return self.rows_out / max(self.seconds["model"], 1e-9)
 
 
-def _prepare(chunk: pd.DataFrame, time_column: str) -> pd.DataFrame:
+def parse_times(chunk: pd.DataFrame, time_column: str) -> pd.DataFrame:
     """As the loaders do: a time column read as text becomes datetime (unparseable -> NaT, which the raw
     suite reports)."""
     if time_column in chunk.columns and not pd.api.types.is_datetime64_any_dtype(chunk[time_column]):
@@ -178,7 +178,7 @@ def _prepare(chunk: pd.DataFrame, time_column: str) -> pd.DataFrame:
     return chunk
 
 
-def _check(frame: pd.DataFrame, suite_factory, what: str, log) -> float:
+def check_frame(frame: pd.DataFrame, suite_factory, what: str, log) -> float:
     from tasks.validate import DataValidationError, validate_frame  # GX: imported only when scoring files
 
     started = time.perf_counter()
@@ -271,11 +271,11 @@ def score_file(
             seconds["read"] += time.perf_counter() - t_read
             chunks += 1
             rows_in += len(chunk)
-            chunk = _prepare(chunk, time_column)
+            chunk = parse_times(chunk, time_column)
             new = chunk if pending is None else pd.concat([pending, chunk], ignore_index=True)
             frame = new if context is None else pd.concat([context, new], ignore_index=True)
             view = spec.raw_check_view(frame) if getattr(spec, "raw_check_view", None) else frame
-            seconds["validate"] += _check(view, raw_suite, f"raw, chunk {chunks}", log)
+            seconds["validate"] += check_frame(view, raw_suite, f"raw, chunk {chunks}", log)
             if emitted_upto is not None and chunk[time_column].min() < emitted_upto:
                 raise InputOrderError(
                     f"{input_path}: chunk {chunks} has rows at {chunk[time_column].min()}, before rows at "
@@ -292,7 +292,7 @@ def score_file(
             seconds["features"] += time.perf_counter() - t0
             if check_features:
                 feature_suite = spec.score_feature_suite or spec.feature_suite
-                seconds["validate"] += _check(features, feature_suite, f"features, chunk {chunks}", log)
+                seconds["validate"] += check_frame(features, feature_suite, f"features, chunk {chunks}", log)
             score(features, emitted_upto, cutoff)
             if cutoff is not None:
                 emitted_upto = cutoff
@@ -335,3 +335,16 @@ def score_file(
         result.model_rows_per_second,
     )
     return result
+
+
+@mlflow_stage
+def load_model(name: str, version: str | None, alias: str | None) -> ScoringModel:
+    model = load_scoring_model(name, version, alias)
+    run_logger().info(
+        "scoring with %s v%s (%s; %s flavor)",
+        name,
+        model.version,
+        f"@{alias or 'champion'}" if version is None else "pinned version",
+        model.flavor,
+    )
+    return model

@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # types only: `Params` must import fast (CLI help, deployment
     import pandas as pd
 
     from tasks.gate import GateSpec
+    from tasks.monitor import MonitorThresholds
     from tasks.split import SplitSpec
 
 Problem = Literal["binary", "regression"]
@@ -54,6 +55,39 @@ class TrainingParams(BaseModel):
     dry_run: bool = Field(
         default=False, description="Train, evaluate and gate, but neither register nor promote."
     )
+
+
+class MonitorParams(BaseModel):
+    """A monitoring run: the champion (or a pinned version) watched on new data. The Prefect UI renders these
+    as the monitoring deployment's form; `mlops monitor` as options. Thresholds left empty come from the use
+    case's spec (`UseCaseSpec.monitoring`)."""
+
+    data: str | None = Field(
+        default=None,
+        description="Parquet or CSV of new raw records, with the history their features need before them; "
+        "labels may be missing or empty where not known yet.",
+    )
+    version: str | None = Field(default=None, description="Monitor this registry version (default: --alias).")
+    alias: str = Field(default="champion", description="Monitor the version this alias points to.")
+    registered_model: str | None = Field(
+        default=None, description="Registered model (default: the use case's)."
+    )
+    since: str | None = Field(
+        default=None,
+        description="First day monitored (YYYY-MM-DD); earlier rows only feed features. Empty: after the "
+        "use case's feature history from the start of the data.",
+    )
+    psi: float | None = Field(default=None, gt=0, description="Drift: PSI above which a feature moved.")
+    drift_share: float | None = Field(
+        default=None, gt=0, le=1, description="Drift: share of moved features that means the inputs drifted."
+    )
+    metric_margin: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Degraded: relative worsening of the primary metric vs its test value.",
+    )
+    min_rows: int | None = Field(default=None, ge=1, description="Fewer rows: estimates are not trusted.")
 
 
 @dataclass(frozen=True)
@@ -161,6 +195,9 @@ class UseCaseSpec:
     # Batch scoring and monitoring: the suite their feature tables must pass. None: the feature suite. Set it
     # when the feature suite also checks the label, which new data may not have yet.
     score_feature_suite: Callable[[], object] | None = None
+    # Monitoring thresholds (`tasks.monitor.MonitorThresholds`); None: its defaults. The primary metric's
+    # absolute gate, when declared, is the floor below which a monitored version is "degraded".
+    monitoring: MonitorThresholds | None = None
 
     @property
     def schema(self) -> Schema:

@@ -1,0 +1,74 @@
+"""Monitoring: watch a promoted version on new data, and call for retraining on evidence.
+
+    load the version (@champion unless pinned) → its reference profile (recorded at training, or rebuilt)
+    → the new data's window (scoring suite, the same feature path as scoring) → assess (drift, score drift,
+    estimated and realised primary metric, verdict) → record (MLflow run in `<use case>-monitoring`, HTML
+    report, Prefect table artifact) → alert (`mlops.model.degraded` unless healthy)
+
+One flow per discovered use case (`<use case>-monitoring`, its typed parameters `MonitorParams`), deployed
+with the use case's `MONITORING_SCHEDULE`; the training deployment retrains on the alert (debounced), and the
+retrained candidate still passes every gate before it can become champion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prefect import flow
+
+from champion.loading import spec_for, training_params
+from tasks import tracking
+from tasks.monitor import Assessment, alert, assess, monitoring_window, record_assessment, thresholds_for
+from tasks.profile import reference_profile
+from tasks.score import load_model
+from usecases import SPEC_MODULES, default_registered_model, spec_module
+from usecases.spec import MonitorParams
+
+
+@dataclass(frozen=True)
+class MonitoringOutcome:
+    use_case: str
+    registered_model: str
+    version: str
+    profile: str  # "recorded" | "rebuilt"
+    assessment: Assessment
+    mlflow_run_id: str
+    alerted: bool
+    since: str
+
+    @property
+    def status(self) -> str:
+        return self.assessment.verdict.status
+
+
+@flow(name="monitoring", validate_parameters=False, log_prints=True)
+def monitoring(use_case: str, params: MonitorParams) -> MonitoringOutcome:
+    if not params.data:
+        raise ValueError("no data to monitor: set `data` (a Parquet or CSV file of new records)")
+    tracking.configure()
+    name = params.registered_model or default_registered_model(use_case)
+    model = load_model(name, params.version, None if params.version else params.alias)
+    spec = spec_for(use_case, model)  # the parameters the version was trained with: one feature path
+    trained_with = training_params(spec_module(use_case), model.run_id)
+    profile, origin = reference_profile(model, spec, trained_with)
+    window = monitoring_window(spec, params.data, params.since)
+    assessment = assess(profile, window, model, spec, thresholds_for(spec, params))
+    run_id = record_assessment(assessment, profile, window, model, spec, origin)
+    alerted = alert(assessment, model, spec, window, run_id)
+    return MonitoringOutcome(
+        use_case, name, model.version, origin, assessment, run_id, alerted, str(window.since.date())
+    )
+
+
+def monitoring_flow(use_case: str):
+    """A `<use case>-monitoring` flow whose parameters are `MonitorParams` (the deployment's form)."""
+
+    def run(params: MonitorParams = MonitorParams()) -> MonitoringOutcome:  # noqa: B008 - immutable default
+        return monitoring(use_case, params)
+
+    run.__doc__ = f"Watch the {use_case} champion on new data: drift, estimated and realised performance."
+    return flow(run, name=f"{use_case}-monitoring")
+
+
+MONITORING_FLOWS = {name: monitoring_flow(name) for name in SPEC_MODULES}
+globals().update({f"{name}_monitoring": f for name, f in MONITORING_FLOWS.items()})
