@@ -145,17 +145,25 @@ def _plans(use_cases: list[str] | None):
     return all_plans(use_cases)
 
 
+def _trigger_note(trigger, plan) -> str:
+    from infra.deployments import DATA_ARRIVED, MODEL_DEGRADED
+
+    events = set(trigger.expect)
+    if DATA_ARRIVED in events:
+        return f"{DATA_ARRIVED} for {plan.use_case} (mlops notify-data {plan.use_case} PATH)"
+    if MODEL_DEGRADED in events:
+        hours = trigger.within.total_seconds() / 3600
+        return f"{MODEL_DEGRADED} for {plan.registered_model} (mlops monitor), at most once per {hours:g} h"
+    return ", ".join(sorted(events))
+
+
 def _describe(plans, work_pool: str | None) -> str:
     """Plain text (it also goes to log files): one block per deployment."""
     blocks = []
     for plan in plans:
         rows = {
             "schedule": plan.timing.note if plan.timing else "none (UI, API and events only)",
-            "trigger": "; ".join(
-                f"{', '.join(sorted(t.expect))} for {plan.use_case} (mlops notify-data {plan.use_case} PATH)"
-                for t in plan.triggers
-            )
-            or "-",
+            "trigger": "; ".join(_trigger_note(t, plan) for t in plan.triggers) or "-",
             "concurrency": "one run at a time, others wait" if plan.concurrency else "-",
             "tags": ", ".join(plan.tags),
             "runs on": f"workers of work pool {work_pool}" if work_pool else "mlops serve",
@@ -188,9 +196,11 @@ def deploy(
     """Register the deployments with the Prefect server at PREFECT_API_URL.
 
     One per training flow (`<use case>-training/<registered model>`), with its schedule, its typed parameter
-    form, a trigger on the `mlops.data.arrived` event and a limit of one run at a time; plus any scoring and
-    monitoring flows. Safe to repeat: it updates them in place. Scheduled and UI-triggered runs then wait
-    for `mlops serve` (or a worker of --work-pool) to execute them.
+    form, triggers on `mlops.data.arrived` (new data) and `mlops.model.degraded` (monitoring's alert,
+    debounced by MLOPS_RETRAIN_DEBOUNCE_HOURS, default 24) and a limit of one run at a time; plus batch
+    scoring and one monitoring deployment per use case (on its schedule, reading the file named by
+    MLOPS_MONITOR_DATA_<USE CASE>). Safe to repeat: it updates them in place. Scheduled and UI-triggered
+    runs then wait for `mlops serve` (or a worker of --work-pool) to execute them.
     """
     use_cases = _check_use_cases(use_case)
     if dry_run:

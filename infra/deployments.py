@@ -20,9 +20,11 @@ runs from the UI's form or the API.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
@@ -33,6 +35,11 @@ from prefect.types.entrypoint import EntrypointType
 DATA_ARRIVED = "mlops.data.arrived"
 """Event that starts a training run: resource `mlops.dataset.<use case>`, payload `{"use_case", "path"}`."""
 MODEL_PROMOTED = "mlops.model.promoted"
+MODEL_DEGRADED = "mlops.model.degraded"
+"""Sent by monitoring when a version is not healthy: resource `mlflow.registered-model.<name>`, payload with
+the verdict, the drifted features and the monitored `data`."""
+RETRAIN_DEBOUNCE_ENV = "MLOPS_RETRAIN_DEBOUNCE_HOURS"  # at most one triggered retraining per model per period
+MONITOR_DATA_ENV = "MLOPS_MONITOR_DATA_{}"  # per use case: the file a scheduled monitoring run reads
 MODEL_REJECTED = "mlops.model.rejected"
 
 
@@ -119,6 +126,7 @@ class DeploymentPlan:
     tags: tuple[str, ...]
     triggers: tuple[DeploymentEventTrigger, ...] = field(default=())
     concurrency: ConcurrencyLimitConfig | None = None
+    parameters: dict | None = None  # defaults for the flow's parameters (e.g. where monitoring reads)
 
     @property
     def flow_name(self) -> str:
@@ -157,6 +165,7 @@ class DeploymentPlan:
         deployment = self.flow.to_deployment(
             name=self.name,
             schedules=[self.timing.schedule()] if self.timing else [],
+            parameters=self.parameters or {},
             paused=paused,
             concurrency_limit=self.concurrency,
             tags=list(self.tags),
@@ -205,6 +214,26 @@ def _training_trigger(flow_name: str, use_case: str) -> DeploymentEventTrigger:
     )
 
 
+def retrain_debounce() -> timedelta:
+    return timedelta(hours=float(os.environ.get(RETRAIN_DEBOUNCE_ENV, "24")))
+
+
+def _retraining_trigger(flow_name: str, registered_model: str) -> DeploymentEventTrigger:
+    """Retrain on evidence: monitoring's `mlops.model.degraded` for this model starts a training run on the
+    monitored data. Reactive with a window: the first alert fires, later ones within the window only count,
+    so at most one triggered retraining per model per `MLOPS_RETRAIN_DEBOUNCE_HOURS` (default 24)."""
+    return DeploymentEventTrigger(
+        name=f"{flow_name}: on {MODEL_DEGRADED}",
+        description=f"Retrain {registered_model} when monitoring finds it drifted or degraded.",
+        expect={MODEL_DEGRADED},
+        match={"prefect.resource.id": f"mlflow.registered-model.{registered_model}"},
+        posture="Reactive",
+        threshold=1,
+        within=retrain_debounce(),
+        parameters={"params": {"data": "{{ event.payload.data }}"}},
+    )
+
+
 def training_plans(use_cases: Iterable[str] | None = None) -> list[DeploymentPlan]:
     """A plan per training flow in `flows.training.TRAINING_FLOWS` (all, unless `use_cases` names some)."""
     from flows.training import TRAINING_FLOWS
@@ -229,7 +258,7 @@ def training_plans(use_cases: Iterable[str] | None = None) -> list[DeploymentPla
                 entrypoint=_entrypoint(flow, "flows.training"),
                 timing=use_case_timing(use_case, "TRAINING_SCHEDULE") or DEFAULT_TRAINING_SCHEDULE,
                 tags=("mlops", "training", f"use-case:{use_case}", f"model:{model}"),
-                triggers=(_training_trigger(flow.name, use_case),),
+                triggers=(_training_trigger(flow.name, use_case), _retraining_trigger(flow.name, model)),
                 concurrency=ONE_AT_A_TIME,
             )
         )
@@ -265,9 +294,16 @@ def other_plans(use_cases: Iterable[str] | None = None) -> list[DeploymentPlan]:
                     timing=other.timing or (use_case_timing(use_case, other.schedule) if use_case else None),
                     tags=("mlops", other.kind) + ((f"use-case:{use_case}",) if use_case else ()),
                     concurrency=ONE_AT_A_TIME if other.one_at_a_time else None,
+                    parameters=_monitor_data(use_case) if other.kind == "monitoring" else None,
                 )
             )
     return plans
+
+
+def _monitor_data(use_case: str) -> dict | None:
+    """Where a scheduled monitoring run reads (`MLOPS_MONITOR_DATA_<USE CASE>` at deploy time), if set."""
+    path = os.environ.get(MONITOR_DATA_ENV.format(use_case.upper()))
+    return {"params": {"data": path}} if path else None
 
 
 def use_case_filter(use_cases: Iterable[str] | None, use_case: str) -> bool:

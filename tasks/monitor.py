@@ -66,6 +66,9 @@ class MonitorThresholds:
     metric_margin: float = 0.1
     min_rows: int = 500
     absolute_minimum: float | None = None
+    # Features reported but never counted as drifted: those whose share depends on which calendar days a
+    # window covers (a weekend flag over a 3-day window), which no retraining would change.
+    exempt: tuple[str, ...] = ()
 
 
 DEFAULT_THRESHOLDS = MonitorThresholds()
@@ -427,7 +430,7 @@ def feature_drift(
             statistic = ks_statistic(ref["quantiles"], values)
         stat = 0.0 if math.isnan(statistic) else statistic
         severity = max(value_psi / thresholds.psi, stat / limit)
-        drifted = value_psi > thresholds.psi or stat > limit
+        drifted = (value_psi > thresholds.psi or stat > limit) and name not in thresholds.exempt
         parts = [
             f"PSI {value_psi:.3f} {'>' if value_psi > thresholds.psi else '<='} {thresholds.psi:g}",
             f"{test} {stat:.3f} {'>' if stat > limit else '<='} {limit:g}"
@@ -446,7 +449,8 @@ def feature_drift(
                 null_share_ref=float(ref["null_share"]),
                 null_share_current=null_cur,
                 drifted=drifted,
-                reason=("drifted: " if drifted else "stable: ") + "; ".join(parts),
+                reason=("drifted: " if drifted else "exempt: " if name in thresholds.exempt else "stable: ")
+                + "; ".join(parts),
                 severity=severity,
             )
         )

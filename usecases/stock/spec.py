@@ -22,6 +22,7 @@ from usecases.spec import Cadence, TrainingParams
 # NYSE/Nasdaq close at 16:00 New York time; 16:30 leaves time for the day's bars to land. The time zone keeps
 # it after the close across daylight-saving changes.
 TRAINING_SCHEDULE = Cadence("30 16 * * 1-5", "America/New_York", "weekdays at 16:30 New York time")
+MONITORING_SCHEDULE = Cadence("15 16 * * 1-5", "America/New_York", "weekdays at 16:15 New York time")
 
 TIME = "Date"
 REGISTERED = {"volatility": "stock-volatility-forecaster", "return": "stock-return-forecaster"}
