@@ -402,3 +402,35 @@ def test_server_mode_end_to_end(stack, tmp_path):
     stack.step("MLflow champion and Prefect events checked")
     arrived = [e for e in seen if e["event"] == "mlops.data.arrived"]
     assert [e["payload"] for e in arrived] == [{"use_case": "fraud", "path": str(data)}]
+
+    # Monitoring closes the loop: drifted data -> `mlops monitor` (exit 4) -> mlops.model.degraded -> the
+    # training deployment's trigger starts a retraining run on the monitored data.
+    monitoring = api.get("/deployments/name/fraud-monitoring/fraud").json()
+    assert [s["schedule"]["cron"] for s in monitoring["schedules"]] == ["0 1 * * *"]
+    automations = api.get(f"/automations/related-to/prefect.deployment.{deployment['id']}").json()
+    assert any(a["trigger"]["expect"] == ["mlops.model.degraded"] for a in automations), automations
+    from usecases.fraud.simulator import Drift
+
+    drifted = tmp_path / "fraud-drifted.parquet"
+    simulate_transactions(
+        n_customers=300,
+        n_terminals=600,
+        n_days=70,
+        seed=7,
+        drift=Drift(start="2018-05-20", amount_factor=2.5),
+    ).to_parquet(drifted)
+    watched = stack.run(*MLOPS, "monitor", "fraud", "--data", str(drifted), "--since", "2018-05-20")
+    assert watched.returncode == 4, watched.stdout + watched.stderr
+    assert "TX_AMOUNT (PSI" in watched.stdout and "sent mlops.model.degraded" in watched.stdout
+    stack.step("`mlops monitor` found the drift")
+
+    def retraining_runs() -> list[dict]:
+        return [r for r in triggered_runs() if r["parameters"] == {"params": {"data": str(drifted)}}]
+
+    (retraining,) = _wait(retraining_runs, bool, 90, "a run started by mlops.model.degraded", stack)
+    stack.step(f"retraining run {retraining['id']} created by the alert")
+    retrained = _wait(
+        lambda: flow_run(retraining["id"]), lambda r: r["state_type"] in TERMINAL, 360, "retraining", stack
+    )
+    assert retrained["state_type"] == "COMPLETED", f"{retrained['state']}\n{stack.logs()}"
+    stack.step("retraining run completed (gated like every run)")

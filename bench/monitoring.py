@@ -1,0 +1,280 @@
+"""Benchmark: how monitoring sees drift, how well it estimates performance before labels, what it costs.
+
+Three parts, each printing a table (`--part simulator|handbook|stock|all`):
+
+- simulator: per seed, a fraud champion trained on 70 simulated days (`mlops run fraud`, the real gated flow),
+  then 12 weekly monitoring windows with each kind of drift injected from week 4 (amount x1.6, activity
+  shifted 6 hours, 40 % new terminals, 30 % new customers, card testing on 60 cards a day) and with none:
+  detection delay in weeks, false alarms on clean weeks, mean absolute error of the estimated average
+  precision against the realised one, and, on the card-testing world, average precision before and after
+  the retraining the alert triggers (`mlops run fraud` again, up to the week the alert came);
+- handbook: a champion trained up to 2018-08-31 on the handbook's transactions, watched on September as it
+  is and on a copy whose amounts are shifted; and the wall time of one `mlops monitor` on ~1 M rows;
+- stock: the S&P 500 volatility champion trained up to 2017-12-29, watched on 2018.
+
+The weekly windows are assessed with the monitoring stage's own functions (`tasks.monitor`: the window cut,
+`assess`), so the figures are those `mlops monitor` would print; only the Prefect/MLflow bookkeeping of each
+weekly run is skipped. The handbook and stock parts run the real `mlops monitor` command.
+
+    uv run python bench/monitoring.py [--part all] [--seeds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("MLOPS_PREFECT_SERVER", "ephemeral")  # one temporary server for this process
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+HANDBOOK = ROOT.parent / "shared/data/fraud-handbook/transactions.parquet"
+SIM = dict(n_customers=2000, n_terminals=4000, n_days=70 + 7 * 12)
+TRAIN_END = "2018-06-09"  # day 70
+DRIFT_WEEK = 4
+WEEKS = 12
+
+
+def _mlops(*args: str) -> int:
+    from cli.main import app
+
+    return app(list(args), standalone_mode=False) or 0
+
+
+def _champion(home: Path, use_case: str = "fraud"):
+    from champion.loading import load_scoring_model, spec_for, training_params
+    from tasks import tracking
+    from tasks.profile import reference_profile
+    from usecases import default_registered_model, spec_module
+
+    os.environ["MLOPS_HOME"] = str(home)
+    tracking.configure()
+    model = load_scoring_model(default_registered_model(use_case))
+    spec = spec_for(use_case, model)
+    profile, _ = reference_profile.fn(model, spec, training_params(spec_module(use_case), model.run_id))
+    return model, spec, profile
+
+
+def _weekly(model, spec, profile, raw, start: str):
+    """Assess each week from `start` on; returns one row per week."""
+    import pandas as pd
+
+    from tasks.monitor import Window, assess, thresholds_for
+    from usecases.spec import MonitorParams
+
+    table = spec.build_features(raw)
+    times = table[spec.time_column]
+    thresholds = thresholds_for(spec, MonitorParams())
+    rows = []
+    for week in range(WEEKS):
+        lo = pd.Timestamp(start) + pd.Timedelta(days=7 * week)
+        window = Window(table, table.loc[(times >= lo) & (times < lo + pd.Timedelta(days=7))], lo, "bench")
+        a = assess.fn(profile, window, model, spec, thresholds)
+        rows.append(
+            {
+                "week": week,
+                "status": a.verdict.status,
+                "estimated": a.verdict.estimated_value,
+                "realised": a.verdict.realised_value,
+                "drifted": a.drifted,
+            }
+        )
+    return rows
+
+
+def simulator(seeds: int) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from usecases.fraud.simulator import Drift, simulate_transactions
+
+    start = (pd.Timestamp(TRAIN_END) + pd.Timedelta(days=1)).date().isoformat()
+    drift_day = (pd.Timestamp(start) + pd.Timedelta(days=7 * DRIFT_WEEK)).date().isoformat()
+    kinds = {
+        "none": None,
+        "amount x1.6": Drift(start=drift_day, amount_factor=1.6),
+        "hours +6": Drift(start=drift_day, hour_shift=6),
+        "new terminals 40%": Drift(start=drift_day, new_terminal_share=0.4),
+        "new customers 30%": Drift(start=drift_day, new_customer_share=0.3),
+        "card testing 60/day": Drift(start=drift_day, card_testing_cards_per_day=60),
+    }
+    delays = {k: [] for k in kinds if k != "none"}
+    early = {k: 0 for k in kinds}  # alarms before the drift week (false alarms)
+    clean_alarms = clean_weeks = 0
+    errors, retrain = [], []
+    started = time.perf_counter()
+    for seed in range(seeds):
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            clean = simulate_transactions(**SIM, seed=seed)
+            clean.to_parquet(tmp / "clean.parquet")
+            os.environ["MLOPS_HOME"] = str(tmp / "home")
+            code = _mlops("run", "fraud", "--data", str(tmp / "clean.parquet"), "--end", TRAIN_END)
+            if code != 0:
+                print(f"seed {seed}: the champion was not promoted (exit {code}); skipped")
+                continue
+            model, spec, profile = _champion(tmp / "home")
+            for kind, drift in kinds.items():
+                raw = clean if drift is None else simulate_transactions(**SIM, seed=seed, drift=drift)
+                weeks = _weekly(model, spec, profile, raw, start)
+                alarms = [w["week"] for w in weeks if w["status"] != "healthy"]
+                if drift is None:
+                    clean_alarms += len(alarms)
+                    clean_weeks += len(weeks)
+                    errors += [
+                        abs(w["estimated"] - w["realised"])
+                        for w in weeks
+                        if w["estimated"] is not None and w["realised"] is not None
+                    ]
+                else:
+                    early[kind] += sum(1 for a in alarms if a < DRIFT_WEEK)
+                    after = [a for a in alarms if a >= DRIFT_WEEK]
+                    delays[kind].append(after[0] - DRIFT_WEEK if after else None)
+                if kind == "card testing 60/day":
+                    retrain.append(_retrain(tmp, raw, weeks, start, model, spec, profile))
+    took = time.perf_counter() - started
+    print(f"\n== simulator: {seeds} seed(s), weekly windows, drift from week {DRIFT_WEEK} ({took:.0f} s)")
+    print(f"{'drift':24}{'detected after (weeks), per seed':36}{'false alarms before it':>24}")
+    for kind, found in delays.items():
+        text = ", ".join("missed" if d is None else str(d) for d in found)
+        print(f"{kind:24}{text:36}{early[kind]:>24}")
+    print(f"clean weeks: {clean_alarms} alarm(s) in {clean_weeks} weeks")
+    if errors:
+        print(
+            f"estimated vs realised average precision, clean weeks: MAE {np.mean(errors):.3f} "
+            f"(max {np.max(errors):.3f}, {len(errors)} weeks)"
+        )
+    for r in retrain:
+        if r:
+            print(
+                f"card testing, retraining on the alert (week {r['week']}): average precision on the weeks "
+                f"after it {r['before']:.3f} (old champion) -> {r['after']:.3f} (retrained, {r['decision']})"
+            )
+
+
+def _retrain(tmp: Path, raw, weeks, start: str, model, spec, profile) -> dict | None:
+    """Retrain up to the end of the week the alert came (labels known up to then), compare on what follows."""
+    import numpy as np
+    import pandas as pd
+
+    alerted = [w["week"] for w in weeks if w["status"] != "healthy" and w["week"] >= DRIFT_WEEK]
+    if not alerted or alerted[0] >= WEEKS - 2:
+        return None
+    week = alerted[0]
+    end = (pd.Timestamp(start) + pd.Timedelta(days=7 * (week + 1) - 1)).date().isoformat()
+    path = tmp / "drifted.parquet"
+    raw.to_parquet(path)
+    code = _mlops("run", "fraud", "--data", str(path), "--end", end)
+    after_model, after_spec, after_profile = _champion(tmp / "home")
+    later = (pd.Timestamp(end) + pd.Timedelta(days=1)).date().isoformat()
+    old = _weekly(model, spec, profile, raw, later)[: WEEKS - week - 1]
+    new = _weekly(after_model, after_spec, after_profile, raw, later)[: WEEKS - week - 1]
+
+    def mean(rows):
+        return float(np.nanmean([r["realised"] for r in rows if r["realised"] is not None]))
+
+    return {
+        "week": week,
+        "before": mean(old),
+        "after": mean(new),
+        "decision": "promoted" if code == 0 else f"exit {code}",
+    }
+
+
+def _monitor(*args: str) -> tuple[int, float]:
+    started = time.perf_counter()
+    code = _mlops("monitor", *args)
+    return code, time.perf_counter() - started
+
+
+def _last_assessment(home: Path, use_case: str) -> dict:
+    import json
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    runs = mlflow.search_runs(
+        experiment_names=[f"{use_case}-monitoring"],
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    return json.loads(mlflow.artifacts.load_text(f"runs:/{runs[0].info.run_id}/assessment.json"))
+
+
+def _row(label: str, a: dict, seconds: float) -> None:
+    v = a["verdict"]
+    drifted = [f["feature"] for f in a["features"] if f["drifted"]]
+    est, real = v.get("estimated_value") or float("nan"), v.get("realised_value") or float("nan")
+    print(
+        f"{label:34}{v['status']:>10}{a['rows']:>11,}{est:>11.4g}{real:>10.4g}"
+        f"{seconds:>8.1f}  {', '.join(drifted[:3]) or '-'}"
+    )
+
+
+def handbook() -> None:
+    import pandas as pd
+
+    if not HANDBOOK.exists():
+        print(f"handbook data not found at {HANDBOOK}: part skipped")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        os.environ["MLOPS_HOME"] = str(tmp / "home")
+        code = _mlops("run", "fraud", "--data", str(HANDBOOK), "--end", "2018-08-31")
+        print(f"\n== handbook: champion trained up to 2018-08-31 (exit {code}), watched on September")
+        frame = pd.read_parquet(HANDBOOK)
+        shifted = frame.copy()
+        september = shifted["TX_DATETIME"] >= "2018-09-01"
+        shifted.loc[september, "TX_AMOUNT"] = (shifted.loc[september, "TX_AMOUNT"] * 1.3).round(2)
+        shifted.to_parquet(tmp / "shifted.parquet")
+        print(
+            f"{'':34}{'verdict':>10}{'rows':>11}{'est. AP':>11}{'real AP':>10}{'s':>8}  drifted (worst first)"
+        )
+        for label, path, since in (
+            ("September, unchanged", HANDBOOK, "2018-09-01"),
+            ("September, amounts x1.3", tmp / "shifted.parquet", "2018-09-01"),
+            ("~1 M rows (2018-06-19 ..)", HANDBOOK, "2018-06-19"),
+        ):
+            code, seconds = _monitor("fraud", "--data", str(path), "--since", since)
+            _row(label, _last_assessment(tmp / "home", "fraud"), seconds)
+
+
+def stock() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        os.environ["MLOPS_HOME"] = str(tmp / "home")
+        code = _mlops("run", "stock", "--end", "2017-12-29")
+        print(
+            f"\n== stock: S&P 500 volatility champion trained up to 2017-12-29 (exit {code}), watched on 2018"
+        )
+        from arch.data import sp500
+
+        frame = sp500.load().reset_index()
+        frame.to_parquet(tmp / "sp500.parquet")
+        header = f"{'':34}{'verdict':>10}{'rows':>11}{'est. MAE':>11}{'real MAE':>10}{'s':>8}"
+        print(header + "  drifted (worst first)")
+        code, seconds = _monitor("stock", "--data", str(tmp / "sp500.parquet"), "--since", "2018-01-01")
+        _row("2018, as it happened", _last_assessment(tmp / "home", "stock"), seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["simulator", "handbook", "stock", "all"], default="all")
+    parser.add_argument("--seeds", type=int, default=3)
+    args = parser.parse_args()
+    if args.part in ("simulator", "all"):
+        simulator(args.seeds)
+    if args.part in ("handbook", "all"):
+        handbook()
+    if args.part in ("stock", "all"):
+        stock()
+
+
+if __name__ == "__main__":
+    main()
