@@ -87,15 +87,10 @@ def _weekly(model, spec, profile, raw, start: str):
     return rows
 
 
-def simulator(seeds: int) -> None:
-    import numpy as np
-    import pandas as pd
+def _kinds(drift_day: str) -> dict:
+    from usecases.fraud.simulator import Drift
 
-    from usecases.fraud.simulator import Drift, simulate_transactions
-
-    start = (pd.Timestamp(TRAIN_END) + pd.Timedelta(days=1)).date().isoformat()
-    drift_day = (pd.Timestamp(start) + pd.Timedelta(days=7 * DRIFT_WEEK)).date().isoformat()
-    kinds = {
+    return {
         "none": None,
         "amount x1.6": Drift(start=drift_day, amount_factor=1.6),
         "hours +6": Drift(start=drift_day, hour_shift=6),
@@ -103,57 +98,84 @@ def simulator(seeds: int) -> None:
         "new customers 30%": Drift(start=drift_day, new_customer_share=0.3),
         "card testing 60/day": Drift(start=drift_day, card_testing_cards_per_day=60),
     }
-    delays = {k: [] for k in kinds if k != "none"}
-    early = {k: 0 for k in kinds}  # alarms before the drift week (false alarms)
-    clean_alarms = clean_weeks = 0
-    errors, retrain = [], []
+
+
+def simulate_seed(seed: int) -> dict:
+    """One seed's world: train, then the weekly verdicts under every kind of drift (run in its own process,
+    so each seed has a fresh MLflow store and Prefect state)."""
+    import pandas as pd
+
+    from usecases.fraud.simulator import simulate_transactions
+
+    start = (pd.Timestamp(TRAIN_END) + pd.Timedelta(days=1)).date().isoformat()
+    drift_day = (pd.Timestamp(start) + pd.Timedelta(days=7 * DRIFT_WEEK)).date().isoformat()
+    out = {"seed": seed, "weeks": {}, "retrain": None}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        clean = simulate_transactions(**SIM, seed=seed)
+        clean.to_parquet(tmp / "clean.parquet")
+        os.environ["MLOPS_HOME"] = str(tmp / "home")
+        code = _mlops("run", "fraud", "--data", str(tmp / "clean.parquet"), "--end", TRAIN_END)
+        if code != 0:
+            out["error"] = f"the champion was not promoted (exit {code})"
+            return out
+        model, spec, profile = _champion(tmp / "home")
+        for kind, drift in _kinds(drift_day).items():
+            raw = clean if drift is None else simulate_transactions(**SIM, seed=seed, drift=drift)
+            weeks = _weekly(model, spec, profile, raw, start)
+            out["weeks"][kind] = weeks
+            if kind == "card testing 60/day":
+                out["retrain"] = _retrain(tmp, raw, weeks, start, model, spec, profile)
+    return out
+
+
+def simulator(seeds: int) -> None:
+    import json
+    import subprocess
+
+    import numpy as np
+
     started = time.perf_counter()
+    results = []
     for seed in range(seeds):
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp = Path(tmp)
-            clean = simulate_transactions(**SIM, seed=seed)
-            clean.to_parquet(tmp / "clean.parquet")
-            os.environ["MLOPS_HOME"] = str(tmp / "home")
-            code = _mlops("run", "fraud", "--data", str(tmp / "clean.parquet"), "--end", TRAIN_END)
-            if code != 0:
-                print(f"seed {seed}: the champion was not promoted (exit {code}); skipped")
-                continue
-            model, spec, profile = _champion(tmp / "home")
-            for kind, drift in kinds.items():
-                raw = clean if drift is None else simulate_transactions(**SIM, seed=seed, drift=drift)
-                weeks = _weekly(model, spec, profile, raw, start)
-                alarms = [w["week"] for w in weeks if w["status"] != "healthy"]
-                if drift is None:
-                    clean_alarms += len(alarms)
-                    clean_weeks += len(weeks)
-                    errors += [
-                        abs(w["estimated"] - w["realised"])
-                        for w in weeks
-                        if w["estimated"] is not None and w["realised"] is not None
-                    ]
-                else:
-                    early[kind] += sum(1 for a in alarms if a < DRIFT_WEEK)
-                    after = [a for a in alarms if a >= DRIFT_WEEK]
-                    delays[kind].append(after[0] - DRIFT_WEEK if after else None)
-                if kind == "card testing 60/day":
-                    retrain.append(_retrain(tmp, raw, weeks, start, model, spec, profile))
+        done = subprocess.run(
+            [sys.executable, __file__, "--part", "seed", "--seed", str(seed)], capture_output=True, text=True
+        )
+        lines = [line for line in done.stdout.splitlines() if line.startswith("SEED ")]
+        if not lines:
+            print(f"seed {seed} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+            continue
+        results.append(json.loads(lines[-1][5:]))
+    kinds = [k for k in _kinds("2018-01-01") if k != "none"]
     took = time.perf_counter() - started
-    print(f"\n== simulator: {seeds} seed(s), weekly windows, drift from week {DRIFT_WEEK} ({took:.0f} s)")
-    print(f"{'drift':24}{'detected after (weeks), per seed':36}{'false alarms before it':>24}")
-    for kind, found in delays.items():
-        text = ", ".join("missed" if d is None else str(d) for d in found)
-        print(f"{kind:24}{text:36}{early[kind]:>24}")
-    print(f"clean weeks: {clean_alarms} alarm(s) in {clean_weeks} weeks")
+    print(
+        f"\n== simulator: {seeds} seed(s), {WEEKS} weekly windows, drift from week {DRIFT_WEEK} ({took:.0f}s)"
+    )
+    print(f"{'drift':24}{'detected after (weeks), per seed':36}{'alarms before it':>18}")
+    for kind in kinds:
+        delays, early = [], 0
+        for r in results:
+            alarms = [w["week"] for w in r["weeks"].get(kind, []) if w["status"] != "healthy"]
+            early += sum(1 for a in alarms if a < DRIFT_WEEK)
+            after = [a for a in alarms if a >= DRIFT_WEEK]
+            delays.append(str(after[0] - DRIFT_WEEK) if after else "missed")
+        print(f"{kind:24}{', '.join(delays):36}{early:>18}")
+    clean = [w for r in results for w in r["weeks"].get("none", [])]
+    alarms = sum(w["status"] != "healthy" for w in clean)
+    print(f"clean worlds: {alarms} alarm(s) in {len(clean)} weeks")
+    errors = [abs(w["estimated"] - w["realised"]) for w in clean if w["estimated"] and w["realised"]]
     if errors:
         print(
             f"estimated vs realised average precision, clean weeks: MAE {np.mean(errors):.3f} "
             f"(max {np.max(errors):.3f}, {len(errors)} weeks)"
         )
-    for r in retrain:
-        if r:
+    for r in results:
+        t = r.get("retrain")
+        if t:
             print(
-                f"card testing, retraining on the alert (week {r['week']}): average precision on the weeks "
-                f"after it {r['before']:.3f} (old champion) -> {r['after']:.3f} (retrained, {r['decision']})"
+                f"seed {r['seed']}, card testing: retrained on the alert of week {t['week']}; average "
+                f"precision on the weeks after: {t['before']:.3f} (old champion) -> {t['after']:.3f} "
+                f"({t['decision']})"
             )
 
 
@@ -246,28 +268,40 @@ def handbook() -> None:
 
 
 def stock() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        os.environ["MLOPS_HOME"] = str(tmp / "home")
-        code = _mlops("run", "stock", "--end", "2017-12-29")
-        print(
-            f"\n== stock: S&P 500 volatility champion trained up to 2017-12-29 (exit {code}), watched on 2018"
-        )
-        from arch.data import sp500
+    """A calm year after a calm training period, and 2018 (February's volatility spike, the Q4 sell-off)."""
+    from arch.data import sp500
 
-        frame = sp500.load().reset_index()
-        frame.to_parquet(tmp / "sp500.parquet")
-        header = f"{'':34}{'verdict':>10}{'rows':>11}{'est. MAE':>11}{'real MAE':>10}{'s':>8}"
-        print(header + "  drifted (worst first)")
-        code, seconds = _monitor("stock", "--data", str(tmp / "sp500.parquet"), "--since", "2018-01-01")
-        _row("2018, as it happened", _last_assessment(tmp / "home", "stock"), seconds)
+    print("\n== stock: the S&P 500 volatility champion, watched on the year after its training data")
+    header = f"{'':34}{'verdict':>10}{'rows':>11}{'est. MAE':>11}{'real MAE':>10}{'s':>8}"
+    print(header + "  drifted (worst first)")
+    for end, since, label in (
+        ("2016-12-30", "2017-01-01", "2017 (trained to 2016)"),
+        ("2017-12-29", "2018-01-01", "2018 (trained to 2017)"),
+    ):
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            os.environ["MLOPS_HOME"] = str(tmp / "home")
+            code = _mlops("run", "stock", "--end", end)
+            if code != 0:
+                print(f"{label:34}champion not promoted (exit {code})")
+                continue
+            sp500.load().reset_index().to_parquet(tmp / "sp500.parquet")
+            data = ["--data", str(tmp / "sp500.parquet"), "--since", since, "--min-rows", "100"]
+            code, seconds = _monitor("stock", *data)
+            _row(label, _last_assessment(tmp / "home", "stock"), seconds)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["simulator", "handbook", "stock", "all"], default="all")
+    parser.add_argument("--part", choices=["simulator", "handbook", "stock", "all", "seed"], default="all")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0, help="with --part seed: one seed's world, as JSON")
     args = parser.parse_args()
+    if args.part == "seed":
+        import json
+
+        print("SEED " + json.dumps(simulate_seed(args.seed), default=str))
+        return
     if args.part in ("simulator", "all"):
         simulator(args.seeds)
     if args.part in ("handbook", "all"):

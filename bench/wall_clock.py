@@ -11,7 +11,10 @@ Side by side in one run, each as a fresh process the way a person starts it:
 Everything is wall clock of the whole process (interpreter start, imports, server connection, work, exit).
 Nothing is excluded except the data file's first read into the page cache (a warm-up read happens first).
 
-    uv run python bench/wall_clock.py [--data PATH] [--repeat 2]
+    uv run python bench/wall_clock.py [--data PATH] [--repeat 2] [--before REV]
+
+With `--before REV` (e.g. the commit before the foundation rework), the same figures for that revision's code
+are measured in the same run, from a temporary git worktree with this environment's packages.
 """
 
 from __future__ import annotations
@@ -35,11 +38,18 @@ IMPORTS = {
     "mlops status": "import cli.main, champion.lifecycle",
     "mlops --help": "import cli.main",
 }
+# The same, before the rework (flows/cli.py held the app; the lifecycle lived in tasks/).
+IMPORTS_BEFORE = {
+    "mlops run": "import flows.cli, flows.training",
+    "mlops score": "import flows.cli, flows.scoring, tasks.validate",
+    "mlops status": "import flows.cli, tasks.lifecycle",
+    "mlops --help": "import flows.cli",
+}
 
 
-def timed(command: list[str], env: dict, check: bool = True) -> float:
+def timed(command: list[str], env: dict, check: bool = True, cwd: Path = ROOT) -> float:
     started = time.perf_counter()
-    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if check and done.returncode not in (0, 3):
         raise RuntimeError(
@@ -52,6 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(HANDBOOK))
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--before", default=None, help="Also measure this git revision's code.")
     args = parser.parse_args()
     if not Path(args.data).exists():
         sys.exit(f"benchmark data not found: {args.data}")
@@ -82,6 +93,7 @@ def main() -> None:
                 hands.append(timed(hand, {**env, "MLOPS_BENCH_TMP": tmp}))
             status = timed([*mlops, "status", "fraud"], env)
             helps = timed([*mlops, "--help"], env)
+            before = _before(args, env, tmp) if args.before else None
         finally:
             subprocess.run([*mlops, "server", "stop"], env=env, cwd=ROOT, capture_output=True)
 
@@ -100,7 +112,40 @@ def main() -> None:
     print(f"{'mlops --help':48}{helps:10.1f}")
     print("\nimport time before a command works (fresh interpreter, best of 2):")
     for name, seconds in imports.items():
-        print(f"  {name:46}{seconds:10.2f}")
+        was = f"   before: {before['imports'][name]:.2f}" if before else ""
+        print(f"  {name:46}{seconds:10.2f}{was}")
+    if before:
+        print(f"\nbefore ({args.before}), same run: each command starts Prefect's temporary server")
+        every = ", ".join(f"{r:.1f}" for r in before["runs"])
+        print(f"{'mlops run fraud (best)':48}{min(before['runs']):10.1f}   all: {every}")
+        print(f"{'ratio to the hand-written script':48}{min(before['runs']) / best_hand:10.2f}")
+        print(f"{'mlops status fraud (empty registry)':48}{before['status']:10.1f}")
+
+
+def _before(args, env: dict, tmp: str) -> dict:
+    """The earlier revision's figures, from a temporary worktree (its code first on sys.path)."""
+    tree = Path(tmp) / "before"
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(tree), args.before],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    try:
+        old = {**env, "MLOPS_HOME": str(Path(tmp) / "home-before"), "PYTHONPATH": str(tree)}
+        app = "import sys; from flows.cli import app; sys.exit(app(sys.argv[1:]))"
+        imports = {
+            name: min(timed([sys.executable, "-c", code], old, cwd=tree) for _ in range(2))
+            for name, code in IMPORTS_BEFORE.items()
+        }
+        status = timed([sys.executable, "-c", app, "status", "fraud"], old, cwd=tree)
+        runs = [
+            timed([sys.executable, "-c", app, "run", "fraud", "--data", args.data], old, cwd=tree)
+            for _ in range(args.repeat)
+        ]
+        return {"imports": imports, "status": status, "runs": runs}
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
 
 
 if __name__ == "__main__":

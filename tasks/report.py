@@ -27,9 +27,10 @@ class Decision:
 def decide(verdict: GateVerdict, registration: Registration | None, promotion: Promotion | None) -> Decision:
     refused = "; ".join(r.detail for r in verdict.refusals)
     if promotion is not None:
-        moved = (
-            "already champion" if not promotion.moved else f"previous champion v{promotion.previous or '-'}"
+        previous = (
+            f"previous champion v{promotion.previous}" if promotion.previous else "no previous champion"
         )
+        moved = "already champion" if not promotion.moved else previous
         dedupe = " (identical earlier registration reused)" if registration.deduplicated else ""
         return Decision("promoted", f"{promotion.name} v{promotion.version} is champion{dedupe}; {moved}")
     if registration is not None:
@@ -71,20 +72,43 @@ def report(
     if registration is not None:
         client.set_tag(run_id, "registered_version", registration.version)
     headline = {"promoted": "Promoted", "registered": "Registered, not promoted", "rejected": "Rejected"}
-    metric_rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items())
+    metric_rows = "\n".join(f"| {k} | {_number(k, v)} |" for k, v in metrics.items())
     create_markdown_artifact(
         key=f"decision-{use_case}",
         description=f"{registered_model}: {decision.status}",
         markdown=(
             f"# {headline[decision.status]}: {registered_model}\n\n{decision.summary}\n\n"
             f"## Gates\n\n{verdict.to_markdown()}\n\n## Test metrics\n\n| metric | value |\n|---|---|\n"
-            f"{metric_rows}\n\nMLflow run: `{run_id}`\n"
+            f"{metric_rows}\n\nMLflow run: {_run_link(run_id)}\n"
         ),
     )
     _emit_decision_event(
         use_case, registered_model, decision, verdict, registration, promotion, metrics, run_id
     )
     return decision
+
+
+COUNTS = {"tn", "fp", "fn", "tp"}
+
+
+def _number(name: str, value: float) -> str:
+    """Confusion counts as integers, everything else to four significant digits, NaN as a dash."""
+    if value != value:
+        return "-"
+    return f"{int(value):,}" if name in COUNTS else f"{value:.4g}"
+
+
+def _run_link(run_id: str) -> str:
+    """A link to the run where a tracking server's URL is known; the id otherwise (a local SQLite store)."""
+    from tasks import tracking
+
+    uri = tracking.tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return f"`{run_id}`"
+    from mlflow import MlflowClient
+
+    experiment = MlflowClient().get_run(run_id).info.experiment_id
+    return f"[{run_id}]({uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id})"
 
 
 def _emit_decision_event(

@@ -61,20 +61,42 @@ def configure() -> str:
     return uri
 
 
+# MLflow's UI opens an experiment as GenAI (traces, token usage) unless told it holds model development.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def experiment_description(name: str) -> str:
+    if name.endswith("-monitoring"):
+        use_case = name.removesuffix("-monitoring")
+        return (
+            f"Monitoring of the {use_case} models: one run per `mlops monitor` run, tagged with the model "
+            "version and verdict; drift per feature, estimated and realised metrics, the HTML report."
+        )
+    return (
+        f"Gated training of the {name} use case: one run per training flow run, with its parameters, "
+        "dataset, metrics, plots, validation results, gate report and decision (tag `decision`)."
+    )
+
+
 def experiment_id(name: str) -> str:
-    """The experiment for a use case; embedded stores keep its artifacts under MLOPS_HOME."""
+    """The experiment for a use case (marked as model development, with a description); embedded stores keep
+    its artifacts under MLOPS_HOME."""
     import mlflow
     from mlflow import MlflowClient
 
     client = MlflowClient()
     found = client.get_experiment_by_name(name)
     if found is not None:
+        if "mlflow.experimentKind" not in found.tags:  # created before the kind was set
+            for key, value in EXPERIMENT_KIND.items():
+                client.set_experiment_tag(found.experiment_id, key, value)
         return found.experiment_id
     location = None
     if tracking_uri().startswith("sqlite:///"):
         location = (mlops_home() / "artifacts").as_uri()
+    tags = {**EXPERIMENT_KIND, "mlflow.note.content": experiment_description(name)}
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=tags)
     except mlflow.exceptions.MlflowException:
         # Created by a concurrent run between our lookup and create.
         return client.get_experiment_by_name(name).experiment_id

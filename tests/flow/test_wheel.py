@@ -32,8 +32,9 @@ COMMANDS = [
 
 
 def _uv() -> list[str]:
-    found = shutil.which("uv") or str(Path(sys.executable).with_name("uv"))
-    return [found] if Path(found).exists() else [sys.executable, "-m", "uv"]
+    """uv as the Makefile finds it: on PATH, else the module the Makefile bootstrapped into python3."""
+    found = shutil.which("uv")
+    return [found] if found else [shutil.which("python3") or "python3", "-m", "uv"]
 
 
 def _run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
