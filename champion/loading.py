@@ -42,9 +42,11 @@ class ScoringModel:
         if self.flavor == "xgboost":
             return self._model.inplace_predict(matrix)
         frame = pd.DataFrame(np.asarray(matrix, dtype=np.float64), columns=list(self.columns))
-        for column, kind in self.column_types.items():  # the signature's integer columns as integers
+        for column, kind in self.column_types.items():  # the signature's integer and boolean columns as such
             if kind in ("long", "integer") and column in frame and frame[column].notna().all():
                 frame[column] = frame[column].astype("int64" if kind == "long" else "int32")
+            elif kind == "boolean" and column in frame and frame[column].notna().all():
+                frame[column] = frame[column] != 0  # MLflow will not cast float to bool itself
         return self.predict(frame)
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:

@@ -17,10 +17,12 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 os.environ.setdefault("DO_NOT_TRACK", "true")
+# Where a temporary Prefect server is used (MLOPS_PREFECT_SERVER=ephemeral), let a busy machine start it.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 import typer  # noqa: E402
 
-from cli import models, run, servers  # noqa: E402
+from cli import compact, models, run, servers  # noqa: E402
 
 app = typer.Typer(
     help="Gated model factory: validate data, train, evaluate, gate, register and promote models.",
@@ -30,6 +32,7 @@ app = typer.Typer(
 run.register_commands(app)
 models.register_commands(app)
 servers.register_commands(app)
+compact.register_commands(app)
 
 
 def main() -> None:  # pragma: no cover - console script entry

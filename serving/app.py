@@ -12,9 +12,10 @@ API is configured), loads a new version next to the one serving, and swaps them 
 in flight finish on the model they started with; no restart, no gap. If loading fails, the old model keeps
 serving and the failure shows in `/health`.
 
-Every payload is checked against the model's signature before it reaches the model: malformed JSON is a 400,
-a missing column, a non-numeric or null value, a fraction in an integer column is a 422 naming the column
-and the row. A bad payload never gets a 500.
+Every payload is checked against the model's signature before it reaches the model: malformed JSON or a
+payload of the wrong shape is a 400, a missing column, a non-numeric or null value, a fraction or an
+out-of-range number in an integer column is a 422 naming the column and the row, more than MAX_ROWS rows a
+413. A bad payload never gets a 500.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import logging
 import math
 import threading
 import time
+from collections import Counter
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +42,8 @@ log = logging.getLogger("mlops.serving")
 
 MAX_ROWS = 100_000
 INTEGER_TYPES = {"long", "integer"}
+# The range a signature's integer type holds; a pyfunc model gets those columns as int64/int32.
+INTEGER_RANGES = {"long": (-(2.0**63), 2.0**63), "integer": (-(2.0**31), 2.0**31)}
 NUMERIC_TYPES = {"double", "float", "long", "integer", "boolean"}
 
 
@@ -67,6 +71,8 @@ class ChampionFollower:
         self.served: Served | None = None
         self.last_check: str | None = None
         self.last_error: str | None = None
+        self.checks = 0  # registry look-ups done (poll or event), successful or not
+        self.subscribed = threading.Event()  # set once listening for promotion events
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -95,6 +101,8 @@ class ChampionFollower:
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.warning("%s@%s: could not refresh: %s", self.name, self.alias, self.last_error)
             return False
+        finally:
+            self.checks += 1
 
     def wake(self) -> None:
         self._wake.set()
@@ -140,6 +148,7 @@ class ChampionFollower:
             resource=EventResourceFilter(id=[f"mlflow.registered-model.{self.name}"]),
         )
         async with get_events_subscriber(filter=wanted) as subscriber:
+            self.subscribed.set()
             async for _event in subscriber:
                 if self._stop.is_set():
                     return
@@ -169,7 +178,16 @@ def _column_values(body: dict, columns: tuple[str, ...]) -> tuple[dict[str, list
             raise PayloadError(400, 'dataframe_split must be {"columns": [...], "data": [[...], ...]}')
         names = data.get("columns", list(columns))
         if not isinstance(names, list):
-            raise PayloadError(400, "dataframe_split.columns must be a list of column names")
+            raise PayloadError(
+                400, f"dataframe_split.columns must be a list of column names; got {_describe(names)}"
+            )
+        for i, name in enumerate(names):
+            if not isinstance(name, str):
+                message = f"dataframe_split.columns must hold names (strings): item {i} is {_describe(name)}"
+                raise PayloadError(400, message)
+        if len(set(names)) != len(names):
+            duplicated = sorted(n for n, count in Counter(names).items() if count > 1)
+            raise PayloadError(422, f"dataframe_split.columns names a column twice: {', '.join(duplicated)}")
         rows = data["data"]
         for i, row in enumerate(rows):
             if not isinstance(row, list) or len(row) != len(names):
@@ -237,10 +255,16 @@ def to_matrix(body: object, model: ScoringModel) -> np.ndarray:
                     raise PayloadError(422, f"column {column}: expected {kind}, got boolean {v} in row {i}")
                 elif not isinstance(v, int | float):
                     raise PayloadError(
-                        422, f"column {column}: expected {kind}, got {type(v).__name__} {v!r:.40} in row {i}"
+                        422, f"column {column}: expected {kind}, got {_describe(v)} in row {i}"
                     )
-            column_values = [math.nan if v is None else float(v) for v in column_values]
-        array = np.asarray(column_values, dtype=np.float64)
+            column_values = [math.nan if v is None else v for v in column_values]
+        try:
+            array = np.asarray(column_values, dtype=np.float64)
+        except OverflowError:  # an integer beyond a double (orjson refuses those; other callers may not)
+            i = next(i for i, v in enumerate(column_values) if not _fits_a_double(v))
+            raise PayloadError(
+                422, f"column {column}: the number in row {i} is too large for {kind}"
+            ) from None
         if column in model.required and not np.isfinite(array).all():
             i = int(np.flatnonzero(~np.isfinite(array))[0])
             raise PayloadError(422, f"column {column}: non-finite value {array[i]} in row {i}")
@@ -251,8 +275,37 @@ def to_matrix(body: object, model: ScoringModel) -> np.ndarray:
                 raise PayloadError(
                     422, f"column {column}: expected {kind} (a whole number), got {array[i]} in row {i}"
                 )
+            low, high = INTEGER_RANGES[kind]
+            outside = np.flatnonzero(np.isfinite(array) & ((array < low) | (array >= high)))
+            if outside.size:
+                i = int(outside[0])
+                raise PayloadError(
+                    422, f"column {column}: {array[i]:.6g} in row {i} is out of range for {kind}"
+                )
         matrix[:, j] = array
     return matrix
+
+
+def _fits_a_double(value: float) -> bool:
+    try:
+        float(value)
+        return True
+    except OverflowError:
+        return False
+
+
+def _describe(value: object) -> str:
+    """A short description of a JSON value for an error message (never the repr of a whole structure: a
+    deeply nested one would not even have one)."""
+    if isinstance(value, str):
+        return f"string {value[:40]!r}" + ("..." if len(value) > 40 else "")
+    if isinstance(value, list):
+        return f"a list of {len(value)} item(s)"
+    if isinstance(value, dict):
+        return f"an object with {len(value)} key(s)"
+    if value is None:
+        return "null"
+    return f"{type(value).__name__} {value!r:.40}"
 
 
 # ------------------------------------------------------------------------------------------- the app

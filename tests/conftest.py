@@ -19,6 +19,8 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 # Tests keep Prefect's per-process temporary server (or the session's test harness); the background server
 # that CLI users get (infra/prefect_local.py) has tests of its own that opt in.
 os.environ.setdefault("MLOPS_PREFECT_SERVER", "ephemeral")
+# A loaded 2-core machine can take longer than Prefect's default to start a temporary server.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 # Prefect's console log handler keeps the stream it was created with; pytest swaps and closes sys.stderr per
 # test, so point the handler at the process's real stderr (still captured by pytest at the fd level).
 os.environ.setdefault("COLUMNS", "160")  # rich tables in captured output: wide enough not to wrap

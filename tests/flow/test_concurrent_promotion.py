@@ -8,6 +8,8 @@ against it. These are real OS processes, as two schedulers or two people would s
 import os
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -219,3 +221,138 @@ def test_with_an_mlflow_server_the_lock_is_a_prefect_concurrency_limit(monkeypat
     assert events[0][1] == events[1][1] and "mlops-champion-prefect-locked-model" in events[0][2]
     with get_client(sync_client=True) as client:
         assert client.read_global_concurrency_limit_by_name("mlops-champion-prefect-locked-model").limit == 1
+
+
+class Run:
+    """One `mlops run fraud` process whose output is read line by line as it comes."""
+
+    def __init__(self, env: dict, *args: str):
+        from prefect.settings import PREFECT_API_URL
+
+        inherited = {
+            k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+        }
+        env = {**inherited, **env, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "run", "fraud", *SMALL, *args],
+            cwd=ROOT,
+            env={**env, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.changed = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            with self.changed:
+                self.lines.append(line)
+                self.changed.notify_all()
+        with self.changed:
+            self.changed.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self.changed:
+            return "".join(self.lines)
+
+    def wait_for_line(self, text: str, timeout: float) -> str:
+        """The first output line containing `text`; fails if the process ends or `timeout` passes first."""
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while True:
+                found = next((line for line in self.lines if text in line), None)
+                if found is not None:
+                    return found
+                assert self.reader.is_alive(), (
+                    f"exited ({self.process.poll()}) before {text!r}:\n{self.output}"
+                )
+                assert time.monotonic() < deadline, f"no {text!r} after {timeout:.0f} s:\n{self.output}"
+                self.changed.wait(1.0)
+
+    def finish(self, timeout: float) -> int:
+        code = self.process.wait(timeout)
+        self.reader.join(30)
+        return code
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)
+
+
+@pytest.fixture
+def lock_home(tmp_path, monkeypatch):
+    """A temporary MLOPS_HOME for this process (to hold the lock) and the runs it starts."""
+    home = tmp_path / "mlops"
+    monkeypatch.setenv("MLOPS_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLOPS_REGISTRY_LOCK_URI", raising=False)
+    yield home
+    mlflow.set_tracking_uri(None)
+
+
+def registry(home: Path) -> dict:
+    """Every registered model's versions and aliases in the SQLite registry under `home`."""
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    client = MlflowClient()
+    return {
+        m.name: (
+            sorted(str(v.version) for v in client.search_model_versions(f"name = '{m.name}'")),
+            {alias: str(version) for alias, version in dict(m.aliases).items()},
+        )
+        for m in client.search_registered_models()
+    }
+
+
+def test_a_run_waits_for_the_champion_lock_then_completes(lock_home):
+    """The test holds the champion lock (the file lock beside the SQLite registry): a real run trains, says it
+    waits for the lock, registers nothing while it waits, and finishes once the lock is released."""
+    from champion.lock import champion_lock
+
+    run = None
+    try:
+        with champion_lock(MODEL, timeout=10, holder="the lock test") as description:
+            assert description.startswith("file lock ") and str(lock_home) in description
+            run = Run({"MLOPS_HOME": str(lock_home)})
+            run.wait_for_line("waiting for the champion lock", timeout=600)
+            said = " ".join(run.output.split())  # rich may wrap a long line
+            assert "held by pid" in said and "the lock test" in said, said[-3000:]  # it names the holder
+            assert run.process.poll() is None, run.output
+            assert "champion lock on fraud-detector acquired" not in run.output
+            assert registry(lock_home) == {}, "nothing may be registered while the lock is held"
+        assert run.finish(600) == 0, run.output[-3000:]
+    finally:
+        if run is not None:
+            run.kill()
+    acquired = next(line for line in run.lines if "champion lock on fraud-detector acquired" in line)
+    assert run.output.index("waiting for the champion lock") < run.output.index(acquired)
+    assert registry(lock_home) == {MODEL: (["1"], {"champion": "1"})}
+
+
+def test_a_lock_held_past_the_timeout_fails_the_run_and_registers_nothing(lock_home):
+    from champion.lock import champion_lock
+
+    first = Run({"MLOPS_HOME": str(lock_home)})
+    assert first.finish(600) == 0, first.output[-3000:]
+    before = registry(lock_home)
+    assert before == {MODEL: (["1"], {"champion": "1"})}
+
+    run = None
+    try:
+        with champion_lock(MODEL, timeout=10, holder="the lock test"):
+            # different parameters: without the lock this run would register (and maybe promote) a version
+            run = Run({"MLOPS_HOME": str(lock_home), "MLOPS_REGISTRY_LOCK_TIMEOUT": "3"}, "--max-depth", "4")
+            code = run.finish(600)
+    finally:
+        if run is not None:
+            run.kill()
+    assert code == 1, run.output[-3000:]
+    output = " ".join(run.output.split())  # rich wraps long lines
+    assert "waiting for the champion lock" in output
+    assert "run failed: RegistryLockTimeout: champion lock" in output, output[-3000:]
+    assert "still held by pid" in output and "the lock test after 3 s" in output, output[-3000:]
+    assert registry(lock_home) == before

@@ -1,7 +1,9 @@
 """Batch scoring through `mlops score`: one feature path, chunked = in one go, bad input writes nothing.
 
-One champion is trained once for the module (the real pipeline on simulated transactions); every test scores
-another simulated month with it.
+One champion is trained once for the module (the real pipeline on simulated transactions), with a label delay
+of DELAY_DAYS rather than the default 7: features built with the defaults would score differently, so every
+test that compares scores with `reference_scores` also shows that scoring reads the training run's feature
+parameters. Every test scores another simulated month with it.
 """
 
 import os
@@ -19,6 +21,7 @@ from usecases.fraud.features import build_features
 from usecases.fraud.simulator import simulate_transactions
 
 MODEL = "fraud-detector"
+DELAY_DAYS = 3  # not the default (7): the feature windows and the history chunks carry depend on it
 runner = CliRunner()
 
 pytestmark = [
@@ -42,7 +45,19 @@ def trained(tmp_path_factory, prefect_server):
         patch.setenv("MLOPS_HOME", str(home))
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         result = mlops(
-            "run", "fraud", "--customers", "300", "--terminals", "600", "--days", "70", "--min-roc-auc", "0"
+            *(
+                "run",
+                "fraud",
+                "--customers",
+                "300",
+                "--terminals",
+                "600",
+                "--days",
+                "70",
+                "--min-roc-auc",
+                "0",
+            ),
+            *("--delay-days", str(DELAY_DAYS)),
         )
         assert result.exit_code == 0, result.output
         yield home
@@ -70,7 +85,7 @@ def reference_scores(raw: pd.DataFrame, version: str = "1") -> pd.Series:
     """What the model gives on features computed from the whole input in one go, by TRANSACTION_ID."""
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{version}")
     columns = [c.name for c in model.metadata.get_input_schema().inputs]
-    features = build_features(raw, delay_days=7)
+    features = build_features(raw, delay_days=DELAY_DAYS)
     scores = np.asarray(model.predict(features[columns])).ravel()
     return pd.Series(scores, index=features["TRANSACTION_ID"].to_numpy())
 
@@ -98,7 +113,8 @@ def test_score_writes_ids_probability_and_version(home, transactions, tmp_path):
 
 @pytest.mark.parametrize("chunk_rows", [2_000, 3_001])
 def test_chunked_scores_equal_scores_in_one_go(home, transactions, tmp_path, chunk_rows):
-    """Chunks carry 37 days of history (30-day windows + 7-day delay): every score equals the one-go score."""
+    """Chunks carry 33 days of history (30-day windows + the 3-day delay): every score equals the one-go
+    score."""
     raw = pd.read_parquet(transactions)
     assert len(raw) > 5 * chunk_rows
     # CSV input in, CSV out: the same feature path from text timestamps
@@ -194,27 +210,57 @@ def test_unknown_use_case_exits_2(home, transactions, tmp_path):
     assert result.exit_code == 2 and "unknown use case" in result.output
 
 
-def test_scoring_uses_the_training_runs_feature_parameters(home):
-    """The spec is rebuilt with the parameters the version was trained with (here: the defaults)."""
-    from champion.loading import load_scoring_model
+def test_scoring_uses_the_training_runs_feature_parameters(home, transactions):
+    """The spec is rebuilt with the parameters the version was trained with (here a 3-day label delay), not
+    the use case's defaults (7 days)."""
+    from champion.loading import load_scoring_model, training_params
     from flows.scoring import spec_for
+    from usecases import spec_module
 
     model = load_scoring_model(MODEL)
+    assert training_params(spec_module("fraud"), model.run_id).delay_days == DELAY_DAYS
     spec = spec_for("fraud", model)
-    assert spec.score_column == "fraud_score" and spec.feature_history == pd.Timedelta(days=37)
+    assert spec.score_column == "fraud_score" and spec.feature_history == pd.Timedelta(days=30 + DELAY_DAYS)
+    defaults = spec_module("fraud").build_spec(spec_module("fraud").Params())
+    assert defaults.feature_history == pd.Timedelta(days=37)  # what reading nothing would have given
+    # and the features differ: the delay shifts the terminals' risk windows
+    raw = pd.read_parquet(transactions)
+    ours, theirs = spec.build_features(raw), defaults.build_features(raw)
+    assert not ours[list(model.columns)].equals(theirs[list(model.columns)])
     assert os.environ["MLOPS_HOME"] == str(home)
 
 
-def test_stock_scoring_one_feature_path(tmp_path, monkeypatch, prefect_server):
+STOCK_MODEL = "stock-volatility-forecaster"
+
+
+@pytest.fixture(scope="module")
+def stock_trained(tmp_path_factory, prefect_server):
+    """A registry with the stock use case's champion, trained once for the module by the real pipeline."""
+    home = tmp_path_factory.mktemp("stock") / "mlops"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLOPS_HOME", str(home))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        trained = mlops("run", "stock")
+        assert trained.exit_code == 0, trained.output
+    mlflow.set_tracking_uri(None)
+    return home
+
+
+@pytest.fixture
+def stock_home(stock_trained, monkeypatch):
+    monkeypatch.setenv("MLOPS_HOME", str(stock_trained))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mlflow.set_tracking_uri(f"sqlite:///{stock_trained / 'mlflow.db'}")
+    yield stock_trained
+    mlflow.set_tracking_uri(None)
+
+
+def test_stock_scoring_one_feature_path(stock_home, tmp_path):
     """The stock use case: forecasts from the same features as training, id columns Date and Ticker."""
     from champion.loading import load_scoring_model
     from flows.scoring import spec_for
     from usecases.stock.spec import Params, load
 
-    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "mlops"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    trained = mlops("run", "stock")
-    assert trained.exit_code == 0, trained.output
     bars = tmp_path / "bars.parquet"
     load(Params()).to_parquet(bars)
     out = tmp_path / "forecasts.parquet"
@@ -222,12 +268,64 @@ def test_stock_scoring_one_feature_path(tmp_path, monkeypatch, prefect_server):
     assert result.exit_code == 0, result.output
     forecasts = pd.read_parquet(out)
     assert list(forecasts.columns) == ["Date", "Ticker", "volatility_forecast", "model_version"]
-    model = load_scoring_model("stock-volatility-forecaster")
+    model = load_scoring_model(STOCK_MODEL)
     spec = spec_for("stock", model)
     features = spec.build_features(pd.read_parquet(bars))
-    reference = mlflow.pyfunc.load_model("models:/stock-volatility-forecaster/1").predict(
-        features[list(model.columns)]
-    )
+    reference = mlflow.pyfunc.load_model(f"models:/{STOCK_MODEL}/1").predict(features[list(model.columns)])
     assert len(forecasts) == len(features)
     np.testing.assert_allclose(forecasts.volatility_forecast.to_numpy(), np.asarray(reference), rtol=1e-9)
-    mlflow.set_tracking_uri(None)
+
+
+def several_tickers() -> pd.DataFrame:
+    """Three tickers from arch's S&P 500 bars, interleaved by date as a multi-ticker file comes: the index
+    itself, and two copies at other price and volume scales whose days move differently (a seeded random
+    factor per day on all of that day's prices) and one of which lacks some days."""
+    from usecases.stock.spec import Params, load
+
+    spx = load(Params())
+    prices = ["Open", "High", "Low", "Close", "Adj Close"]
+    rng = np.random.default_rng(5)
+    tickers = [spx.assign(Ticker="SPX")]
+    for ticker, scale, volume in (("HALF", 0.5, 3.0), ("TENX", 10.0, 0.2)):
+        copy = spx.copy()
+        factor = scale * np.exp(np.cumsum(rng.normal(0.0, 0.006, len(copy))))
+        copy[prices] = copy[prices].mul(factor, axis=0)
+        copy["Volume"] = (copy["Volume"] * volume * rng.uniform(0.7, 1.3, len(copy))).round().astype("int64")
+        tickers.append(copy.assign(Ticker=ticker))
+    tickers[2] = tickers[2].drop(tickers[2].sample(frac=0.02, random_state=1).index)  # days TENX lacks
+    return pd.concat(tickers).sort_values(["Date", "Ticker"], kind="stable").reset_index(drop=True)
+
+
+def test_chunked_stock_scoring_carries_each_tickers_history(stock_home, tmp_path):
+    """Chunks of a three-ticker file, cut mid-date, carry each ticker's 252-day history: every forecast
+    equals the one-piece forecast for the same date and ticker, and the one-piece features' forecast."""
+    from champion.loading import load_scoring_model
+    from flows.scoring import spec_for
+
+    raw = several_tickers()
+    bars = tmp_path / "bars.parquet"
+    raw.to_parquet(bars)
+    whole, chunked = tmp_path / "whole.parquet", tmp_path / "chunked.parquet"
+    one_piece = batch_scoring("stock", str(bars), str(whole), chunk_rows=None)
+    assert one_piece.chunks == 1
+    in_chunks = batch_scoring("stock", str(bars), str(chunked), chunk_rows=2_500)  # 2,500 % 3: dates split
+    assert in_chunks.chunks >= 6 and in_chunks.rows_in == len(raw)
+
+    keys = ["Date", "Ticker"]
+    a = pd.read_parquet(whole).set_index(keys).sort_index()
+    b = pd.read_parquet(chunked).set_index(keys).sort_index()
+    assert a.index.is_unique and b.index.is_unique
+    assert a.index.equals(b.index), a.index.symmetric_difference(b.index)[:10]
+    per_ticker = a.groupby(level="Ticker").size()
+    assert set(per_ticker.index) == {"SPX", "HALF", "TENX"} and (per_ticker > 4000).all(), per_ticker
+    np.testing.assert_allclose(b.volatility_forecast.to_numpy(), a.volatility_forecast.to_numpy(), rtol=1e-9)
+    assert (b.model_version == a.model_version).all()
+    # the tickers' forecasts differ (their histories differ): a mix-up across tickers would show above
+    spx, half = a.xs("SPX", level="Ticker"), a.xs("HALF", level="Ticker")
+    assert not np.allclose(spx.volatility_forecast, half.volatility_forecast.reindex(spx.index))
+
+    model = load_scoring_model(STOCK_MODEL)
+    features = spec_for("stock", model).build_features(raw).set_index(keys).sort_index()
+    assert features.index.equals(a.index)
+    reference = np.asarray(model.predict(features.reset_index())).ravel()
+    np.testing.assert_allclose(a.volatility_forecast.to_numpy(), reference, rtol=1e-9)

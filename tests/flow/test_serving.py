@@ -132,9 +132,13 @@ def test_serves_the_champion_and_follows_the_alias_without_restart(mlops_home, r
         np.testing.assert_allclose(answer["predictions"], expected(v2, rows), rtol=1e-6)
         assert not np.allclose(expected(v1, rows), expected(v2, rows))
 
-        # a registered version without the alias is never served
+        # a registered version without the alias is never served: not after two more looks at the registry
         register_toy(mlops_home, seed=7, champion=False)
-        time.sleep(1.0)
+        checks = follower.checks
+        deadline = time.monotonic() + 20
+        while follower.checks < checks + 2:
+            assert time.monotonic() < deadline, "the service stopped polling"
+            time.sleep(0.05)
         assert httpx.get(f"{service.url}/health").json()["version"] == v2
 
 
@@ -172,6 +176,8 @@ BAD_PAYLOADS = [
     ({"dataframe_split": {"columns": COLUMNS, "data": [[1.0, 2]]}}, 422, "row 0"),
     ({"instances": [[1.0, 2]]}, 422, "takes 3"),
     ({"dataframe_records": "nope"}, 400, "list of records"),
+    # issue 13: a list where a column name belongs was a TypeError, a 500
+    ({"dataframe_split": {"columns": [["amount"], "count", "flag"], "data": [[1.0, 2, 0]]}}, 400, "item 0"),
 ]
 
 
@@ -250,7 +256,7 @@ def test_a_promotion_event_refreshes_before_the_next_poll(mlops_home, monkeypatc
         while httpx.get(f"{service.url}/health").json()["version"] != v1:
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        time.sleep(3)  # let the event subscriber connect
+        assert follower.subscribed.wait(30), "the service did not subscribe to promotion events"
         v2 = register_toy(mlops_home, seed=4)
         emit_event(
             event="mlops.model.promoted",

@@ -39,7 +39,14 @@ class MissingVariable(ValueError):
 
 def interpolate(value, env: dict[str, str]):
     """Compose-spec interpolation: $VAR, ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error},
-    ${VAR?error}, ${VAR:+alternative}, ${VAR+alternative}, and $$ for a literal $."""
+    ${VAR?error}, ${VAR:+alternative}, ${VAR+alternative}, and $$ for a literal $.
+
+    A re-implementation, not the code under test, and deliberately so: the real interpolation is Docker
+    Compose's (Go, compose-go), which the project neither ships nor calls, and CI has no compose CLI. What is
+    under test is docker-compose.yml; this function only reads it the way Compose would, and
+    `test_interpolation_is_compose_s` pins it to the Compose specification's documented examples.
+    Where a compose CLI is installed, `test_docker_compose_config_accepts_it` runs Compose's own loader.
+    """
     if isinstance(value, dict):
         return {k: interpolate(v, env) for k, v in value.items()}
     if isinstance(value, list):

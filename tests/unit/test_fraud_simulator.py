@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +38,8 @@ def reference() -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def handbook_sized() -> tuple[pd.DataFrame, float]:
-    started = time.perf_counter()
-    frame = simulate_transactions(n_customers=5000, n_terminals=10000, n_days=183, seed=42)
-    return frame, time.perf_counter() - started
+def handbook_sized() -> pd.DataFrame:
+    return simulate_transactions(n_customers=5000, n_terminals=10000, n_days=183, seed=42)
 
 
 def _scenario_shares(frame: pd.DataFrame) -> pd.Series:
@@ -50,36 +47,43 @@ def _scenario_shares(frame: pd.DataFrame) -> pd.Series:
     return frauds.value_counts(normalize=True).reindex([1, 2, 3], fill_value=0.0)
 
 
-def test_handbook_size_takes_seconds(handbook_sized):
-    _, seconds = handbook_sized
-    assert seconds < 30, f"simulating the handbook-sized table took {seconds:.1f} s"
+def test_handbook_size_covers_its_customers_terminals_and_days(handbook_sized):
+    """The handbook-sized table is the whole simulation, not a truncated one: ids within the sizes asked for,
+    every day of the 183 from 2018-04-01, (nearly) every customer and terminal in use. (How long it takes is
+    a benchmark's question, bench/, not a test's.)"""
+    frame = handbook_sized
+    assert frame["CUSTOMER_ID"].between(0, 4999).all() and frame["CUSTOMER_ID"].nunique() > 0.99 * 5000
+    assert frame["TERMINAL_ID"].between(0, 9999).all() and frame["TERMINAL_ID"].nunique() > 0.99 * 10000
+    assert sorted(frame["TX_TIME_DAYS"].unique()) == list(range(183))
+    assert frame["TX_DATETIME"].min() >= pd.Timestamp("2018-04-01")
+    assert frame["TX_DATETIME"].max() < pd.Timestamp("2018-10-01")
 
 
 def test_row_count_close_to_reference(handbook_sized, reference):
-    frame, _ = handbook_sized
+    frame = handbook_sized
     assert abs(len(frame) / len(reference) - 1) < ROWS_TOLERANCE
 
 
 def test_fraud_rate_close_to_reference(handbook_sized, reference):
-    frame, _ = handbook_sized
+    frame = handbook_sized
     ours, theirs = frame["TX_FRAUD"].mean(), reference["TX_FRAUD"].mean()
     assert abs(ours / theirs - 1) < FRAUD_RATE_TOLERANCE, (ours, theirs)
 
 
 def test_scenario_mix_close_to_reference(handbook_sized, reference):
-    frame, _ = handbook_sized
+    frame = handbook_sized
     ours, theirs = _scenario_shares(frame), _scenario_shares(reference)
     assert (ours - theirs).abs().max() < SCENARIO_SHARE_TOLERANCE, pd.DataFrame({"ours": ours, "ref": theirs})
 
 
 def test_schema_matches_reference(handbook_sized, reference):
-    frame, _ = handbook_sized
+    frame = handbook_sized
     assert list(frame.columns) == list(reference.columns)
     assert frame.dtypes.equals(reference.dtypes)
 
 
 def test_schema_and_invariants(handbook_sized):
-    frame, _ = handbook_sized
+    frame = handbook_sized
     assert tuple(frame.columns) == COLUMNS
     assert {c: str(t) for c, t in frame.dtypes.items()} == EXPECTED_DTYPES
     assert isinstance(frame.index, pd.RangeIndex)
@@ -101,7 +105,7 @@ def test_schema_and_invariants(handbook_sized):
 
 def test_compromised_terminal_days_are_all_fraud(handbook_sized):
     """Scenario 2 takes every transaction of a compromised terminal (scenario 3 may relabel some)."""
-    frame, _ = handbook_sized
+    frame = handbook_sized
     s2 = frame.loc[frame["TX_FRAUD_SCENARIO"] == 2, ["TERMINAL_ID", "TX_TIME_DAYS"]].drop_duplicates()
     on_those_days = frame.merge(s2, on=["TERMINAL_ID", "TX_TIME_DAYS"])
     assert len(on_those_days) > 1000
@@ -109,7 +113,7 @@ def test_compromised_terminal_days_are_all_fraud(handbook_sized):
 
 
 def test_compromised_customer_amounts_are_multiplied_by_five(handbook_sized):
-    frame, _ = handbook_sized
+    frame = handbook_sized
     genuine_median = frame[frame["TX_FRAUD"] == 0].groupby("CUSTOMER_ID")["TX_AMOUNT"].median()
     s3 = frame[frame["TX_FRAUD_SCENARIO"] == 3]
     ratio = (s3["TX_AMOUNT"] / s3["CUSTOMER_ID"].map(genuine_median)).median()

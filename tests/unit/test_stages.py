@@ -186,6 +186,42 @@ def test_register_creates_a_version_with_its_tags_and_reuses_an_identical_one(sp
     assert not MlflowClient().get_registered_model("stages-model").aliases  # registration sets no alias
 
 
+def test_register_makes_a_new_version_when_the_data_the_code_or_the_parameters_change(splits, run_id):
+    """Dedupe the other way round: only an identical fingerprint (data digest, code version, parameters, as
+    the training flow computes it) reuses a version; one changed value in the data or another commit does
+    not."""
+    from tasks.register import fingerprint
+    from tasks.tracking import content_digest
+
+    data = content_digest(splits.train)
+    edited = splits.train.copy()
+    edited.loc[edited.index[17], "x1"] += 1e-9  # one value in 4,000 rows
+    edited_data = content_digest(edited)
+    assert edited_data != data
+    params = {"seed": 5, "max_depth": 3, "rounds": 200}
+
+    def fp(data=data, code="0f3c2ab", params=params):
+        return fingerprint(use_case="stages", data=data, code=code, params=params)
+
+    first = _register(splits, run_id, fp())
+    same = _register(splits, run_id, fp(params=dict(reversed(params.items()))))  # key order does not count
+    new_data = _register(splits, run_id, fp(data=edited_data))
+    new_code = _register(splits, run_id, fp(code="9d41e07"))
+    dirty_code = _register(splits, run_id, fp(code="0f3c2ab-dirty"))
+    new_params = _register(splits, run_id, fp(params={**params, "max_depth": 4}))
+    new_data_again = _register(splits, run_id, fp(data=edited_data))
+
+    assert (first.version, first.deduplicated) == ("1", False)
+    assert (same.version, same.deduplicated) == ("1", True)
+    assert [(r.version, r.deduplicated) for r in (new_data, new_code, dirty_code, new_params)] == [
+        ("2", False),
+        ("3", False),
+        ("4", False),
+        ("5", False),
+    ]
+    assert (new_data_again.version, new_data_again.deduplicated) == ("2", True)
+
+
 def test_promote_is_a_compare_and_set_with_history(splits, run_id):
     from mlflow import MlflowClient
 

@@ -41,10 +41,11 @@ N_FRAUD = 20  # 1 %
 
 
 def read_like_loader(path: Path) -> pd.DataFrame:
-    """What the raw loader does with a CSV: read it, then parse TX_DATETIME, unparseable -> NaT."""
-    frame = pd.read_csv(path)
-    frame["TX_DATETIME"] = pd.to_datetime(frame["TX_DATETIME"], errors="coerce")
-    return frame
+    """The fraud use case's own loader on a file, as `mlops run fraud --data PATH` reads it (a CSV's
+    TX_DATETIME parsed, unparseable -> NaT)."""
+    from usecases.fraud.spec import Params, load
+
+    return load(Params(data=str(path)))
 
 
 def failed(report: ValidationReport) -> set[tuple[str, str | None]]:
