@@ -66,6 +66,9 @@ class MonitorThresholds:
     metric_margin: float = 0.1
     min_rows: int = 500
     absolute_minimum: float | None = None
+    # One feature past this multiple of its thresholds is drift on its own (new terminals move only the
+    # terminal counts; night activity only the night flag), whatever the share of drifted features.
+    feature_severity: float = 2.0
     # Features reported but never counted as drifted: those whose share depends on which calendar days a
     # window covers (a weekend flag over a 3-day window), which no retraining would change.
     exempt: tuple[str, ...] = ()
@@ -597,8 +600,13 @@ def verdict(
     if len(moved) > 10:
         named += f", and {len(moved) - 10} more"
     share_text = f"{len(moved)}/{len(drifts)} features drifted ({drift_share:.0%}"
+    strong = [d for d in moved if d.severity >= thresholds.feature_severity]
     if drifts and drift_share >= thresholds.drift_share:
         drift_reasons.append(f"{share_text} >= {thresholds.drift_share:.0%}): {named}")
+    elif strong:
+        drift_reasons.append(
+            f"{share_text}), {len(strong)} of them past {thresholds.feature_severity:g}x a threshold: {named}"
+        )
     elif moved:
         notes.append(f"{share_text} < {thresholds.drift_share:.0%}): {named}")
     if score_psi is not None and score_psi > thresholds.score_psi:

@@ -307,3 +307,22 @@ def test_report_is_self_contained_html():
     assert page.count("<img") == len(FEATURES) + 2  # features, scores, history
     assert "fraud &lt;v3&gt;" in page and "fraud <v3>" not in page
     assert v.status.upper() in page
+
+
+def test_one_strongly_moved_feature_is_drift_on_its_own_and_an_exempt_one_never_is():
+    from dataclasses import replace
+
+    profile, rng = binary_profile(seed=5)
+    current = features(rng, 20_000)
+    current["hour"] = current["hour"] + 6.0  # one feature of four moves far; the share stays at 25 %
+    strict = replace(DEFAULT_THRESHOLDS, drift_share=0.5)
+    drifts, _, _, v = check(profile, current, thresholds=strict)
+    assert [d.feature for d in drifts if d.drifted] == ["hour"]
+    assert v.status == "drift" and "past 2x a threshold" in v.reasons[0]
+
+    mild = replace(strict, feature_severity=1e9)  # without the single-feature rule the share decides
+    assert check(profile, current, thresholds=mild)[3].status == "healthy"
+    exempt = replace(strict, exempt=("hour",))
+    drifts, _, _, v = check(profile, current, thresholds=exempt)
+    assert v.status == "healthy" and not any(d.drifted for d in drifts)
+    assert next(d for d in drifts if d.feature == "hour").reason.startswith("exempt")
