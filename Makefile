@@ -32,9 +32,11 @@ lint: install
 	$(UV) run ruff check --fix .
 	$(UV) run ruff format .
 
-bench: install  ## figures: fraud pipeline on the full handbook data, stock pipeline on arch's S&P 500
+bench: install  ## figures: wall clock as a user sees it, fraud and stock pipelines, monitoring
+	$(UV) run python bench/wall_clock.py
 	$(UV) run python bench/pipeline.py
 	$(UV) run python bench/stock.py
+	$(UV) run python bench/monitoring.py
 
 clean:
 	rm -rf .mlops .venv

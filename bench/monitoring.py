@@ -2,7 +2,7 @@
 
 Three parts, each printing a table (`--part simulator|handbook|stock|all`):
 
-- simulator: per seed, a fraud champion trained on 70 simulated days (`mlops run fraud`, the real gated flow),
+- simulator: per seed, a fraud champion trained on 100 simulated days (`mlops run fraud`, the gated flow),
   then 12 weekly monitoring windows with each kind of drift injected from week 2 (amount x1.6, activity
   shifted 6 hours earlier, 40 % new terminals, 30 % new customers, card testing on 60 cards a day) and with
   none: detection delay in weeks, false alarms on clean weeks, mean absolute error of the estimated average
@@ -34,8 +34,10 @@ os.environ.setdefault("MLOPS_PREFECT_SERVER", "ephemeral")  # one temporary serv
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 HANDBOOK = ROOT.parent / "shared/data/fraud-handbook/transactions.parquet"
-SIM = dict(n_customers=2000, n_terminals=4000, n_days=70 + 7 * 12)
-TRAIN_END = "2018-06-09"  # day 70
+# 100 days before the champion's end: its training window then starts after the features' 37-day warm-up
+# (30-day terminal windows behind the 7-day label delay), as on real data.
+SIM = dict(n_customers=2000, n_terminals=4000, n_days=100 + 7 * 12)
+TRAIN_END = "2018-07-09"  # day 100
 DRIFT_WEEK = 2
 WEEKS = 12
 RETRAIN_AFTER = 6  # weeks after the drift began: the next training window (21 days, 7-day gaps) then holds it
@@ -211,7 +213,16 @@ def _retrain(tmp: Path, raw, weeks, start: str, model, spec, profile) -> dict | 
     def mean(rows):
         return float(np.nanmean([r["realised"] for r in rows if r["realised"] is not None]))
 
-    decision = "promoted" if code == 0 else f"registered, not promoted (exit {code})"
+    summary = (
+        MlflowClient()
+        .search_runs(
+            [MlflowClient().get_experiment_by_name("fraud").experiment_id],
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )[0]
+        .data.tags.get("decision.summary", "")
+    )
+    decision = "promoted" if code == 0 else f"exit {code}: {summary}"
     return {"week": week, "before": mean(old), "after": mean(new), "decision": decision}
 
 

@@ -73,14 +73,23 @@ def run_use_case(use_case: str, params) -> int:
     use_prefect_server()  # before Prefect is imported: it reads its settings once
     from pydantic import ValidationError
 
+    from champion.loading import ModelNotFoundError
     from flows.training import TRAINING_FLOWS
     from tasks.ingest import DataReadError
+    from tasks.lineage import ParentMismatchError
     from tasks.split import SplitError
     from tasks.validate import DataValidationError
 
     try:
         outcome = TRAINING_FLOWS[use_case](params)
-    except (DataReadError, DataValidationError, SplitError, ValidationError) as exc:
+    except (
+        DataReadError,
+        DataValidationError,
+        SplitError,
+        ValidationError,
+        ParentMismatchError,
+        ModelNotFoundError,
+    ) as exc:
         console.print(f"[bold red]input rejected[/]: {exc}", soft_wrap=True)
         console.print("Nothing was trained or registered; the champion is unchanged.")
         return EXIT_BAD_INPUT
@@ -121,7 +130,7 @@ def print_summary(outcome) -> None:
         # The detail says by how much and against what; shown where it adds to the numbers.
         verdict = "[green]passed[/]" if r.passed else f"[red]refused[/]: {r.detail}"
         threshold = "-" if r.threshold != r.threshold else f"{r.threshold:.4g}"  # NaN: nothing to compare
-        if r.kind == "champion" and r.passed:
+        if r.passed and (r.kind == "champion" or r.name == "disparity"):  # what it compared, or skipped
             verdict += f" ({r.detail})"
         gates.add_row(r.name, f"{r.value:.4g}", threshold, verdict)
     console.print(gates)

@@ -1,8 +1,8 @@
 """The one generic gated-training flow. Every use case runs through it with its own spec.
 
-    ingest → validate raw → features → validate features → split → train (+ baselines) → evaluate
-    → record the monitoring profile → [champion lock: re-score the champion on the same test window → gate
-    → register → promote] → report
+    ingest → validate raw → features → validate features → split → [load the model to start from] → train
+    (+ baselines) → evaluate → record the monitoring profile → [champion lock: re-score the champion on the
+    same test window, on earlier champions' test windows and per slice → gate → register → promote] → report
 
 One MLflow run per flow run records params, the dataset, metrics, plots, the validation results and the gate
 report. Nothing reaches the registry unless the absolute and baseline gates pass, and the `champion` alias
@@ -22,17 +22,19 @@ from prefect import flow, runtime
 from champion.lock import champion_lock, ensure_store
 from champion.promotion import Promotion, current_champion, mark_not_promoted, promote, rolled_back_hold
 from tasks import tracking
-from tasks.evaluate import ChampionScore, evaluate, evaluate_champion
+from tasks.evaluate import ChampionScore, evaluate, evaluate_champion, evaluate_earlier
 from tasks.features import featurize
 from tasks.gate import GateResult, GateVerdict, gate
 from tasks.ingest import ingest
+from tasks.lineage import INIT_TAG, PARENT_TAG, TRAINED_ON_TAG, UPDATE_TAG, format_ranges, resolve_parent
 from tasks.profile import record_profile
 from tasks.register import FINGERPRINT_TAG, Registration, fingerprint, log_candidate, register
 from tasks.report import Decision, report
+from tasks.slices import evaluate_slices
 from tasks.split import Splits, split
 from tasks.train import train, train_baselines
 from tasks.validate import validate
-from usecases.spec import TrainingParams, UseCaseSpec
+from usecases.spec import NON_MODEL_PARAMS, TrainingParams, UseCaseSpec
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,10 @@ def gated_training(spec: UseCaseSpec, params: TrainingParams) -> TrainingOutcome
         splits = split(table, spec.split, spec.schema, spec.test_filter)
         data_digest = _log_datasets(run_id, spec, raw, splits)
 
-        candidate = train(splits, spec.model, spec.schema, spec.split, params.seed, run_id)
+        parent = resolve_parent(
+            params.init, spec.registered_model, spec.features, params.update, params.update_rounds
+        )
+        candidate = train(splits, spec.model, spec.schema, spec.split, params.seed, run_id, parent)
         baselines = train_baselines(splits, spec.baselines, spec.schema)
         evaluation = evaluate(candidate, baselines, splits, spec.metrics, spec.schema, run_id)
         record_profile(spec, splits, evaluation, run_id)  # what monitoring compares new data against
@@ -104,11 +109,16 @@ def gated_training(spec: UseCaseSpec, params: TrainingParams) -> TrainingOutcome
             "lineage.data_source": raw.attrs.get("source", "unknown"),
             "lineage.code_version": tracking.code_version(),
             "lineage.windows": str(splits.windows),
+            TRAINED_ON_TAG: format_ranges(candidate.trained_on),
+            INIT_TAG: params.init,
+            **({PARENT_TAG: parent.uri, UPDATE_TAG: parent.mode} if parent is not None else {}),
             FINGERPRINT_TAG: fingerprint(
                 use_case=spec.name,
                 data=data_digest,
                 code=tracking.code_version(),
-                params=params.model_dump(exclude={"champion_margin", "dry_run"}),
+                params=params.model_dump(exclude=set(NON_MODEL_PARAMS)),
+                # `champion` names another model after each promotion: the parent it resolved to counts.
+                **({"parent": parent.uri} if parent is not None else {}),
             ),
             "validation.raw": raw_check.headline(),
             "validation.features": feature_check.headline(),
@@ -125,14 +135,20 @@ def gated_training(spec: UseCaseSpec, params: TrainingParams) -> TrainingOutcome
         )
         with lock:
             champion = evaluate_champion(spec.registered_model, splits, spec.metrics)
-            verdict = gate(spec.gates, spec.metrics, evaluation, champion)
+            earlier = evaluate_earlier(
+                spec, table, candidate, evaluation, champion, params.earlier_windows, run_id
+            )
+            slices = evaluate_slices(
+                spec.slices, splits, evaluation, champion, spec.metrics, spec.schema, spec.gates, run_id
+            )
+            verdict = gate(spec.gates, spec.metrics, evaluation, champion, earlier, slices)
             registration = None
             if verdict.registrable and not params.dry_run:
                 registration = register(
                     logged,
                     spec.registered_model,
                     spec.description,
-                    _model_card(spec, splits, evaluation, verdict, data_digest, run_id),
+                    _model_card(spec, splits, evaluation, verdict, data_digest, run_id, candidate),
                     {**lineage, **verdict.as_tags()},
                     run_id,
                 )
@@ -247,7 +263,9 @@ def _log_datasets(run_id: str, spec: UseCaseSpec, raw, splits: Splits) -> str:
     return digest
 
 
-def _model_card(spec: UseCaseSpec, splits: Splits, evaluation, verdict: GateVerdict, digest, run_id) -> str:
+def _model_card(
+    spec: UseCaseSpec, splits: Splits, evaluation, verdict: GateVerdict, digest, run_id, candidate
+) -> str:
     primary = spec.metrics.primary
     metrics = ", ".join(
         f"{k} {v:.4g}" for k, v in evaluation.candidate.metrics.items() if k not in {"tn", "fp"}
@@ -257,8 +275,18 @@ def _model_card(spec: UseCaseSpec, splits: Splits, evaluation, verdict: GateVerd
     )
     windows = ", ".join(f"{k} {lo} .. {hi}" for k, (lo, hi) in splits.windows.items())
     gates = "; ".join(f"{r.name} {'passed' if r.passed else 'refused'} ({r.detail})" for r in verdict.results)
+    origin = ""
+    if candidate.parent_uri is not None:
+        lo, hi = splits.windows["train"]
+        what = (
+            f"boosting continued ({candidate.booster.num_boosted_rounds() - candidate.parent_trees} trees "
+            f"added to its {candidate.parent_trees})"
+            if candidate.update == "continue"
+            else f"its {candidate.parent_trees} trees' leaves refitted (refresh)"
+        )
+        origin = f"Fine-tuned from {candidate.parent_uri} on the training window {lo} .. {hi}: {what}.\n\n"
     return (
-        f"{spec.description}\n\n"
+        f"{spec.description}\n\n{origin}"
         f"Trained on data {digest} ({windows}); "
         f"{len(spec.features)} features: {', '.join(spec.features)}.\n\n"
         f"Test metrics: {metrics}.\nBaselines on the same test window: {baselines}.\nGates: {gates}.\n\n"

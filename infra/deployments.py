@@ -85,6 +85,13 @@ class OtherFlow:
 OTHER_FLOWS: tuple[OtherFlow, ...] = (
     OtherFlow("scoring", "flows.scoring", "batch_scoring"),
     OtherFlow("monitoring", "flows.monitoring", "MONITORING_FLOWS", one_at_a_time=True),
+    OtherFlow(
+        "compaction",
+        "flows.compaction",
+        "COMPACTION_FLOWS",
+        one_at_a_time=True,
+        schedule="COMPACTION_SCHEDULE",
+    ),
 )
 
 ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)

@@ -3,12 +3,17 @@
 Whatever depends on a choice (e.g. the decision threshold) is calibrated on the validation window for each
 model separately, then applied unchanged to test. Metrics are logged as `test_<metric>` for the candidate and
 `<baseline>_test_<metric>` for each baseline; plots go to the MLflow run under `plots/`.
+
+Earlier windows (`evaluate_earlier`, for the forgetting gate): the candidate and the champion also scored on
+the test windows of the last K promoted versions that the input still covers. Rows inside a window either
+model was trained on (its `lineage.trained_on`, the candidate's training window and its parent's) are left
+out: a score there is in-sample and says nothing about forgetting.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import mlflow
@@ -23,7 +28,7 @@ from tasks.tracking import run_logger
 if TYPE_CHECKING:
     import matplotlib.pyplot as plt
 
-    from usecases.spec import Metrics, Schema
+    from usecases.spec import Metrics, Schema, UseCaseSpec
 
 
 def _pyplot():
@@ -164,6 +169,11 @@ class ChampionScore:
     version: str | None
     metrics: dict[str, float] | None = None
     error: str | None = None
+    # Its predictions and calibration on this run's windows, the loaded model and its registry tags: the
+    # slice and forgetting gates score it on other rows.
+    scored: Scored | None = field(default=None, repr=False)
+    model: object | None = field(default=None, repr=False)
+    tags: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 def score_model(predict, splits: Splits, metrics_spec) -> Scored:
@@ -260,4 +270,116 @@ def evaluate_champion(registered_model: str, splits: Splits, metrics_spec: Metri
         metrics_spec.primary,
         scored.metrics[metrics_spec.primary],
     )
-    return ChampionScore(str(version.version), scored.metrics)
+    return ChampionScore(
+        str(version.version), scored.metrics, scored=scored, model=model, tags=dict(version.tags)
+    )
+
+
+@dataclass(frozen=True)
+class EarlierWindows:
+    """The candidate and the champion on earlier champions' test windows (newest first)."""
+
+    # {"label", "version", "window", "rows", "positives", "candidate", "champion"} per window scored
+    windows: list[dict]
+    # Why no window was scored (None when some were); and what happened to each window considered.
+    skipped: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@mlflow_stage
+def evaluate_earlier(
+    spec: UseCaseSpec,
+    table: pd.DataFrame,
+    candidate,
+    evaluation: Evaluation,
+    champion: ChampionScore,
+    k: int,
+    run_id,
+) -> EarlierWindows:
+    """Score candidate and champion on the test windows of the last `k` promoted versions; log
+    `earlier_window.<i>.<primary>` (candidate), `earlier_window.<i>.champion_<primary>` and
+    `forgetting_<primary>` (mean candidate - champion, sign-adjusted: negative = forgot)."""
+    from tasks.lineage import in_ranges, promoted_windows, trained_on
+
+    primary, log = spec.metrics.primary, run_logger()
+    if k <= 0:
+        return EarlierWindows([], "off (--earlier-windows 0)")
+    if champion.version is None:
+        return EarlierWindows([], "no current champion")
+    if champion.error is not None or champion.model is None:
+        return EarlierWindows([], f"champion v{champion.version} could not be re-scored")
+    promoted = promoted_windows(spec.registered_model, k)
+    if not promoted:
+        return EarlierWindows([], "no promoted version with a recorded test window")
+    times = table[spec.time_column]
+    first, last = str(times.min().date()), str(times.max().date())
+    in_sample = {*candidate.trained_on, *trained_on(champion.tags)}
+    windows, notes = [], []
+    for entry in promoted:
+        lo, hi = entry["test"]
+        label = f"v{entry['version']} test {lo} .. {hi}"
+        if lo < first or hi > last:
+            notes.append(f"{label}: not covered by the input ({first} .. {last})")
+            continue
+        rows = table[in_ranges(times, [(lo, hi)])]
+        if spec.test_filter is not None:
+            rows = spec.test_filter(rows, table)
+        seen = in_ranges(rows[spec.time_column], sorted(in_sample)).to_numpy()
+        rows = rows[~seen].reset_index(drop=True)
+        if seen.any():
+            where = ", ".join(f"{lo} .. {hi}" for lo, hi in sorted(in_sample))
+            what = "all" if rows.empty else f"{int(seen.sum())} of"
+            notes.append(
+                f"{label}: {what} its {int(seen.sum()) + len(rows)} rows in-sample (trained on {where})"
+            )
+        if rows.empty:
+            continue
+        mine = spec.metrics.compute(
+            rows, np.asarray(candidate.predict(rows), float), evaluation.candidate.context
+        )
+        theirs = spec.metrics.compute(
+            rows, np.asarray(champion.model.predict(rows), float), champion.scored.context
+        )
+        if not (np.isfinite(mine[primary]) and np.isfinite(theirs[primary])):
+            notes.append(f"{label}: {primary} undefined on the {len(rows)} rows left")
+            continue
+        positives = int(rows[spec.target].sum()) if spec.problem == "binary" else None
+        windows.append(
+            {
+                "label": label,
+                "version": entry["version"],
+                "window": (lo, hi),
+                "rows": len(rows),
+                "positives": positives,
+                "candidate": float(mine[primary]),
+                "champion": float(theirs[primary]),
+            }
+        )
+    stamp = int(pd.Timestamp.now().value // 1_000_000)
+    logged, params = [], []
+    for i, w in enumerate(windows, 1):
+        logged += [
+            mlflow.entities.Metric(f"earlier_window.{i}.{primary}", w["candidate"], stamp, 0),
+            mlflow.entities.Metric(f"earlier_window.{i}.champion_{primary}", w["champion"], stamp, 0),
+        ]
+        support = f"{w['rows']} rows" + (
+            f", {w['positives']} positives" if w["positives"] is not None else ""
+        )
+        params.append(mlflow.entities.Param(f"earlier_window.{i}", f"{w['label']} ({support})"))
+    if windows:
+        sign = 1 if spec.metrics.greater_is_better else -1
+        forgetting = float(np.mean([sign * (w["candidate"] - w["champion"]) for w in windows]))
+        logged.append(mlflow.entities.Metric(f"forgetting_{primary}", forgetting, stamp, 0))
+    MlflowClient().log_batch(run_id, metrics=logged, params=params)
+    for note in notes:
+        log.info("earlier windows: %s", note)
+    for w in windows:
+        log.info(
+            "earlier window %s: candidate %s %.4g, champion %.4g",
+            w["label"],
+            primary,
+            w["candidate"],
+            w["champion"],
+        )
+    skipped = None if windows else "no earlier window out of sample: " + "; ".join(notes)
+    return EarlierWindows(windows, skipped, notes)

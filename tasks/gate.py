@@ -1,10 +1,12 @@
 """Gate: decide from test metrics whether a candidate may be registered and promoted.
 
 Three kinds of gate, all declared in the use case's spec and all recorded with value, threshold and verdict:
-- absolute: a test metric must clear a fixed bound;
+- absolute: a test metric must clear a fixed bound (also: the disparity between a slice's groups, when asked);
 - baseline: the candidate must beat simple baselines on the same test window, by a relative margin;
-- champion: the candidate must not be worse than the current champion re-scored on the same test window.
-Absolute and baseline gates decide registration; the champion gate additionally decides promotion.
+- champion: the candidate must not be worse than the current champion re-scored on the same test window, nor
+  on the test windows of earlier champions (forgetting, GEM's backward transfer), nor on any well-supported
+  group of a slice.
+Absolute and baseline gates decide registration; the champion gates additionally decide promotion.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import TYPE_CHECKING
 from tasks.stage import stage
 
 if TYPE_CHECKING:
-    from tasks.evaluate import ChampionScore, Evaluation
+    from tasks.evaluate import ChampionScore, EarlierWindows, Evaluation
+    from tasks.slices import SliceReport
     from usecases.spec import Metrics
 
 
@@ -44,12 +47,22 @@ class GateSpec:
     baseline: tuple[BaselineGate, ...] = ()
     # Champion gate on the primary metric: the candidate may be at most this much worse (relative).
     champion_margin: float = 0.0
+    # Forgetting: mean (candidate - champion) over earlier champions' test windows may be at most this much
+    # below zero, relative to the champion's mean there (a margin in metric units would mean nothing for MAE).
+    forgetting_margin: float = 0.05
+    # Slices: no group with at least these rows (and positives, binary) may be worse than the champion's
+    # same group by more than this (relative); groups below the support are reported, not gated.
+    slice_margin: float = 0.1
+    slice_min_rows: int = 200
+    slice_min_positives: int = 30
+    # Disparity within a slice (min/max over groups): refused below this; 0 reports it only.
+    slice_min_ratio: float = 0.0
 
 
 @dataclass(frozen=True)
 class GateResult:
     name: str
-    kind: str  # "absolute" | "baseline" | "champion"
+    kind: str  # "absolute" | "baseline" | "champion" (champion, forgetting and slice gates)
     metric: str
     value: float
     threshold: float
@@ -89,7 +102,7 @@ class GateVerdict:
         for r in self.results:
             rows.append(
                 f"| {r.name} | {r.metric} | {r.value:.4g} | {r.threshold:.4g} | "
-                f"{'passed' if r.passed else '**refused**'} |"
+                f"{'passed' if r.passed else '**refused**'}: {r.detail} |"
             )
         return "\n".join(rows)
 
@@ -209,10 +222,136 @@ def evaluate_gates(
     return GateVerdict(tuple(results))
 
 
+def forgetting_gate(
+    spec: GateSpec,
+    windows: list[dict],
+    primary: str,
+    greater_is_better: bool,
+    skipped: str | None = None,
+) -> GateResult:
+    """GEM's backward transfer against the champion: on the earlier champions' test windows,
+    forgetting = mean(candidate - champion) (sign-adjusted: positive is better); refused below
+    -margin x mean |champion|. `windows`: [{"label", "candidate", "champion"}]; `skipped`: why none."""
+    name = f"forgetting.{primary}"
+    if not windows:
+        return GateResult(name, "champion", primary, float("nan"), float("nan"), True, f"skipped: {skipped}")
+    sign = 1.0 if greater_is_better else -1.0
+    deltas = [sign * (w["candidate"] - w["champion"]) for w in windows]
+    value = float(sum(deltas) / len(deltas))
+    scale = sum(abs(w["champion"]) for w in windows) / len(windows)
+    threshold = -spec.forgetting_margin * scale
+    ok = not math.isnan(value) and value >= threshold
+    worst = min(range(len(windows)), key=lambda i: deltas[i] if not math.isnan(deltas[i]) else -math.inf)
+    w = windows[worst]
+    detail = (
+        f"mean {primary} change vs the champion over {len(windows)} earlier window(s) {value:+.4g} "
+        f"{'>=' if ok else 'not >='} {threshold:.4g} (margin {spec.forgetting_margin:.0%}); worst on "
+        f"{w['label']}: candidate {w['candidate']:.4g} vs champion {w['champion']:.4g}"
+    )
+    return GateResult(name, "champion", primary, value, threshold, ok, detail)
+
+
+def slice_gates(
+    spec: GateSpec, report: SliceReport, primary: str, greater_is_better: bool
+) -> list[GateResult]:
+    """Per slice: no group with enough support worse than the champion's same group by more than the margin
+    (relative); then the disparity between groups, gated only when `slice_min_ratio` > 0."""
+    results = []
+    for name, groups in report.groups.items():
+        worst = None
+        for group, entry in groups.items():
+            mine, theirs = entry["candidate"].get(primary), (entry.get("champion") or {}).get(primary)
+            if theirs is None or not _supported(spec, entry["support"]) or mine is None:
+                continue
+            threshold = _margin_threshold(theirs, spec.slice_margin, greater_is_better, better=False)
+            ok = _beats(mine, threshold, greater_is_better, inclusive=True)
+            gap = (mine - theirs) * (1 if greater_is_better else -1) / max(abs(theirs), 1e-12)
+            if worst is None or (not ok, -gap) > (not worst[3], -worst[4]):
+                worst = (group, mine, threshold, ok, gap, theirs, entry["support"])
+        if worst is None:
+            why = "no current champion" if report.champion_version is None else "no group with enough support"
+            results.append(
+                GateResult(
+                    f"slice.{name}", "champion", primary, float("nan"), float("nan"), True, f"skipped: {why}"
+                )
+            )
+            continue
+        group, mine, threshold, ok, gap, theirs, support = worst
+        results.append(
+            GateResult(
+                name=f"slice.{name}",
+                kind="champion",
+                metric=primary,
+                value=mine,
+                threshold=threshold,
+                passed=ok,
+                detail=(
+                    f"worst group {name}={group} ({_support_text(support)}): {primary} {mine:.4g} "
+                    f"{'' if ok else 'not '}{'>=' if greater_is_better else '<='} {threshold:.4g} "
+                    f"(champion v{report.champion_version} {theirs:.4g} on the same rows, {gap:+.1%}, "
+                    f"margin {spec.slice_margin:.0%})"
+                ),
+            )
+        )
+    # Gated: the first metric of each slice, recall (equal opportunity) for classifiers; the selection rate
+    # beside it is reported only, as it rightly differs where the fraud rate does.
+    ratios = [
+        (s, m, d)
+        for s, per in report.disparity.items()
+        for m, d in list(per.items())[:1]
+        if not math.isnan(d["ratio"])
+    ]
+    if ratios:
+        s, m, d = min(ratios, key=lambda x: x[2]["ratio"])
+        gated = spec.slice_min_ratio > 0
+        ok = not gated or d["ratio"] >= spec.slice_min_ratio
+        text = (
+            f"lowest min/max ratio: {m} across {s} {d['ratio']:.3f} ({d['min_group']} {d['min']:.4g} vs "
+            f"{d['max_group']} {d['max']:.4g})"
+        )
+        results.append(
+            GateResult(
+                name="disparity",
+                kind="absolute",
+                metric=m,
+                value=d["ratio"],
+                threshold=spec.slice_min_ratio if gated else float("nan"),
+                passed=ok,
+                detail=text
+                + (
+                    f", {'' if ok else 'not '}>= {spec.slice_min_ratio:.3g}"
+                    if gated
+                    else "; reported, not gated"
+                ),
+            )
+        )
+    return results
+
+
+def _supported(spec: GateSpec, support: Mapping[str, int]) -> bool:
+    positives = support.get("positives")
+    return support["rows"] >= spec.slice_min_rows and (
+        positives is None or positives >= spec.slice_min_positives
+    )
+
+
+def _support_text(support: Mapping[str, int]) -> str:
+    text = f"{support['rows']} rows"
+    return text + (f", {support['positives']} positives" if support.get("positives") is not None else "")
+
+
 @stage
-def gate(spec: GateSpec, metrics: Metrics, evaluation: Evaluation, champion: ChampionScore) -> GateVerdict:
-    """The pure decision (`evaluate_gates`) on this run's evaluation and the re-scored champion."""
-    return evaluate_gates(
+def gate(
+    spec: GateSpec,
+    metrics: Metrics,
+    evaluation: Evaluation,
+    champion: ChampionScore,
+    earlier: EarlierWindows | None = None,
+    slices: SliceReport | None = None,
+) -> GateVerdict:
+    """The pure decision (`evaluate_gates`) on this run's evaluation and the re-scored champion, then the
+    forgetting gate on the earlier windows and the slice gates."""
+    verdict = evaluate_gates(
         spec,
         evaluation.candidate.metrics,
         evaluation.baseline_metrics,
@@ -222,3 +361,13 @@ def gate(spec: GateSpec, metrics: Metrics, evaluation: Evaluation, champion: Cha
         champion.version,
         champion.error,
     )
+    more = []
+    if earlier is not None:
+        more.append(
+            forgetting_gate(
+                spec, earlier.windows, metrics.primary, metrics.greater_is_better, earlier.skipped
+            )
+        )
+    if slices is not None:
+        more.extend(slice_gates(spec, slices, metrics.primary, metrics.greater_is_better))
+    return GateVerdict((*verdict.results, *more))

@@ -9,6 +9,12 @@ margin so the trees learn a correction to it, e.g. to HAR's forecast), and a wal
 (each combination of a small parameter grid scored on rolling-origin folds inside the training window).
 The candidate's `predict` applies offset and inverse transform (`tasks/pyfunc_model.py`, the same code the
 registered model runs), so it returns target units.
+
+From a registered model (`--init`, `tasks/lineage.py: Parent`): `continue` boosts on from its booster on
+this run's training window (`xgb_model=`), early stopping on validation as usual, at most `--update-rounds`
+trees added; `refresh` keeps its trees and refits their leaves on the training window (XGBoost's refresh
+updater, which needs exactly as many rounds as there are trees and the parent's eta). Either way the parent's
+offset and transform are kept, and no model selection runs (the parent's structure is given).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from tasks.stage import stage
 from tasks.tracking import run_logger
 
 if TYPE_CHECKING:
+    from tasks.lineage import Parent
     from usecases.spec import Baseline, ModelSpec, Schema
 
 OBJECTIVES = {
@@ -50,6 +57,12 @@ class Candidate:
     selection: dict | None = None
     # The eval metric on validation at `best_iteration` (in the transformed space).
     validation_score: float = float("nan")
+    # Fine-tuned from a registered model: its trees (the first `parent_trees` of this booster) and URI.
+    parent_trees: int = 0
+    parent_uri: str | None = None
+    update: str | None = None  # "continue" | "refresh"
+    # Every training window behind the trees ((lo, hi) dates): this run's, after its parent's.
+    trained_on: tuple[tuple[str, str], ...] = ()
 
     @property
     def transformed(self) -> bool:
@@ -235,12 +248,141 @@ def select_params(
     return dict(best["params"]), record
 
 
+# Parent parameters that shape refitted leaves: a loaded booster has forgotten them (defaults would apply).
+_LEAF_PARAMS = (
+    *("eta", "learning_rate", "lambda", "reg_lambda", "alpha", "reg_alpha"),
+    *("max_delta_step", "scale_pos_weight"),
+)
+
+
+def fine_tune(
+    splits: Splits,
+    parent: Parent,
+    target: str,
+    problem: str,
+    params: dict,
+    num_boost_round: int,
+    early_stopping_rounds: int,
+    seed: int,
+    log=None,
+) -> Candidate:
+    """Continue boosting from, or refresh the leaves of, `parent` on the training window."""
+    import json
+
+    config = parent.config
+    transform, offset = config.get("target_transform", "identity"), config.get("offset")
+    features = tuple(parent.features)
+    y_train, y_val = splits.train[target].to_numpy(), splits.validation[target].to_numpy()
+    if transform != "identity" or offset:
+        y_train, y_val = pyfunc_model.forward(y_train, transform), pyfunc_model.forward(y_val, transform)
+    margins = [pyfunc_model.offset_margin(part, offset) for part in (splits.train, splits.validation)]
+    dtrain = xgb.DMatrix(splits.train[list(features)], label=y_train, base_margin=margins[0])
+    dval = xgb.DMatrix(splits.validation[list(features)], label=y_val, base_margin=margins[1])
+    objective = json.loads(parent.booster.save_config())["learner"]["objective"]["name"]
+    start = parent.booster.copy()  # xgb.train grows the model it is given in place
+    trees = start.num_boosted_rounds()
+    if parent.mode == "refresh":
+        full_params = {
+            "objective": objective,
+            "seed": seed,
+            "nthread": params.get("nthread", 0),
+            **{k: _number(parent.params[k]) for k in _LEAF_PARAMS if k in parent.params},
+            "process_type": "update",
+            "updater": "refresh",
+            "refresh_leaf": 1,
+        }
+        if "eta" not in full_params and "learning_rate" not in full_params:
+            raise ValueError(f"{parent.uri} did not record its eta: a refresh would refit with 0.3")
+        # Exactly one round per tree: more fails ("No more tree left"), fewer silently drops trees.
+        booster = xgb.train(full_params, dtrain, num_boost_round=trees, xgb_model=start, verbose_eval=False)
+        score = float("nan")
+        best = trees - 1
+        rounds = trees
+    else:
+        full_params = {"tree_method": "hist", "seed": seed, **OBJECTIVES[problem], **params}
+        full_params["objective"] = objective  # the parent's: its margins mean what its objective says
+        if "scale_pos_weight" in parent.params:  # the parent's class weighting, kept for its added trees
+            full_params.setdefault("scale_pos_weight", _number(parent.params["scale_pos_weight"]))
+        added = min(num_boost_round, parent.update_rounds or num_boost_round)
+        booster = xgb.train(
+            full_params,
+            dtrain,
+            num_boost_round=added,
+            evals=[(dval, "validation")],
+            early_stopping_rounds=early_stopping_rounds,
+            verbose_eval=False,
+            callbacks=[_ProgressLog(log)] if log is not None else [],
+            xgb_model=start,
+        )
+        rounds = booster.num_boosted_rounds()
+        best = booster.best_iteration  # counts the parent's trees: rounds go on from them
+        score = float(booster.best_score)
+        booster = booster[: best + 1]
+    return Candidate(
+        booster,
+        features,
+        full_params,
+        best,
+        rounds,
+        transform,
+        offset,
+        validation_score=score,
+        parent_trees=trees,
+        parent_uri=parent.uri,
+        update=parent.mode,
+    )
+
+
+def _number(value):
+    """A logged parameter ("0.1", "1") back as a number."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return value
+    return int(number) if number.is_integer() and "." not in str(value) else number
+
+
 @stage
 def train(
-    splits: Splits, model: ModelSpec, schema: Schema, split: SplitSpec, seed: int, run_id: str | None = None
+    splits: Splits,
+    model: ModelSpec,
+    schema: Schema,
+    split: SplitSpec,
+    seed: int,
+    run_id: str | None = None,
+    init: Parent | None = None,
 ) -> Candidate:
-    """Fit the candidate on the training window (walk-forward selection first, when the model spec asks)."""
+    """Fit the candidate on the training window (walk-forward selection first, when the model spec asks),
+    or fine-tune `init` on it."""
     log = run_logger()
+    if init is not None:
+        log.info(
+            "fine-tuning %s (%d trees, %s) on %d rows of the training window",
+            init.uri,
+            init.trees,
+            init.mode,
+            len(splits.train),
+        )
+        candidate = fine_tune(
+            splits,
+            init,
+            schema.target,
+            schema.problem,
+            dict(model.params),
+            model.num_boost_round,
+            model.early_stopping_rounds,
+            seed,
+            log,
+        )
+        log.info(
+            "%d trees: %d from %s, %d added (%d trained)",
+            candidate.booster.num_boosted_rounds(),
+            candidate.parent_trees,
+            init.uri,
+            candidate.booster.num_boosted_rounds() - candidate.parent_trees,
+            candidate.rounds_trained - candidate.parent_trees,
+        )
+        return replace(candidate, trained_on=(*init.trained_on, *_train_window(splits)))
     params = dict(model.params)
     common = dict(
         num_boost_round=model.num_boost_round,
@@ -282,8 +424,14 @@ def train(
     )
     if selection is not None:
         candidate = replace(candidate, selection=selection)
+    candidate = replace(candidate, trained_on=_train_window(splits))
     log.info("best iteration %d of %d trained", candidate.best_iteration, candidate.rounds_trained)
     return candidate
+
+
+def _train_window(splits: Splits) -> tuple[tuple[str, str], ...]:
+    window = splits.windows.get("train")
+    return ((str(window[0]), str(window[1])),) if window else ()
 
 
 def _log_selection(run_id: str, selection: dict) -> None:

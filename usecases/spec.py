@@ -55,6 +55,93 @@ class TrainingParams(BaseModel):
     dry_run: bool = Field(
         default=False, description="Train, evaluate and gate, but neither register nor promote."
     )
+    registered_model: str | None = Field(
+        default=None,
+        pattern=r"^[\w.-]+$",
+        description="Register under this name instead of the use case's (e.g. one model per instrument).",
+    )
+    init: str = Field(
+        default="scratch",
+        pattern=r"^(scratch|champion|models:/[^/@]+(/\d+|@[\w-]+))$",
+        description="Start from: scratch; champion (the current champion, scratch if none); or a registry "
+        "version, models:/NAME/VERSION or models:/NAME@ALIAS. Its feature list must match.",
+    )
+    update: Literal["continue", "refresh"] = Field(
+        default="continue",
+        description="From a model: continue boosting on the new training window (early stopping as usual), "
+        "or refresh: keep its trees and refit their leaves on the new window.",
+    )
+    update_rounds: int | None = Field(
+        default=None,
+        ge=1,
+        le=20000,
+        description="Continue: at most this many trees added (default: the use case's rounds). "
+        "Refresh adds none.",
+    )
+    earlier_windows: int = Field(
+        default=3,
+        ge=0,
+        le=20,
+        description="Forgetting gate: test windows of the last K promoted versions the candidate is also "
+        "scored on, next to the champion; 0: off.",
+    )
+    forgetting_margin: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=1.0,
+        description="Forgetting gate: how much worse than the champion on the earlier windows (mean, "
+        "relative to the champion's mean there) a candidate may be.",
+    )
+    slice_margin: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="Slice gate: how much worse (relative, primary metric) than the champion's same group "
+        "any group with enough support may be.",
+    )
+    slice_min_rows: int = Field(
+        default=200, ge=1, description="Slice gate: a group with fewer test rows is reported, not gated."
+    )
+    slice_min_positives: int = Field(
+        default=30,
+        ge=0,
+        description="Slice gate, binary problems: a group with fewer positives is reported, not gated.",
+    )
+    slice_min_ratio: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Disparity gate: the smallest min/max ratio between groups of a slice (recall and "
+        "selection rate for classifiers, e.g. 0.8 = four-fifths rule); 0: reported, not gated.",
+    )
+
+    def gate_options(self) -> dict:
+        """The gate settings every `GateSpec` takes from the run's parameters."""
+        return {
+            "champion_margin": self.champion_margin,
+            "forgetting_margin": self.forgetting_margin,
+            "slice_margin": self.slice_margin,
+            "slice_min_rows": self.slice_min_rows,
+            "slice_min_positives": self.slice_min_positives,
+            "slice_min_ratio": self.slice_min_ratio,
+        }
+
+
+# Parameters that decide gates or names, not the model: an identical rerun with other values reuses the
+# version (the fingerprint is looked up within one registered model anyway).
+NON_MODEL_PARAMS = frozenset(
+    {
+        "registered_model",
+        "champion_margin",
+        "dry_run",
+        "earlier_windows",
+        "forgetting_margin",
+        "slice_margin",
+        "slice_min_rows",
+        "slice_min_positives",
+        "slice_min_ratio",
+    }
+)
 
 
 class MonitorParams(BaseModel):
@@ -100,6 +187,19 @@ class Baseline:
 
     name: str
     fit: Callable[[pd.DataFrame, list[str], str], Callable[[pd.DataFrame], np.ndarray]]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Slice:
+    """A partition of the test rows into named groups, scored and gated group by group.
+
+    `groups(frame, train) -> labels`, one per row of `frame`; `train` is the training window, for cut
+    points learnt there (e.g. volatility terciles). A slice with one group in the test window is skipped.
+    """
+
+    name: str
+    groups: Callable[[pd.DataFrame, pd.DataFrame], Sequence[object]]
     description: str = ""
 
 
@@ -198,6 +298,8 @@ class UseCaseSpec:
     # Monitoring thresholds (`tasks.monitor.MonitorThresholds`); None: its defaults. The primary metric's
     # absolute gate, when declared, is the floor below which a monitored version is "degraded".
     monitoring: MonitorThresholds | None = None
+    # Slices: per-group test metrics for candidate, baselines and champion, and the slice gates.
+    slices: tuple[Slice, ...] = ()
 
     @property
     def schema(self) -> Schema:

@@ -67,7 +67,7 @@ class Params(TrainingParams):
 
 
 def registered_model(params: Params) -> str:
-    return REGISTERED[params.target]
+    return params.registered_model or REGISTERED[params.target]
 
 
 def horizon(params: Params) -> int:
@@ -179,13 +179,40 @@ def return_metrics(frame, predictions, context) -> dict[str, float]:
     return metrics
 
 
+# --- slices: (test rows, training window) -> one group label per row -------------------------------------
+
+
+def regime(frame, train):
+    """Calm / normal / stressed: trailing 22-day realised volatility against the training window's terciles
+    (per ticker when several, so a volatile stock is not always "stressed")."""
+    import numpy as np
+
+    labels = np.empty(len(frame), dtype=object)
+    tickers, values = frame["Ticker"].astype(str).to_numpy(), frame["rv_22d"].to_numpy(dtype="float64")
+    trained = train["Ticker"].astype(str).to_numpy()
+    for name in np.unique(tickers):
+        history = train["rv_22d"].to_numpy(dtype="float64")[trained == name]
+        if not len(history):  # a ticker new since training: the whole training window's terciles
+            history = train["rv_22d"].to_numpy(dtype="float64")
+        low, high = np.quantile(history, [1 / 3, 2 / 3])
+        mask = tickers == name
+        labels[mask] = np.where(
+            values[mask] <= low, "calm", np.where(values[mask] > high, "stressed", "normal")
+        )
+    return labels
+
+
+def ticker(frame, train):
+    return frame["Ticker"].astype(str).to_numpy()
+
+
 def build_spec(params: Params):
     from datetime import timedelta
 
     from data_checks import stock as checks
     from tasks.gate import BaselineGate, GateSpec
     from tasks.split import SplitSpec
-    from usecases.spec import Baseline, Metrics, ModelSpec, UseCaseSpec
+    from usecases.spec import Baseline, Metrics, ModelSpec, Slice, UseCaseSpec
     from usecases.stock.features import FEATURES, HAR_FEATURES, TARGETS, WARMUP, build_features
 
     volatility = params.target == "volatility"
@@ -280,6 +307,10 @@ def build_spec(params: Params):
             primary="mae",
             greater_is_better=False,
         ),
-        gates=GateSpec(baseline=gates, champion_margin=params.champion_margin),
+        gates=GateSpec(baseline=gates, **params.gate_options()),
         tags={"target": params.target, "horizon_days": str(h)},
+        slices=(
+            Slice("regime", regime, "trailing 22-day volatility vs the training window's terciles"),
+            Slice("ticker", ticker, "one group per instrument (skipped with one)"),
+        ),
     )
