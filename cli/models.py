@@ -118,6 +118,15 @@ def serve_model(
     poll_seconds: float = typer.Option(
         10.0, "--poll-seconds", help="How often to ask the registry where the alias points.", min=0.1
     ),
+    token_file: str | None = typer.Option(
+        None,
+        "--token-file",
+        metavar="PATH",
+        help="File holding a token (first line): /predict and /invocations then answer 401 without "
+        "`Authorization: Bearer <token>`; /health and /ping stay open. Without it, the environment variable "
+        "MLOPS_SERVE_TOKEN, when set, is the token.",
+        show_default=False,
+    ),
 ) -> None:
     """Serve predictions from the champion over HTTP, following the alias without restarts."""
     import logging
@@ -127,15 +136,23 @@ def serve_model(
     # the CPU the event loop needs between requests (p99 of one-row requests: ~20 ms -> ~2 ms on 2 cores).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     _check_use_case(use_case)
-    from serving.app import serve
+    from serving.app import TOKEN_ENV, TokenError, load_token, serve
 
+    try:
+        token = load_token(token_file)
+    except TokenError as exc:
+        console.print(f"[bold red]{exc}[/]")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    os.environ.pop(TOKEN_ENV, None)  # not handed on to anything this process starts
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     name = _model_name(use_case, model)
+    source = f"the token in {token_file}" if token_file else TOKEN_ENV
     console.print(
         f"serving {name}@{alias} on http://{host}:{port} (POST /predict, GET /health); "
-        f"checking the alias every {poll_seconds:g} s"
+        f"checking the alias every {poll_seconds:g} s; predictions "
+        + (f"require {source} as a bearer token" if token else "are open to anyone who reaches the port")
     )
-    serve(name, host=host, port=port, alias=alias, poll_seconds=poll_seconds)
+    serve(name, host=host, port=port, alias=alias, poll_seconds=poll_seconds, token=token)
 
 
 def status(

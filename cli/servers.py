@@ -1,7 +1,8 @@
 """`mlops deploy`, `mlops serve`, `mlops notify-data`, `mlops server`: the factory in server mode.
 
 They talk to the Prefect server at `PREFECT_API_URL` (and flow runs to the MLflow server at
-`MLFLOW_TRACKING_URI`); `make up` or `docker compose up` start both and print what to export. Without
+`MLFLOW_TRACKING_URI`); `make up` or `docker compose up` start both (`source .mlops/servers/client.env` sets
+what they need, the Prefect API auth string `PREFECT_API_AUTH_STRING` included). Without
 `PREFECT_API_URL`, they use `make up`'s server when it runs, else the local background server that `mlops run`
 starts (`infra/prefect_local.py`; `mlops server status|stop`). The deployments are defined in
 `infra/deployments.py`.
@@ -130,7 +131,31 @@ def _require_prefect_server() -> str:
     except httpx.HTTPError as exc:
         err.print(f"[bold red]Prefect server at {api} is not answering[/]: {exc}")
         raise typer.Exit(2) from None
+    _check_prefect_auth(api)
     return api
+
+
+def _check_prefect_auth(api: str) -> None:
+    """Refuse early, and say why, when the server wants an auth string this process does not have."""
+    import base64
+
+    import httpx
+    from prefect.settings import PREFECT_API_AUTH_STRING
+
+    auth = PREFECT_API_AUTH_STRING.value()
+    headers = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else {}
+    try:
+        answer = httpx.get(f"{api.rstrip('/')}/admin/version", headers=headers, timeout=10)
+    except httpx.HTTPError:
+        return  # it answered /health a moment ago; let the command itself report what goes wrong
+    if answer.status_code == 401:
+        what = "a wrong" if auth else "no"
+        err.print(
+            f"[bold red]the Prefect server at {api} refused {what} auth string[/] (401): set "
+            "PREFECT_API_AUTH_STRING to the server's PREFECT_SERVER_API_AUTH_STRING, e.g. "
+            "`source .mlops/servers/client.env` after `make up` (compose: the value in .env)."
+        )
+        raise typer.Exit(2)
 
 
 def _ui_url(api: str) -> str:
@@ -268,9 +293,11 @@ def serve(
     """Execute the deployments' runs: scheduled, UI "Custom run", API and `mlops.data.arrived` triggered.
 
     Registers (updates) the deployments like `mlops deploy`, then polls the Prefect server at
-    PREFECT_API_URL and runs each flow run in a subprocess of this one, until stopped with Ctrl-C or SIGTERM.
-    Flow runs record to MLFLOW_TRACKING_URI (with MLFLOW_TRACKING_USERNAME/PASSWORD on a server with
-    authentication).
+    PREFECT_API_URL (with PREFECT_API_AUTH_STRING when it requires one) and runs each flow run in a
+    subprocess of this one, until stopped with Ctrl-C or SIGTERM. Flow runs record to MLFLOW_TRACKING_URI
+    (with MLFLOW_TRACKING_USERNAME/PASSWORD on a server with authentication: `make up` gives the runner its
+    own non-admin user). A `data` parameter of these runs must name a file under MLOPS_DATA_ROOTS (default:
+    <MLOPS_HOME>/data and the project's data/ folder); others are refused.
     """
     use_cases = _check_use_cases(use_case)
     api = _require_prefect_server()
@@ -306,7 +333,8 @@ def notify_data(
         str,
         typer.Argument(
             metavar="PATH",
-            help="Parquet or CSV file to train on, as the process that runs the flows sees it.",
+            help="Parquet or CSV file to train on, as the process that runs the flows sees it; it must lie "
+            "under the runner's data roots (MLOPS_DATA_ROOTS).",
             show_default=False,
         ),
     ],

@@ -15,8 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prefect import flow
+from prefect.runtime import deployment
 
 from champion.loading import spec_for, training_params
+from infra.servers import confine_to_data_roots
 from tasks import tracking
 from tasks.monitor import Assessment, alert, assess, monitoring_window, record_assessment, thresholds_for
 from tasks.profile import reference_profile
@@ -64,6 +66,8 @@ def monitoring_flow(use_case: str):
     """A `<use case>-monitoring` flow whose parameters are `MonitorParams` (the deployment's form)."""
 
     def run(params: MonitorParams = MonitorParams()) -> MonitoringOutcome:  # noqa: B008 - immutable default
+        if params.data and deployment.id:  # started through a deployment: the data roots apply
+            confine_to_data_roots(params.data)
         return monitoring(use_case, params)
 
     run.__doc__ = f"Watch the {use_case} champion on new data: drift, estimated and realised performance."

@@ -5,12 +5,17 @@ deployment. Each is bound to a module-level name `<use case>_training`, so a wor
 
 The pipeline runs inside this flow's own run (not as a subflow), so the run people open from a deployment
 holds every stage, the validation and decision artifacts and the logs; its state message is the decision.
+
+A run started through a deployment (Prefect UI, schedule, `mlops.data.arrived`, the monitoring alert) reads
+`data` only from the data roots (MLOPS_DATA_ROOTS; `infra.servers.data_roots`); the local CLI is not confined.
 """
 
 from prefect import flow
+from prefect.runtime import deployment
 from prefect.states import Completed
 
 from flows.gated_training import TrainingOutcome, gated_training
+from infra.servers import confine_to_data_roots
 from usecases import SPEC_MODULES, spec_module
 
 
@@ -20,6 +25,8 @@ def training_flow(use_case: str):
     Params = module.Params  # noqa: N806 - a class, bound so the annotation below is the real type
 
     def run(params: Params = Params()) -> TrainingOutcome:  # noqa: B008 - pydantic defaults are immutable
+        if params.data and deployment.id:  # started through a deployment: UI, schedule, event, API
+            confine_to_data_roots(params.data)  # else DataPathRefused: the run fails, nothing trained
         outcome = gated_training.fn(module.build_spec(params), params)
         return Completed(message=f"{outcome.decision.status}: {outcome.decision.summary}", data=outcome)
 

@@ -8,7 +8,8 @@ background, under the project's home folder next to MLflow's store, and every la
     <MLOPS_HOME>/prefect/prefect.pid, prefect.log, server.json (its URL), start.lock
 
 Where a Prefect API is already chosen, nothing starts: `PREFECT_API_URL` set, or `make up`'s server running
-(its client settings in `.mlops/servers/client.env`) — so this never competes with `make up` for a port. The
+(its client settings in `.mlops/servers/client.env`, whose `PREFECT_API_AUTH_STRING` is exported with the URL:
+that server answers nothing else without it) — so this never competes with `make up` for a port. The
 port is `MLOPS_LOCAL_PREFECT_PORT` (default 4210, beside `make up`'s 4200); when another program holds it, a
 free port is taken and recorded. Two commands starting at once start one server (a file lock); a stale pid
 file is cleared. `MLOPS_PREFECT_SERVER=ephemeral` keeps Prefect's own per-process temporary server (tests,
@@ -75,14 +76,22 @@ def running() -> LocalServer | None:
     return LocalServer(url, pid, started=False)
 
 
-def make_up_api() -> str | None:
-    """`make up`'s Prefect API when its server is running (then commands use it, never a second server)."""
+def make_up_client() -> tuple[str, str | None] | None:
+    """`make up`'s Prefect API URL and auth string when its server is running, from its `client.env`."""
     settings = Settings.from_env()
     if Managed("prefect", settings.state_dir).pid() is None:
         return None
     client_env = read_env_file(settings.state_dir / "client.env")
     url = client_env.get("PREFECT_API_URL") or settings.prefect_api_url
-    return url if http_ok(f"{url}/health", timeout=5) else None
+    if not http_ok(f"{url}/health", timeout=5):
+        return None
+    return url, client_env.get("PREFECT_API_AUTH_STRING") or None
+
+
+def make_up_api() -> str | None:
+    """`make up`'s Prefect API when its server is running (then commands use it, never a second server)."""
+    found = make_up_client()
+    return found[0] if found else None
 
 
 def _free_port(preferred: int) -> int:
@@ -147,7 +156,13 @@ def ensure_api(announce=None) -> str | None:
         return os.environ["PREFECT_API_URL"]
     if os.environ.get(MODE_ENV, "background") == "ephemeral":
         return None
-    url = make_up_api() or start(announce).url
+    reused = make_up_client()
+    if reused is not None:
+        url, auth_string = reused
+        if auth_string:  # `make up`'s server refuses clients without it
+            os.environ["PREFECT_API_AUTH_STRING"] = auth_string
+    else:
+        url = start(announce).url
     os.environ["PREFECT_API_URL"] = url
     os.environ.setdefault("PREFECT_UI_URL", url.removesuffix("/api"))
     return url

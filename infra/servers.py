@@ -6,6 +6,7 @@
     python -m infra.servers env       # the client variables: eval "$(python -m infra.servers env)"
     python -m infra.servers down      # stop them (add --purge to drop the databases and artifacts too)
     python -m infra.servers exec mlflow|prefect   # container entry point (docker-compose.yml)
+    python -m infra.servers mlflow-setup          # create/update the runner's MLflow user (compose, once)
 
 Everything is configured by environment variables, the same names docker-compose.yml passes to its
 containers (`.env.example` lists them); a `.env` file in the project root (`MLOPS_ENV_FILE`; empty: none) is
@@ -17,14 +18,20 @@ read for names not already set:
         databases <prefix>_mlflow, <prefix>_mlflow_auth, <prefix>_prefect on MLOPS_POSTGRES
     MLFLOW_ARTIFACTS_DESTINATION     <servers dir>/mlflow-artifacts
     MLFLOW_AUTH_ADMIN_USERNAME/PASSWORD, MLFLOW_FLASK_SERVER_SECRET_KEY, MLFLOW_AUTH_DEFAULT_PERMISSION,
-    MLFLOW_SERVER_ALLOWED_HOSTS, PREFECT_SERVER_UI_API_URL: MLflow's and Prefect's own settings
+    MLFLOW_SERVER_ALLOWED_HOSTS, PREFECT_SERVER_UI_API_URL, PREFECT_SERVER_API_AUTH_STRING: MLflow's and
+        Prefect's own settings
+    MLOPS_MLFLOW_RUNNER_USERNAME/PASSWORD  mlops-runner / generated: the non-admin MLflow user of the runner
+    MLOPS_DATA_ROOTS                 folders that deployment-started runs may read `data` from (os.pathsep)
 
-Natively, unset secrets (the MLflow admin password and the Flask secret key) are generated once and kept in
-`.mlops/servers/credentials.env` (mode 0600), so the servers keep accepting the same credentials.
+Natively, unset secrets (the MLflow admin and runner passwords, the Flask secret key and the Prefect API auth
+string) are generated once and kept in `.mlops/servers/credentials.env` (mode 0600), so the servers keep
+accepting the same credentials. Nothing here prints or logs them; `client.env` (mode 0600) holds what a shell
+needs, to be read with `source`.
 
 Native layout, under `MLOPS_SERVERS_DIR` (default `.mlops/servers/`): `<name>.pid` and `<name>.log` for
 `mlflow`, `prefect` and `serve`; `mlflow-artifacts/` (the artifact store the MLflow server serves);
-`basic_auth.ini` (rendered); `client.env` (the variables to export).
+`basic_auth.ini` (rendered); `client.env` (a person's shell: MLflow as the admin), `runner.env` (the runner:
+MLflow as the runner user) and `credentials.env`, all mode 0600.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from base64 import b64encode
 from collections.abc import Iterable, Mapping
@@ -57,10 +65,28 @@ QUIET = {
     "GX_ANALYTICS_ENABLED": "false",
 }
 PLACEHOLDER = "change-me"  # what .env.example holds where a secret goes
+DATA_ROOTS_ENV = "MLOPS_DATA_ROOTS"
+# The secrets: environment name -> Settings field. Unset ones are generated natively (credentials.env).
+SECRETS = {
+    "MLFLOW_AUTH_ADMIN_PASSWORD": "mlflow_admin_password",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY": "mlflow_secret_key",
+    "MLOPS_MLFLOW_RUNNER_PASSWORD": "mlflow_runner_password",
+    "PREFECT_SERVER_API_AUTH_STRING": "prefect_auth_string",
+}
+# Which secrets each server (or step) needs.
+MLFLOW_SECRETS = ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY")
+PREFECT_SECRETS = ("PREFECT_SERVER_API_AUTH_STRING",)
+RUNNER_SECRETS = ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLOPS_MLFLOW_RUNNER_PASSWORD")
+# Never passed on from `up`'s own environment to the processes it starts (each gets what it needs explicitly).
+INHERITED_SECRETS = frozenset({*SECRETS, "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_AUTH_STRING"})
 
 
 class ServerError(RuntimeError):
     pass
+
+
+class NotYet(ServerError):
+    """A server answered, but not (yet) as it will once it finished starting."""
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -106,10 +132,14 @@ class Settings:
     mlflow_admin_username: str
     mlflow_admin_password: str | None
     mlflow_secret_key: str | None
+    mlflow_runner_username: str
+    mlflow_runner_password: str | None
     prefect_host: str
     prefect_port: int
     prefect_database_url: str
     prefect_ui_api_url: str | None
+    prefect_auth_string: str | None
+    data_roots: str | None  # MLOPS_DATA_ROOTS for the runner, when set here
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -143,12 +173,16 @@ class Settings:
             mlflow_admin_username=get("MLFLOW_AUTH_ADMIN_USERNAME", "admin"),
             mlflow_admin_password=get("MLFLOW_AUTH_ADMIN_PASSWORD"),
             mlflow_secret_key=get("MLFLOW_FLASK_SERVER_SECRET_KEY"),
+            mlflow_runner_username=get("MLOPS_MLFLOW_RUNNER_USERNAME", "mlops-runner"),
+            mlflow_runner_password=get("MLOPS_MLFLOW_RUNNER_PASSWORD"),
             prefect_host=get("MLOPS_PREFECT_HOST", "127.0.0.1"),
             prefect_port=int(get("MLOPS_PREFECT_PORT", "4200")),
             prefect_database_url=get(
                 "PREFECT_SERVER_DATABASE_CONNECTION_URL", f"postgresql+asyncpg://{postgres}/{prefix}_prefect"
             ),
             prefect_ui_api_url=get("PREFECT_SERVER_UI_API_URL"),
+            prefect_auth_string=get("PREFECT_SERVER_API_AUTH_STRING"),
+            data_roots=get(DATA_ROOTS_ENV),
         )
 
     # -- addresses ---------------------------------------------------------------------------------------
@@ -176,15 +210,11 @@ class Settings:
     def credentials_file(self) -> Path:
         return self.state_dir / "credentials.env"
 
-    def with_secrets(self, generate: bool) -> Settings:
-        """Fill unset secrets from `credentials.env`, generating (and keeping) them there when allowed."""
+    def with_secrets(self, generate: bool, names: Iterable[str] = tuple(SECRETS)) -> Settings:
+        """Fill the unset secrets `names` from `credentials.env`, generating (and keeping) them there when
+        allowed. Never prints them: errors name the variables, not their values."""
         stored = read_env_file(self.credentials_file)
-        values = {
-            "MLFLOW_AUTH_ADMIN_PASSWORD": self.mlflow_admin_password
-            or stored.get("MLFLOW_AUTH_ADMIN_PASSWORD"),
-            "MLFLOW_FLASK_SERVER_SECRET_KEY": self.mlflow_secret_key
-            or stored.get("MLFLOW_FLASK_SERVER_SECRET_KEY"),
-        }
+        values = {name: getattr(self, SECRETS[name]) or stored.get(name) for name in names}
         placeholders = [k for k, v in values.items() if v == PLACEHOLDER]
         if placeholders:
             raise ServerError(f"replace the {PLACEHOLDER!r} placeholder of {', '.join(placeholders)} in .env")
@@ -193,21 +223,37 @@ class Settings:
             raise ServerError(f"set {', '.join(missing)} (see .env.example)")
         if missing:
             values.update({k: secrets.token_urlsafe(24) for k in missing})
-            write_env_file(self.credentials_file, {**stored, **values})
-        return _replace(
-            self,
-            mlflow_admin_password=values["MLFLOW_AUTH_ADMIN_PASSWORD"],
-            mlflow_secret_key=values["MLFLOW_FLASK_SERVER_SECRET_KEY"],
-        )
+            write_env_file(self.credentials_file, {**stored, **{k: values[k] for k in missing}})
+        if self.mlflow_runner_username == self.mlflow_admin_username:
+            raise ServerError("MLOPS_MLFLOW_RUNNER_USERNAME must differ from MLFLOW_AUTH_ADMIN_USERNAME")
+        return _replace(self, **{SECRETS[k]: v for k, v in values.items()})
 
     def client_env(self) -> dict[str, str]:
-        """What `mlops` commands, flow runs and notebooks need to use these servers."""
+        """What a person's shell (`mlops` commands, notebooks, MLflow clients) needs: MLflow as the admin."""
         return {
             "PREFECT_API_URL": self.prefect_api_url,
+            "PREFECT_API_AUTH_STRING": self.prefect_auth_string or "",
             "MLFLOW_TRACKING_URI": self.mlflow_url,
             "MLFLOW_TRACKING_USERNAME": self.mlflow_admin_username,
             "MLFLOW_TRACKING_PASSWORD": self.mlflow_admin_password or "",
         }
+
+    def runner_env(self) -> dict[str, str]:
+        """What the runner (`mlops serve` and its flow runs) gets: MLflow as the non-admin runner user."""
+        env = {
+            **self.client_env(),
+            "MLFLOW_TRACKING_USERNAME": self.mlflow_runner_username,
+            "MLFLOW_TRACKING_PASSWORD": self.mlflow_runner_password or "",
+        }
+        if self.data_roots:
+            env[DATA_ROOTS_ENV] = self.data_roots
+        return env
+
+    def prefect_headers(self) -> dict[str, str]:
+        """The header Prefect's clients send: HTTP basic with the auth string as the credentials."""
+        if not self.prefect_auth_string:
+            return {}
+        return {"Authorization": "Basic " + b64encode(self.prefect_auth_string.encode()).decode()}
 
     # -- commands ----------------------------------------------------------------------------------------
     def render_auth_config(self) -> Path:
@@ -269,19 +315,23 @@ class Settings:
         ]
 
     def prefect_env(self) -> dict[str, str]:
-        return {
+        env = {
             **QUIET,
             "PREFECT_HOME": str(self.state_dir / "prefect-home"),
             "PREFECT_SERVER_DATABASE_CONNECTION_URL": self.prefect_database_url,
             "PREFECT_SERVER_UI_API_URL": self.prefect_ui_api_url or self.prefect_api_url,
             "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
         }
+        if self.prefect_auth_string:  # every API call but GET /health and /ready needs it; the UI asks for it
+            env["PREFECT_SERVER_API_AUTH_STRING"] = self.prefect_auth_string
+            env["PREFECT_API_AUTH_STRING"] = self.prefect_auth_string  # the server's own CLI client
+        return env
 
     def serve_command(self) -> list[str]:
         return [sys.executable, "-m", "cli.main", "serve"]
 
     def serve_env(self) -> dict[str, str]:
-        return {**QUIET, **self.client_env(), "PREFECT_HOME": str(self.state_dir / "serve-prefect-home")}
+        return {**QUIET, **self.runner_env(), "PREFECT_HOME": str(self.state_dir / "serve-prefect-home")}
 
 
 def _replace(settings: Settings, **changes) -> Settings:
@@ -377,14 +427,17 @@ class Managed:
         return None
 
     def start(self, command: list[str], env: Mapping[str, str]) -> int:
+        """Start `command` with this environment plus `env`, minus the secrets `env` does not give it (so
+        the runner never inherits the MLflow admin password, nor a server the other server's secret)."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        inherited = {k: v for k, v in os.environ.items() if k not in INHERITED_SECRETS}
         with self.log_file.open("ab") as log:
             log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n".encode())
             log.flush()
             process = subprocess.Popen(
                 command,
                 cwd=PROJECT_ROOT,
-                env={**os.environ, **env},
+                env={**inherited, **env},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -473,15 +526,45 @@ def port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def http_ok(url: str, auth: tuple[str, str] | None = None, timeout: float = 3.0) -> bool:
-    request = urllib.request.Request(url)
-    if auth:
-        request.add_header("Authorization", "Basic " + b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
+def _basic(username: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + b64encode(f"{username}:{password}".encode()).decode()}
+
+
+def http_ok(
+    url: str,
+    auth: tuple[str, str] | None = None,
+    timeout: float = 3.0,
+    headers: Mapping[str, str] | None = None,
+) -> bool:
+    request = urllib.request.Request(url, headers={**(_basic(*auth) if auth else {}), **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
+
+
+def http_json(
+    method: str, url: str, body: Mapping | None, headers: Mapping[str, str], timeout: float = 15.0
+) -> tuple[int, dict]:
+    """(status, decoded JSON body or {}) of one request; HTTP errors are returned, not raised."""
+    import json
+
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={**headers, "Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    except (urllib.error.URLError, OSError) as exc:
+        return 0, {"message": str(getattr(exc, "reason", exc))}
+    try:
+        return status, json.loads(raw or b"{}")
+    except ValueError:
+        return status, {"message": raw.decode(errors="replace")[:300]}
 
 
 def wait_until(
@@ -516,14 +599,146 @@ def deployments_registered(settings: Settings) -> bool:
         warnings.simplefilter("ignore")  # import-time chatter of the flows' libraries
         from infra.deployments import all_plans
 
+    headers = settings.prefect_headers()
     return all(
-        http_ok(f"{settings.prefect_api_url}/deployments/name/{plan.full_name}") for plan in all_plans()
+        http_ok(f"{settings.prefect_api_url}/deployments/name/{plan.full_name}", headers=headers)
+        for plan in all_plans()
     )
+
+
+def ensure_runner_user(settings: Settings) -> str:
+    """Create the runner's MLflow user (not an admin) through MLflow's auth REST API, as the admin; when it
+    exists, set its password to the configured one. Returns "created" or "updated".
+
+    In MLflow's basic-auth app the creator of an experiment or registered model gets MANAGE on it, so this
+    user can log runs to the experiments and set aliases on the models it creates, and reads the rest with
+    MLFLOW_AUTH_DEFAULT_PERMISSION; it cannot manage users or change what others created.
+    """
+    admin = _basic(settings.mlflow_admin_username, settings.mlflow_admin_password or "")
+    base = f"{settings.mlflow_url}/api/2.0/mlflow/users"
+    user = {"username": settings.mlflow_runner_username, "password": settings.mlflow_runner_password}
+    status, body = http_json("POST", f"{base}/create", user, admin)
+    if status == 200:
+        return "created"
+    if body.get("error_code") != "RESOURCE_ALREADY_EXISTS":
+        raise _user_error("creating", user["username"], status, body)
+    status, body = http_json("PATCH", f"{base}/update-password", user, admin)
+    if status != 200:
+        raise _user_error("updating", user["username"], status, body)
+    status, body = http_json("GET", f"{base}/get?username={user['username']}", None, admin)
+    if status == 200 and body.get("user", {}).get("is_admin"):
+        raise ServerError(f"MLflow user {user['username']} is an admin; the runner must not be one")
+    return "updated"
+
+
+def factory_resources() -> list[tuple[str, str, str]]:
+    """(use case, registered model, its description) for every use case, from each spec's defaults."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # import-time chatter of the use cases' libraries
+        from usecases import SPEC_MODULES, spec_module
+
+        found = []
+        for use_case in SPEC_MODULES:
+            module = spec_module(use_case)
+            params = module.Params()
+            found.append((use_case, module.registered_model(params), module.build_spec(params).description))
+    return found
+
+
+def ensure_runner_resources(settings: Settings, resources: Iterable[tuple[str, str, str]]) -> list[str]:
+    """Make the runner user able to write what the deployments write, and nothing more; returns what changed.
+
+    - Each use case's registered model is created as the runner user when missing, so it owns it (MANAGE).
+      (MLflow answers a non-admin's question about a registered model that does not exist yet, such as "where
+      does @champion point", with 403 rather than 404: the model must exist before the first run.)
+    - A registered model or experiment of the factory that someone else created first (say, an `mlops run`
+      from the admin's shell) gets an EDIT grant for the runner, so it can log runs, register versions and
+      move aliases there.
+    """
+    admin = _basic(settings.mlflow_admin_username, settings.mlflow_admin_password or "")
+    runner = _basic(settings.mlflow_runner_username, settings.mlflow_runner_password or "")
+    api = f"{settings.mlflow_url}/api/2.0/mlflow"
+    changed = []
+
+    def grant_edit(resource_type: str, resource_id: str, label: str) -> None:
+        query = urllib.parse.urlencode(
+            {
+                "username": settings.mlflow_runner_username,
+                "resource_type": resource_type,
+                "resource_id": resource_id,
+            }
+        )
+        status, body = http_json(
+            "GET", f"{settings.mlflow_url}/api/3.0/mlflow/users/permissions/get?{query}", None, admin
+        )
+        if status == 200 and body.get("permission") in ("EDIT", "MANAGE"):
+            return
+        grant = {
+            "username": settings.mlflow_runner_username,
+            "resource_type": resource_type,
+            "resource_id": resource_id,
+            "permission": "EDIT",
+        }
+        status, body = http_json(
+            "POST", f"{settings.mlflow_url}/api/3.0/mlflow/users/permissions/grant", grant, admin
+        )
+        if status != 200:
+            raise ServerError(f"MLflow: granting the runner EDIT on {label} failed (HTTP {status}: {body})")
+        changed.append(f"granted EDIT on {label}")
+
+    for use_case, model, description in resources:
+        quoted = urllib.parse.quote(model)
+        status, _ = http_json("GET", f"{api}/registered-models/get?name={quoted}", None, admin)
+        if status == 404:
+            created = {"name": model, "description": description}
+            status, body = http_json("POST", f"{api}/registered-models/create", created, runner)
+            if status != 200:
+                raise ServerError(f"MLflow: creating registered model {model} failed (HTTP {status}: {body})")
+            changed.append(f"created registered model {model}")
+        elif status == 200:
+            grant_edit("registered_model", model, f"registered model {model}")
+        else:
+            raise ServerError(f"MLflow: reading registered model {model} failed (HTTP {status})")
+        for experiment in (use_case, f"{use_case}-monitoring"):
+            query = urllib.parse.urlencode({"experiment_name": experiment})
+            status, body = http_json("GET", f"{api}/experiments/get-by-name?{query}", None, admin)
+            if status == 200:
+                experiment_id = body["experiment"]["experiment_id"]
+                grant_edit("experiment", experiment_id, f"experiment {experiment}")
+    return changed
+
+
+def _user_error(doing: str, username: str, status: int, body: Mapping) -> ServerError:
+    """The error (never the request: it holds the password); retried when the server is not ready yet."""
+    message = str(body.get("message") or body.get("error_code") or body)[:300]
+    error = NotYet if status in (0, 401, 502, 503, 504) else ServerError
+    return error(f"MLflow: {doing} user {username} failed (HTTP {status or 'none'}: {message})")
+
+
+def wait_for_runner_user(settings: Settings, timeout: float) -> str:
+    """`ensure_runner_user` once MLflow answers (compose: a one-shot service after the server is healthy)."""
+    wait_until(lambda: mlflow_healthy(settings), timeout, "MLflow server")
+    deadline = time.monotonic() + 60
+    while True:  # a fresh server's workers may still be setting up the admin user behind the health check
+        try:
+            return ensure_runner_user(settings)
+        except NotYet:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
 
 
 def up(settings: Settings, serve: bool = True, timeout: float = 180.0) -> Settings:
     """Start what is not running yet and wait until it answers. Safe to repeat."""
     settings = settings.with_secrets(generate=True)
+    credentials_mode = (
+        settings.credentials_file.stat().st_mode & 0o777 if settings.credentials_file.exists() else 0
+    )
+    if credentials_mode & 0o077:
+        settings.credentials_file.chmod(0o600)
+        print(f"  credentials: {settings.credentials_file} was readable by others; now mode 0600")
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     try:
         created = ensure_databases(settings.databases())
@@ -567,7 +782,12 @@ def up(settings: Settings, serve: bool = True, timeout: float = 180.0) -> Settin
             print(f"  {process.name}: already running (pid {process.pid()})")
     wait_until(lambda: mlflow_healthy(settings), timeout, "MLflow server", mlflow)
     wait_until(lambda: prefect_healthy(settings), timeout, "Prefect server", prefect)
+    done = wait_for_runner_user(settings, timeout)
+    print(f"  mlflow: runner user {settings.mlflow_runner_username} {done} (not an admin)")
+    for change in ensure_runner_resources(settings, factory_resources()):
+        print(f"  mlflow: {change} for {settings.mlflow_runner_username}")
     write_env_file(settings.state_dir / "client.env", settings.client_env(), export=True)
+    write_env_file(settings.state_dir / "runner.env", settings.runner_env(), export=True)
     if serve:
         if runner.pid() is None:
             pid = runner.start(settings.serve_command(), settings.serve_env())
@@ -586,7 +806,7 @@ def down(settings: Settings, purge: bool = False) -> None:
     if purge:
         dropped = drop_databases(settings.databases())
         print(f"  postgres: dropped {', '.join(dropped) if dropped else 'nothing'}")
-        for path in ("basic_auth.ini", "client.env", "credentials.env"):
+        for path in ("basic_auth.ini", "client.env", "runner.env", "credentials.env"):
             (settings.state_dir / path).unlink(missing_ok=True)
         artifacts = Path(settings.mlflow_artifacts_destination)
         if artifacts.is_dir() and artifacts.is_relative_to(settings.state_dir):
@@ -613,19 +833,22 @@ def status(settings: Settings) -> int:
 
 
 def print_banner(settings: Settings, serve: bool) -> None:
+    """Where the UIs are and where their credentials are kept; never the credentials themselves."""
     env_file = settings.state_dir / "client.env"
-    password = (
-        settings.credentials_file if settings.credentials_file.exists() else "MLFLOW_AUTH_ADMIN_PASSWORD"
-    )
+    stored = read_env_file(settings.credentials_file)
+
+    def where(name: str) -> str:
+        return _relative(settings.credentials_file) if name in stored else f"{name} (.env or environment)"
+
     print(
         f"\nMLflow UI   {settings.mlflow_url}   "
-        f"(user {settings.mlflow_admin_username}, password in {password})\n"
-        f"Prefect UI  {settings.prefect_url}\n\n"
-        "Point the `mlops` CLI, notebooks and MLflow clients at them:\n"
-        f"  export PREFECT_API_URL={settings.prefect_api_url}\n"
-        f"  export MLFLOW_TRACKING_URI={settings.mlflow_url}\n"
-        f"  export MLFLOW_TRACKING_USERNAME={settings.mlflow_admin_username}\n"
-        f"  export MLFLOW_TRACKING_PASSWORD=...   # all four at once: source {_relative(env_file)}\n"
+        f"(user {settings.mlflow_admin_username}, password MLFLOW_AUTH_ADMIN_PASSWORD in "
+        f"{where('MLFLOW_AUTH_ADMIN_PASSWORD')})\n"
+        f"Prefect UI  {settings.prefect_url}   (it asks for the auth string: "
+        f"PREFECT_SERVER_API_AUTH_STRING in {where('PREFECT_SERVER_API_AUTH_STRING')})\n\n"
+        "Point the `mlops` CLI, notebooks and MLflow clients at them (PREFECT_API_URL,\n"
+        "PREFECT_API_AUTH_STRING, MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME/PASSWORD):\n"
+        f"  source {_relative(env_file)}\n"
     )
     if serve:
         print(
@@ -634,7 +857,8 @@ def print_banner(settings: Settings, serve: bool) -> None:
         )
     else:
         print(
-            "Next: `mlops deploy` to register the deployments, `mlops serve` to run them. Stop: `make down`."
+            "Next: `mlops deploy` to register the deployments, then run them as the runner's MLflow user:\n"
+            f"  (source {_relative(settings.state_dir / 'runner.env')} && mlops serve)\nStop: `make down`."
         )
 
 
@@ -647,7 +871,9 @@ def _relative(path: Path) -> str:
 
 def exec_server(settings: Settings, which: str) -> None:
     """Container entry point: make sure the databases exist, render config, then become the server."""
-    settings = settings.with_secrets(generate=False) if which == "mlflow" else settings
+    settings = settings.with_secrets(
+        generate=False, names=MLFLOW_SECRETS if which == "mlflow" else PREFECT_SECRETS
+    )
     for attempt in range(30):  # Postgres may still be starting even after its health check turned green
         try:
             ensure_databases(
@@ -667,7 +893,41 @@ def exec_server(settings: Settings, which: str) -> None:
     else:
         command, env = settings.prefect_command(), settings.prefect_env()
     sys.stdout.flush()
-    os.execvpe(command[0], command, {**os.environ, **env})
+    inherited = {k: v for k, v in os.environ.items() if k not in INHERITED_SECRETS}
+    os.execvpe(command[0], command, {**inherited, **env})
+
+
+# -- data roots --------------------------------------------------------------------------------------------
+class DataPathRefused(ValueError):
+    """A run started through a deployment named a `data` file outside the data roots."""
+
+
+def data_roots(env: Mapping[str, str] | None = None) -> list[Path]:
+    """Folders whose files runs started through a deployment may read: MLOPS_DATA_ROOTS (separated by
+    os.pathsep), by default `<MLOPS_HOME>/data` and the project's `data/` folder. Resolved."""
+    env = os.environ if env is None else env
+    raw = env.get(DATA_ROOTS_ENV, "")
+    if raw.strip():
+        roots = [Path(p.strip()).expanduser() for p in raw.split(os.pathsep) if p.strip()]
+    else:
+        home = Path(env.get("MLOPS_HOME") or ".mlops").expanduser()
+        roots = [home / "data", PROJECT_ROOT / "data"]
+    return list(dict.fromkeys(root.resolve() for root in roots))
+
+
+def confine_to_data_roots(path: str, roots: Iterable[Path] | None = None) -> Path:
+    """`path` resolved (links followed, so a link inside a root to a file outside is refused) when it lies in
+    one of the data roots; else DataPathRefused naming the path and the roots."""
+    roots = list(data_roots() if roots is None else roots)
+    resolved = Path(path).expanduser().resolve()
+    if any(resolved.is_relative_to(root) for root in roots):
+        return resolved
+    shown = path if str(resolved) == path else f"{path} (resolved: {resolved})"
+    raise DataPathRefused(
+        f"refused data path {shown}: it is outside the data roots ({', '.join(map(str, roots))}). Runs "
+        f"started through a deployment (UI, schedule, events) read only files under {DATA_ROOTS_ENV}; put "
+        "the file there, or add its folder to MLOPS_DATA_ROOTS where the runner runs. Nothing was trained."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -681,7 +941,13 @@ def main(argv: list[str] | None = None) -> int:
         "--purge", action="store_true", help="also drop the databases, artifacts and credentials"
     )
     commands.add_parser("status", help="show what runs and whether it answers")
-    commands.add_parser("env", help="print the client variables as export lines")
+    commands.add_parser(
+        "env", help="print the client variables, secrets included, as export lines (or: source client.env)"
+    )
+    setup = commands.add_parser(
+        "mlflow-setup", help="create the runner's non-admin MLflow user as the admin (compose, once)"
+    )
+    setup.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for MLflow to answer")
     run = commands.add_parser("exec", help="container entry point: run one server in the foreground")
     run.add_argument("server", choices=["mlflow", "prefect"])
     args = parser.parse_args(argv)
@@ -700,6 +966,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "env":
             for key, value in settings.with_secrets(generate=False).client_env().items():
                 print(f"export {key}={shlex.quote(value)}")
+        elif args.command == "mlflow-setup":
+            settings = settings.with_secrets(generate=False, names=RUNNER_SECRETS)
+            done = wait_for_runner_user(settings, args.timeout)
+            print(f"MLflow user {settings.mlflow_runner_username}: {done} (not an admin)")
+            for change in ensure_runner_resources(settings, factory_resources()):
+                print(f"MLflow: {change} for {settings.mlflow_runner_username}")
         elif args.command == "exec":
             exec_server(settings, args.server)
     except ServerError as exc:

@@ -6,6 +6,10 @@
                     → {"predictions": [...], "model_version": "3"}
     POST /invocations  the same, under MLflow's path
 
+With a token (`mlops serve-model --token-file PATH`, or the environment variable MLOPS_SERVE_TOKEN), the two
+prediction paths answer 401 unless the request carries `Authorization: Bearer <token>` (compared in constant
+time); `/health` and `/ping` stay open for load balancers' and orchestrators' probes.
+
 The service follows the alias: a background thread asks the registry where `@champion` points every
 `poll_seconds` (and at once when a `mlops.model.promoted` Prefect event for the model arrives, when a Prefect
 API is configured), loads a new version next to the one serving, and swaps them in one assignment. Requests
@@ -22,14 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hmac
 import logging
 import math
+import os
 import threading
 import time
 from collections import Counter
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -45,6 +52,35 @@ INTEGER_TYPES = {"long", "integer"}
 # The range a signature's integer type holds; a pyfunc model gets those columns as int64/int32.
 INTEGER_RANGES = {"long": (-(2.0**63), 2.0**63), "integer": (-(2.0**31), 2.0**31)}
 NUMERIC_TYPES = {"double", "float", "long", "integer", "boolean"}
+TOKEN_ENV = "MLOPS_SERVE_TOKEN"
+
+
+class TokenError(ValueError):
+    """The token file cannot be read, or holds no token."""
+
+
+def load_token(token_file: Path | None = None, env: dict[str, str] | None = None) -> str | None:
+    """The bearer token prediction requests must carry: the first line of `token_file` (which wins), else
+    MLOPS_SERVE_TOKEN, else None (no token: predictions are open, as before)."""
+    if token_file is not None:
+        try:
+            lines = Path(token_file).expanduser().read_text().strip().splitlines()
+        except OSError as exc:
+            raise TokenError(f"cannot read the token file {token_file}: {exc.strerror or exc}") from None
+        token = lines[0].strip() if lines else ""
+        if not token:
+            raise TokenError(f"the token file {token_file} is empty")
+        return token
+    token = (os.environ if env is None else env).get(TOKEN_ENV, "").strip()
+    return token or None
+
+
+def bearer_ok(header: str | None, token: str) -> bool:
+    """Whether an Authorization header carries `Bearer <token>` (constant-time comparison)."""
+    scheme, _, credentials = (header or "").partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(credentials.strip().encode(), token.encode())
 
 
 class PayloadError(ValueError):
@@ -319,7 +355,9 @@ def _json(content: object, status: int = 200) -> Response:
     )
 
 
-def create_app(follower: ChampionFollower, start_following: bool = True) -> FastAPI:
+def create_app(follower: ChampionFollower, start_following: bool = True, token: str | None = None) -> FastAPI:
+    """The service; with `token`, /predict and /invocations require `Authorization: Bearer <token>`."""
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         if start_following:
@@ -352,6 +390,10 @@ def create_app(follower: ChampionFollower, start_following: bool = True) -> Fast
         return _json({"status": "ok" if follower.served else "no model"}, 200 if follower.served else 503)
 
     async def predict(request: Request) -> Response:
+        if token is not None and not bearer_ok(request.headers.get("authorization"), token):
+            response = _json({"error": "unauthorized: send Authorization: Bearer <token>"}, 401)
+            response.headers["WWW-Authenticate"] = 'Bearer realm="predictions"'
+            return response
         served = follower.served  # one read: the whole request uses this model
         if served is None:
             return _json({"error": f"no version of {follower.name} behind @{follower.alias} yet"}, 503)
@@ -378,8 +420,9 @@ def serve(
     port: int = 8080,
     alias: str = "champion",
     poll_seconds: float = 10.0,
+    token: str | None = None,
 ) -> None:
-    """Serve `name@alias` until interrupted (blocking)."""
+    """Serve `name@alias` until interrupted (blocking); with `token`, predictions require it (bearer)."""
     import uvicorn
 
     from tasks import tracking
@@ -393,5 +436,7 @@ def serve(
     gc.freeze()
     started = time.perf_counter()
     log.info("serving %s@%s v%s", name, alias, follower.served.model.version if follower.served else "-")
-    uvicorn.run(create_app(follower), host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.run(
+        create_app(follower, token=token), host=host, port=port, log_level="warning", access_log=False
+    )
     log.info("stopped after %.0f s", time.perf_counter() - started)

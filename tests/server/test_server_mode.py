@@ -2,8 +2,9 @@
 
 The integration test (`-m server`) does what an operator and the UI do, against real servers:
 
-1. `python -m infra.servers up` (what `make up` runs): MLflow (basic auth) and Prefect, both on fresh
-   Postgres databases with unique names, on free loopback ports, plus `mlops serve`;
+1. `python -m infra.servers up` (what `make up` runs): MLflow (basic auth) and Prefect (API auth string),
+   both on fresh Postgres databases with unique names, on free loopback ports, plus `mlops serve` as the
+   non-admin MLflow user `mlops-runner`; anonymous requests to either API get 401;
 2. `mlops deploy`, then reads the deployment back as the UI does (schedule, typed parameter form,
    concurrency limit, tags, the `mlops.data.arrived` automation);
 3. a "Custom run" through the REST API the UI uses, with small custom parameters (an out-of-bounds one is
@@ -12,16 +13,25 @@ The integration test (`-m server`) does what an operator and the UI do, against 
    the first (one run at a time per registered model);
 5. checks through MLflow's REST API that `fraud-detector@champion` exists with its lineage tags and that
    the custom parameters reached the run, and through Prefect's event API that `mlops.model.promoted` was
-   emitted with version, previous version, metrics and gates.
+   emitted with version, previous version, metrics and gates; that the runner user owns (MANAGE) what it
+   created and is no admin;
+6. monitoring's alert starts a retraining run; a custom run with `data` outside MLOPS_DATA_ROOTS fails with
+   the reason and trains nothing;
+7. no secret (MLflow admin and runner passwords, Flask key, Prefect auth string) appears in any log file under
+   the servers' folder, any command's output or `--help`, MLflow runs' parameters and tags, or Prefect's
+   flow runs (parameters), artifacts, deployments and run logs.
 
 Teardown stops every process it started and drops the databases, also when a step fails.
 """
 
 from __future__ import annotations
 
+import base64
 import configparser
+import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -35,7 +45,7 @@ import httpx
 import pytest
 from conftest import needs
 
-from infra.servers import QUIET, Managed, Settings, drop_databases
+from infra.servers import QUIET, SECRETS, Managed, Settings, drop_databases, read_env_file
 
 ROOT = Path(__file__).resolve().parents[2]
 MLOPS = [sys.executable, "-m", "cli.main"]
@@ -61,7 +71,7 @@ def test_every_use_case_gets_a_training_deployment():
         assert {"mlops", "training", f"use-case:{use_case}", f"model:{plan.registered_model}"} == set(
             plan.tags
         )
-        (trigger,) = plan.triggers
+        (trigger,) = [t for t in plan.triggers if DATA_ARRIVED in t.expect]  # also: mlops.model.degraded
         assert trigger.expect == {DATA_ARRIVED}
         assert trigger.match.root == {"prefect.resource.id": dataset_resource_id(use_case)}
         assert trigger.parameters == {"params": {"data": "{{ event.payload.path }}"}}
@@ -102,7 +112,7 @@ def test_data_arrived_event_matches_the_trigger():
 
     for plan in training_plans():
         event = Event(**data_arrived_event(plan.use_case, "/data/new.parquet"))
-        (trigger,) = plan.triggers
+        (trigger,) = [t for t in plan.triggers if event.event in t.expect]
         assert event.event in trigger.expect
         assert trigger.match.matches(event.resource)
         assert event.payload == {"use_case": plan.use_case, "path": "/data/new.parquet"}
@@ -118,8 +128,10 @@ def test_settings_and_auth_config(tmp_path):
     first = settings.with_secrets(generate=True)
     again = settings.with_secrets(generate=True)  # generated once, then reused: the admin user keeps working
     assert first.mlflow_admin_password and first.mlflow_admin_password == again.mlflow_admin_password
+    assert first.prefect_auth_string and first.prefect_auth_string == again.prefect_auth_string
     assert oct(settings.credentials_file.stat().st_mode)[-3:] == "600"
     assert first.client_env()["MLFLOW_TRACKING_PASSWORD"] == first.mlflow_admin_password
+    assert first.client_env()["PREFECT_API_AUTH_STRING"] == first.prefect_auth_string
 
     odd = Settings.from_env(
         {"MLOPS_SERVERS_DIR": str(tmp_path), "MLOPS_ENV_FILE": "", "MLOPS_POSTGRES": "u:p%40ss@db:5432"}
@@ -176,6 +188,9 @@ class Stack:
     settings: Settings
     env: dict[str, str]  # a client's environment: PREFECT_API_URL, MLFLOW_TRACKING_* ...
     up_output: str
+    data_dir: Path  # MLOPS_DATA_ROOTS of the runner
+    secrets: dict[str, str] = field(default_factory=dict)  # name -> value, looked for everywhere at the end
+    outputs: list[str] = field(default_factory=list)  # every command's stdout and stderr
     timeline: list[str] = field(default_factory=list)
     clock: float = field(default_factory=time.monotonic)
 
@@ -184,10 +199,14 @@ class Stack:
         self.timeline.append(f"{time.monotonic() - self.clock:6.1f} s  {what}")
         print(self.timeline[-1], flush=True)
 
-    def run(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            list(args), env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    def run(
+        self, *args: str, timeout: float = 180, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
+        done = subprocess.run(
+            list(args), env=env or self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
         )
+        self.outputs.append(f"$ {' '.join(args)}\n{done.stdout}\n{done.stderr}")
+        return done
 
     def logs(self) -> str:
         return (
@@ -207,7 +226,13 @@ def stack(tmp_path_factory):
             pytest.fail("CI needs PostgreSQL on 127.0.0.1:5432 for the server-mode test")
         needs("PostgreSQL", "nothing answers at 127.0.0.1:5432")
     base = tmp_path_factory.mktemp("server-mode")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    data_dir = base / "data"
+    data_dir.mkdir()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "MLFLOW_", "MLOPS_MLFLOW_RUNNER_", "MLOPS_DATA_ROOTS"))
+    }
     env.update(
         QUIET,
         MLOPS_ENV_FILE="",
@@ -222,12 +247,15 @@ def stack(tmp_path_factory):
         MLFLOW_AUTH_ADMIN_USERNAME="admin",
         MLFLOW_AUTH_ADMIN_PASSWORD=secrets.token_urlsafe(16),
         MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_urlsafe(16),
+        # The runner's MLflow password and the Prefect auth string are left to `up` to generate.
+        # Runs started through the deployments may read only the module's data folder.
+        MLOPS_DATA_ROOTS=str(data_dir),
         # Quicker turns than production needs: the runner polls every 2 s, a queued run retries every 5 s.
         PREFECT_RUNNER_POLL_FREQUENCY="2",
         PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="5",
     )
     settings = Settings.from_env(env)
-    stack = Stack(settings, {**env, **settings.with_secrets(generate=False).client_env()}, "")
+    stack = Stack(settings, dict(env), "", data_dir)
     try:
         up = subprocess.run(
             [sys.executable, "-m", "infra.servers", "up", "--timeout", "150"],
@@ -239,6 +267,11 @@ def stack(tmp_path_factory):
         )
         assert up.returncode == 0, f"up failed:\n{up.stdout}\n{up.stderr}\n{stack.logs()}"
         stack.up_output = up.stdout
+        stack.outputs.append(up.stdout + up.stderr)
+        # A person's shell after `source .mlops/servers/client.env`.
+        stack.env.update(read_env_file(settings.state_dir / "client.env"))
+        stored = read_env_file(settings.credentials_file)
+        stack.secrets = {name: env.get(name) or stored[name] for name in SECRETS}
         stack.step("servers and `mlops serve` up")
         yield stack
     finally:
@@ -272,26 +305,50 @@ def _wait(fetch, done, timeout: float, what: str, stack: Stack, interval: float 
 
 
 @pytest.mark.server
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1200)
 def test_server_mode_end_to_end(stack, tmp_path):
     settings = stack.settings
     started = datetime.now(UTC).isoformat()
-    api = httpx.Client(base_url=settings.prefect_api_url, timeout=30)
+    auth_string = stack.env["PREFECT_API_AUTH_STRING"]
+    api = httpx.Client(base_url=settings.prefect_api_url, headers=_basic(auth_string), timeout=30)
     auth = (stack.env["MLFLOW_TRACKING_USERNAME"], stack.env["MLFLOW_TRACKING_PASSWORD"])
     mlflow = httpx.Client(base_url=f"{settings.mlflow_url}/api/2.0/mlflow", auth=auth, timeout=30)
+    users = httpx.Client(base_url=f"{settings.mlflow_url}/api", auth=auth, timeout=30)
+    runner = settings.mlflow_runner_username
 
-    # `make up` told the operator where things are, and running it again changes nothing.
+    # `make up` told the operator where things are (not the secrets), and running it again changes nothing.
     assert f"Prefect UI  {settings.prefect_url}" in stack.up_output
-    assert f"export PREFECT_API_URL={settings.prefect_api_url}" in stack.up_output
-    assert f"export MLFLOW_TRACKING_URI={settings.mlflow_url}" in stack.up_output
+    assert f"source {settings.state_dir / 'client.env'}" in stack.up_output
+    for name in ("client.env", "runner.env", "credentials.env"):
+        assert oct((settings.state_dir / name).stat().st_mode)[-3:] == "600", name
+    assert auth_string == stack.secrets["PREFECT_SERVER_API_AUTH_STRING"]
+    assert stack.env["MLFLOW_TRACKING_USERNAME"] == "admin"  # the person's shell; the runner is not admin
     again = stack.run(sys.executable, "-m", "infra.servers", "up", "--timeout", "60")
     assert again.returncode == 0 and again.stdout.count("already running") == 3, again.stdout + again.stderr
     stack.step("`up` again: nothing to do")
 
-    # MLflow runs the basic-auth app on Postgres.
+    # MLflow runs the basic-auth app on Postgres; Prefect's API wants the auth string (but for health probes).
     assert (
         httpx.get(f"{settings.mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1").status_code == 401
     )
+    anonymous = httpx.Client(base_url=settings.prefect_api_url, timeout=30)
+    assert anonymous.get("/health").status_code == 200
+    assert anonymous.post("/flow_runs/filter", json={"limit": 1}).status_code == 401
+    assert anonymous.get("/deployments/name/fraud-training/fraud-detector").status_code == 401
+    wrong = _basic("admin:guess")
+    assert anonymous.post("/flow_runs/filter", json={"limit": 1}, headers=wrong).status_code == 401
+    assert api.post("/flow_runs/filter", json={"limit": 1}).status_code == 200
+    without = {k: v for k, v in stack.env.items() if k != "PREFECT_API_AUTH_STRING"}
+    refused = stack.run(*MLOPS, "deploy", env=without)
+    assert refused.returncode == 2 and "refused no auth string" in refused.stderr, refused.stderr
+    stack.step("Prefect: 401 without the auth string, 200 with it")
+
+    # The runner has its own MLflow user, made by the admin through the auth API, and it is no admin.
+    account = users.get("/2.0/mlflow/users/get", params={"username": runner})
+    assert account.status_code == 200 and account.json()["user"]["is_admin"] is False, account.text
+    as_runner = (runner, stack.secrets["MLOPS_MLFLOW_RUNNER_PASSWORD"])
+    grab = {"username": "intruder", "password": secrets.token_urlsafe(12)}
+    assert users.post("/2.0/mlflow/users/create", json=grab, auth=as_runner).status_code == 403
 
     # `mlops deploy` registers the deployments; read one back as the UI does.
     deployed = stack.run(*MLOPS, "deploy")
@@ -332,7 +389,7 @@ def test_server_mode_end_to_end(stack, tmp_path):
     )
 
     # New data arrives while it trains: the event starts a second run, which waits for the first.
-    data = tmp_path / "fraud-new.parquet"
+    data = stack.data_dir / "fraud-new.parquet"
     from usecases.fraud.simulator import simulate_transactions
 
     simulate_transactions(n_customers=300, n_terminals=600, n_days=70, seed=7).to_parquet(data)
@@ -403,6 +460,18 @@ def test_server_mode_end_to_end(stack, tmp_path):
     arrived = [e for e in seen if e["event"] == "mlops.data.arrived"]
     assert [e["payload"] for e in arrived] == [{"use_case": "fraud", "path": str(data)}]
 
+    # The runner trained, registered and moved the alias as `mlops-runner`: it owns (MANAGE) what it made.
+    for resource_type, resource_id in (
+        ("registered_model", "fraud-detector"),
+        ("experiment", experiment["experiment"]["experiment_id"]),
+    ):
+        granted = users.get(
+            "/3.0/mlflow/users/permissions/get",
+            params={"username": runner, "resource_type": resource_type, "resource_id": resource_id},
+        )
+        assert granted.status_code == 200 and granted.json()["permission"] == "MANAGE", granted.text
+    stack.step("runner user owns the experiment and the registered model")
+
     # Monitoring closes the loop: drifted data -> `mlops monitor` (exit 4) -> mlops.model.degraded -> the
     # training deployment's trigger starts a retraining run on the monitored data.
     monitoring = api.get("/deployments/name/fraud-monitoring/fraud").json()
@@ -411,7 +480,7 @@ def test_server_mode_end_to_end(stack, tmp_path):
     assert any(a["trigger"]["expect"] == ["mlops.model.degraded"] for a in automations), automations
     from usecases.fraud.simulator import Drift
 
-    drifted = tmp_path / "fraud-drifted.parquet"
+    drifted = stack.data_dir / "fraud-drifted.parquet"
     simulate_transactions(
         n_customers=300,
         n_terminals=600,
@@ -434,3 +503,85 @@ def test_server_mode_end_to_end(stack, tmp_path):
     )
     assert retrained["state_type"] == "COMPLETED", f"{retrained['state']}\n{stack.logs()}"
     stack.step("retraining run completed (gated like every run)")
+
+    # A custom run naming a file outside the data roots fails with the reason; nothing is trained.
+    def versions() -> list[str]:
+        found = mlflow.get("/model-versions/search", params={"filter": "name='fraud-detector'"}).json()
+        return sorted(v["version"] for v in found.get("model_versions", []))
+
+    def mlflow_runs() -> int:
+        query = {"experiment_ids": [experiment["experiment"]["experiment_id"]], "max_results": 1000}
+        return len(mlflow.post("/runs/search", json=query).json().get("runs", []))
+
+    before = (versions(), mlflow_runs())
+    outside = tmp_path / "outside-the-roots.parquet"  # a real data file, only in the wrong place
+    shutil.copy(data, outside)
+    elsewhere = api.post(
+        create,
+        json={"parameters": {"params": {**SMALL, "data": str(outside)}}, "state": {"type": "SCHEDULED"}},
+    )
+    assert elsewhere.status_code == 201, elsewhere.text
+    ended = _wait(
+        lambda: flow_run(elsewhere.json()["id"]), lambda r: r["state_type"] in TERMINAL, 240, "refusal", stack
+    )
+    message = ended["state"]["message"] or ""
+    assert ended["state_type"] == "FAILED", f"{ended['state']}\n{stack.logs()}"
+    assert str(outside) in message and str(stack.data_dir) in message, message
+    assert "MLOPS_DATA_ROOTS" in message
+    assert (versions(), mlflow_runs()) == before
+    stack.step("data path outside the roots refused, nothing trained")
+
+    # No secret anywhere it could leak: logs, command output and --help, MLflow runs, Prefect's records.
+    for args in ((*MLOPS, "serve", "--help"), (sys.executable, "-m", "infra.servers", "up", "--help")):
+        assert stack.run(*args).returncode == 0
+    places = {**_log_files(settings.state_dir), "command output": "\n".join(stack.outputs)}
+    places.update(_mlflow_records(mlflow))
+    places.update(_prefect_records(api))
+    assert any("param.customers" in text for text in places.values())  # the records were read
+    leaks = [
+        f"{name} in {place}"
+        for place, text in places.items()
+        for name, value in stack.secrets.items()
+        if value in text
+    ]
+    assert not leaks, leaks
+    stack.step(f"no secret in {len(places)} logs and records")
+
+
+def _basic(credentials: str) -> dict[str, str]:
+    """The header Prefect's clients send for an auth string."""
+    return {"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()}
+
+
+def _log_files(folder: Path) -> dict[str, str]:
+    return {str(path): path.read_text(errors="replace") for path in sorted(folder.rglob("*.log"))}
+
+
+def _mlflow_records(mlflow: httpx.Client) -> dict[str, str]:
+    """Every experiment and run (parameters, tags), registered model and version (tags), as JSON text."""
+    records = {}
+    experiments = mlflow.post("/experiments/search", json={"max_results": 1000}).json()["experiments"]
+    records["mlflow experiments"] = json.dumps(experiments)
+    for experiment in experiments:
+        query = {"experiment_ids": [experiment["experiment_id"]], "max_results": 1000}
+        runs = mlflow.post("/runs/search", json=query).json().get("runs", [])
+        records[f"mlflow runs of {experiment['name']}"] = json.dumps([run["data"] for run in runs])
+    records["mlflow registered models"] = json.dumps(mlflow.get("/registered-models/search").json())
+    records["mlflow model versions"] = json.dumps(mlflow.get("/model-versions/search").json())
+    return records
+
+
+def _prefect_records(api: httpx.Client) -> dict[str, str]:
+    """Every flow run (parameters), artifact, deployment and flow/task run log line, as JSON text."""
+    records = {}
+    for kind in ("flow_runs", "artifacts", "deployments", "logs"):
+        items, offset = [], 0
+        while True:
+            page = api.post(f"/{kind}/filter", json={"limit": 200, "offset": offset})
+            assert page.status_code == 200, page.text
+            items += page.json()
+            if len(page.json()) < 200:
+                break
+            offset += 200
+        records[f"prefect {kind}"] = json.dumps(items)
+    return records

@@ -1,7 +1,8 @@
 """Static checks of docker-compose.yml: no Docker engine runs in CI, so the file is interpolated the way
 `docker compose` does (with `.env.example`), validated against the Compose Specification JSON schema that
 Docker Compose itself embeds (vendored in infra/compose/), and checked for what the servers need: health
-checks, restart policies, Postgres-backed MLflow and Prefect, MLflow basic auth, no secrets in the repo.
+checks, restart policies, Postgres-backed MLflow and Prefect, MLflow basic auth, Prefect's API auth string,
+the runner's own non-admin MLflow user and its data root, no secrets in the repo.
 The commands the containers run are the ones `make up` runs natively (infra/servers.py); the settings they
 derive from the compose environment are checked here too. When a `docker compose` CLI is available, its own
 `config` validation runs as well.
@@ -19,13 +20,23 @@ import jsonschema
 import pytest
 import yaml
 
-from infra.servers import PLACEHOLDER, ServerError, Settings, read_env_file
+from infra.servers import (
+    MLFLOW_SECRETS,
+    PLACEHOLDER,
+    PREFECT_SECRETS,
+    RUNNER_SECRETS,
+    ServerError,
+    Settings,
+    read_env_file,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 SCHEMA = ROOT / "infra" / "compose" / "compose-spec.json"
-APP_SERVICES = ("mlflow", "prefect", "runner")
+APP_SERVICES = ("mlflow", "prefect", "runner", "mlflow-setup")
+ONE_SHOT = ("mlflow-setup",)  # runs once, then exits: restarts on failure, others wait for its success
+SECRET_KEY = re.compile(r"PASSWORD|SECRET|AUTH_STRING|TOKEN")
 
 _VARIABLE = re.compile(
     r"\$(?:(?P<escaped>\$)|(?P<plain>[A-Za-z_][A-Za-z0-9_]*)|"
@@ -132,18 +143,21 @@ def test_every_service_is_healthchecked_and_restarts(compose):
     services = compose["services"]
     assert set(services) == {"postgres", *APP_SERVICES}
     for name, service in services.items():
+        if name in ONE_SHOT:
+            assert service.get("restart") == "on-failure", name
+            continue
         assert service.get("restart") in ("unless-stopped", "always"), name
         check = service.get("healthcheck", {})
         assert check.get("test") and not check.get("disable"), f"{name} has no health check"
         for dependency, condition in service.get("depends_on", {}).items():
             assert dependency in services, f"{name} depends on unknown {dependency}"
-            assert condition == {"condition": "service_healthy"}, (
-                f"{name} should wait for {dependency}'s health"
-            )
+            expected = "service_completed_successfully" if dependency in ONE_SHOT else "service_healthy"
+            assert condition == {"condition": expected}, f"{name} should wait for {dependency}"
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
     assert set(services["mlflow"]["depends_on"]) == {"postgres"}
     assert set(services["prefect"]["depends_on"]) == {"postgres"}
-    assert set(services["runner"]["depends_on"]) == {"mlflow", "prefect"}
+    assert services["mlflow-setup"]["depends_on"] == {"mlflow": {"condition": "service_healthy"}}
+    assert set(services["runner"]["depends_on"]) == {"mlflow", "mlflow-setup", "prefect"}
 
 
 def test_named_volumes_hold_the_state(compose):
@@ -175,7 +189,7 @@ def test_app_services_share_one_image_built_from_infra_with_uv(compose):
 def test_mlflow_container_runs_the_native_command_with_basic_auth_on_postgres(compose):
     service = compose["services"]["mlflow"]
     assert service["command"] == ["python", "-m", "infra.servers", "exec", "mlflow"]
-    settings = Settings.from_env(environment(service)).with_secrets(generate=False)
+    settings = Settings.from_env(environment(service)).with_secrets(generate=False, names=MLFLOW_SECRETS)
     command = settings.mlflow_command()
     assert command[1:4] == ["server", "--app-name", "basic-auth"]
     assert "--serve-artifacts" in command
@@ -206,19 +220,43 @@ def test_prefect_container_runs_the_native_command_on_postgres(compose):
     ui_api = settings.prefect_env()["PREFECT_SERVER_UI_API_URL"]
     published = service["ports"][0].split(":")[1]
     assert ui_api == f"http://localhost:{published}/api"
+    # Basic auth on the API: the server gets the auth string (health stays open for the health check).
+    settings = settings.with_secrets(generate=False, names=PREFECT_SECRETS)
+    assert settings.prefect_env()["PREFECT_SERVER_API_AUTH_STRING"] == "secret-prefect_server_api_auth_string"
+    assert "/api/health" in " ".join(service["healthcheck"]["test"])
 
 
-def test_runner_reaches_both_servers_with_the_mlflow_credentials(compose):
+def test_mlflow_setup_creates_the_runner_user_as_the_admin(compose):
+    services = compose["services"]
+    setup, mlflow = environment(services["mlflow-setup"]), environment(services["mlflow"])
+    assert services["mlflow-setup"]["command"] == ["python", "-m", "infra.servers", "mlflow-setup"]
+    settings = Settings.from_env(setup).with_secrets(generate=False, names=RUNNER_SECRETS)
+    assert settings.mlflow_url == "http://mlflow:5000"
+    assert settings.mlflow_admin_username == mlflow["MLFLOW_AUTH_ADMIN_USERNAME"]
+    assert settings.mlflow_admin_password == mlflow["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    assert settings.mlflow_runner_username == "mlops-runner" != settings.mlflow_admin_username
+    assert "PREFECT_SERVER_API_AUTH_STRING" not in setup  # each service gets only the secrets it uses
+
+
+def test_runner_reaches_both_servers_with_its_own_credentials(compose):
     services = compose["services"]
     runner, mlflow = environment(services["runner"]), environment(services["mlflow"])
+    setup, prefect = environment(services["mlflow-setup"]), environment(services["prefect"])
     assert services["runner"]["command"] == ["mlops", "serve"]
     assert runner["PREFECT_API_URL"] == "http://prefect:4200/api"
+    assert runner["PREFECT_API_AUTH_STRING"] == prefect["PREFECT_SERVER_API_AUTH_STRING"]
     assert runner["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
-    assert runner["MLFLOW_TRACKING_USERNAME"] == mlflow["MLFLOW_AUTH_ADMIN_USERNAME"]
-    assert runner["MLFLOW_TRACKING_PASSWORD"] == mlflow["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    # The runner user mlflow-setup creates, never the admin; the admin password is nowhere in its environment.
+    assert runner["MLFLOW_TRACKING_USERNAME"] == setup["MLOPS_MLFLOW_RUNNER_USERNAME"]
+    assert runner["MLFLOW_TRACKING_PASSWORD"] == setup["MLOPS_MLFLOW_RUNNER_PASSWORD"]
+    assert runner["MLFLOW_TRACKING_USERNAME"] != mlflow["MLFLOW_AUTH_ADMIN_USERNAME"]
+    assert mlflow["MLFLOW_AUTH_ADMIN_PASSWORD"] not in runner.values()
+    # Deployment-started runs read `data` only from the mounted data folder.
+    assert runner["MLOPS_DATA_ROOTS"] == "/data"
+    assert any(str(v).endswith(":/data:ro") for v in services["runner"]["volumes"])
     assert runner["PREFECT_RUNNER_SERVER_ENABLE"] == "true"
     assert runner["PREFECT_RUNNER_SERVER_PORT"] in " ".join(services["runner"]["healthcheck"]["test"])
-    for name in ("mlflow", "prefect", "runner"):
+    for name in APP_SERVICES:
         env = environment(services[name])
         assert env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false" and env["DO_NOT_TRACK"] == "true"
         assert env["MLFLOW_ENABLE_TELEMETRY"] == "false"
@@ -235,26 +273,37 @@ def test_no_secrets_in_the_repository(raw):
     text = COMPOSE.read_text()
     for service in raw["services"].values():
         for key, value in environment(service).items():
-            if re.search(r"PASSWORD|SECRET", key):
+            if SECRET_KEY.search(key):
                 assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]*\}", value), f"{key} must come from the environment"
     for url in re.findall(r"postgresql\+\w+://[^\s]+", text):
         assert "${POSTGRES_PASSWORD" in url, url
     example = example_env()
     for key, value in example.items():
-        if re.search(r"PASSWORD|SECRET", key):
+        if SECRET_KEY.search(key):
             assert value == PLACEHOLDER, f".env.example must not hold a real {key}"
     assert ".env" in (ROOT / ".gitignore").read_text().split()
 
 
-def test_compose_refuses_to_start_without_secrets(raw):
-    env = {k: v for k, v in filled_env().items() if k != "MLFLOW_AUTH_ADMIN_PASSWORD"}
-    with pytest.raises(MissingVariable, match="MLFLOW_AUTH_ADMIN_PASSWORD"):
+@pytest.mark.parametrize(
+    "secret", ["MLFLOW_AUTH_ADMIN_PASSWORD", "MLOPS_MLFLOW_RUNNER_PASSWORD", "PREFECT_SERVER_API_AUTH_STRING"]
+)
+def test_compose_refuses_to_start_without_secrets(raw, secret):
+    env = {k: v for k, v in filled_env().items() if k != secret}
+    with pytest.raises(MissingVariable, match=secret):
         interpolate(raw, env)
-    # ... and the servers refuse .env.example's placeholder left in place.
-    mlflow = environment(interpolate(raw, example_env())["services"]["mlflow"])
-    assert mlflow["MLFLOW_AUTH_ADMIN_PASSWORD"] == PLACEHOLDER
-    with pytest.raises(ServerError, match="placeholder"):
-        Settings.from_env(mlflow).with_secrets(generate=False)
+
+
+def test_servers_refuse_the_placeholder(raw):
+    services = interpolate(raw, example_env())["services"]
+    for service, names in (
+        ("mlflow", MLFLOW_SECRETS),
+        ("prefect", PREFECT_SECRETS),
+        ("mlflow-setup", RUNNER_SECRETS),
+    ):
+        env = environment(services[service])
+        assert PLACEHOLDER in env.values()
+        with pytest.raises(ServerError, match="placeholder"):
+            Settings.from_env(env).with_secrets(generate=False, names=names)
 
 
 def test_every_variable_is_documented_in_env_example(raw):
