@@ -171,7 +171,7 @@ def _plans(use_cases: list[str] | None):
 
 
 def _trigger_note(trigger, plan) -> str:
-    from infra.deployments import DATA_ARRIVED, MODEL_DEGRADED
+    from infra.deployments import DATA_ARRIVED, MODEL_DEGRADED, MODEL_PROMOTED
 
     events = set(trigger.expect)
     if DATA_ARRIVED in events:
@@ -179,6 +179,8 @@ def _trigger_note(trigger, plan) -> str:
     if MODEL_DEGRADED in events:
         hours = trigger.within.total_seconds() / 3600
         return f"{MODEL_DEGRADED} for {plan.registered_model} (mlops monitor), at most once per {hours:g} h"
+    if MODEL_PROMOTED in events:
+        return f"{MODEL_PROMOTED} for {trigger.match.root['prefect.resource.id'].rsplit('.', 1)[-1]}"
     return ", ".join(sorted(events))
 
 

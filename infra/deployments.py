@@ -302,9 +302,24 @@ def other_plans(use_cases: Iterable[str] | None = None) -> list[DeploymentPlan]:
                     tags=("mlops", other.kind) + ((f"use-case:{use_case}",) if use_case else ()),
                     concurrency=ONE_AT_A_TIME if other.one_at_a_time else None,
                     parameters=_monitor_data(use_case) if other.kind == "monitoring" else None,
+                    triggers=_compaction_trigger(flow.name, use_case) if other.kind == "compaction" else (),
                 )
             )
     return plans
+
+
+def _compaction_trigger(flow_name: str, use_case: str) -> tuple[DeploymentEventTrigger, ...]:
+    """A new champion gets its compact version: `mlops.model.promoted` for the use case's model starts the
+    compaction of exactly the promoted version (the compact model's own promotions name another model)."""
+    model = registered_model_of(use_case)
+    trigger = DeploymentEventTrigger(
+        name=f"{flow_name}: on {MODEL_PROMOTED}",
+        description=f"Compact {model} when a new version becomes its champion.",
+        expect={MODEL_PROMOTED},
+        match={"prefect.resource.id": f"mlflow.registered-model.{model}"},
+        parameters={"version": "{{ event.payload.version }}"},
+    )
+    return (trigger,)
 
 
 def _monitor_data(use_case: str) -> dict | None:

@@ -258,6 +258,10 @@ def evaluate_champion(registered_model: str, splits: Splits, metrics_spec: Metri
     except mlflow.exceptions.MlflowException as exc:
         if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower():
             return ChampionScore(None)
+        # MLflow's basic auth answers 403, not 404, to a non-admin asking about a model nobody created yet.
+        missing = not client.search_registered_models(filter_string=f"name = '{registered_model}'")
+        if "PERMISSION_DENIED" in str(exc.error_code) and missing:
+            return ChampionScore(None)
         raise
     try:
         model = load_scoring_model(registered_model, version=version.version)  # pinned: the one we read
