@@ -296,17 +296,17 @@ def stock() -> None:
         ("2016-12-30", "2017-01-01", "2017 (trained to 2016)"),
         ("2017-12-29", "2018-01-01", "2018 (trained to 2017)"),
     ):
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp = Path(tmp)
-            os.environ["MLOPS_HOME"] = str(tmp / "home")
-            code = _mlops("run", "stock", "--end", end)
-            if code != 0:
-                print(f"{label:34}champion not promoted (exit {code})")
-                continue
-            sp500.load().reset_index().to_parquet(tmp / "sp500.parquet")
-            data = ["--data", str(tmp / "sp500.parquet"), "--since", since, "--min-rows", "100"]
-            code, seconds = _monitor("stock", *data)
-            _row(label, _last_assessment(tmp / "home", "stock"), seconds)
+        # One folder per champion, all kept until the end: MLflow keeps its SQLite engines for the process.
+        tmp = Path(tempfile.mkdtemp(prefix=f"stock-{since[:4]}-"))
+        os.environ["MLOPS_HOME"] = str(tmp / "home")
+        code = _mlops("run", "stock", "--end", end)
+        if code != 0:
+            print(f"{label:34}champion not promoted (exit {code})")
+            continue
+        sp500.load().reset_index().to_parquet(tmp / "sp500.parquet")
+        data = ["--data", str(tmp / "sp500.parquet"), "--since", since, "--min-rows", "100"]
+        code, seconds = _monitor("stock", *data)
+        _row(label, _last_assessment(tmp / "home", "stock"), seconds)
 
 
 def main() -> None:

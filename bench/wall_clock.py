@@ -80,22 +80,34 @@ def main() -> None:
         mlops = [str(BIN / "mlops")]
         run = [*mlops, "run", "fraud", "--data", args.data]
         hand = [sys.executable, "bench/handwritten.py", args.data]
+        old = _Before(args.before, env, tmp) if args.before else None
         try:
-            imports = {
-                name: min(timed([sys.executable, "-c", code], env) for _ in range(2))
-                for name, code in IMPORTS.items()
-            }
+            # Everything interleaved, so the load of a shared machine hits every contender alike.
+            imports, imports_before = {}, {}
+            for name, code in IMPORTS.items():
+                now, was = [], []
+                for _ in range(2):
+                    now.append(timed([sys.executable, "-c", code], env))
+                    if old:
+                        was.append(old.timed([sys.executable, "-c", IMPORTS_BEFORE[name]]))
+                imports[name], imports_before[name] = min(now), min(was) if was else None
             status_empty = timed([*mlops, "status", "fraud"], env)
+            status_before = old.timed([sys.executable, "-c", old.app, "status", "fraud"]) if old else None
             first = timed(run, env)  # starts the local Prefect server
-            runs, hands = [], []
-            for _ in range(args.repeat):  # interleaved, so load on the machine hits both alike
+            runs, hands, runs_before = [], [], []
+            for _ in range(args.repeat):
                 runs.append(timed(run, env))
                 hands.append(timed(hand, {**env, "MLOPS_BENCH_TMP": tmp}))
+                if old:
+                    runs_before.append(
+                        old.timed([sys.executable, "-c", old.app, "run", "fraud", "--data", args.data])
+                    )
             status = timed([*mlops, "status", "fraud"], env)
             helps = timed([*mlops, "--help"], env)
-            before = _before(args, env, tmp) if args.before else None
         finally:
             subprocess.run([*mlops, "server", "stop"], env=env, cwd=ROOT, capture_output=True)
+            if old:
+                old.close()
 
     best_run, best_hand = min(runs), min(hands)
     print(f"data: {args.data}; best of {args.repeat}; wall clock of the whole process, start-up included\n")
@@ -112,40 +124,41 @@ def main() -> None:
     print(f"{'mlops --help':48}{helps:10.1f}")
     print("\nimport time before a command works (fresh interpreter, best of 2):")
     for name, seconds in imports.items():
-        was = f"   before: {before['imports'][name]:.2f}" if before else ""
+        was = f"   before: {imports_before[name]:.2f}" if old else ""
         print(f"  {name:46}{seconds:10.2f}{was}")
-    if before:
-        print(f"\nbefore ({args.before}), same run: each command starts Prefect's temporary server")
-        every = ", ".join(f"{r:.1f}" for r in before["runs"])
-        print(f"{'mlops run fraud (best)':48}{min(before['runs']):10.1f}   all: {every}")
-        print(f"{'ratio to the hand-written script':48}{min(before['runs']) / best_hand:10.2f}")
-        print(f"{'mlops status fraud (empty registry)':48}{before['status']:10.1f}")
+    if old:
+        print(
+            f"\nbefore ({args.before}), same run, interleaved: each command starts Prefect's temporary server"
+        )
+        every = ", ".join(f"{r:.1f}" for r in runs_before)
+        print(f"{'mlops run fraud (best)':48}{min(runs_before):10.1f}   all: {every}")
+        print(f"{'ratio to the hand-written script':48}{min(runs_before) / best_hand:10.2f}")
+        print(f"{'mlops status fraud (empty registry)':48}{status_before:10.1f}")
 
 
-def _before(args, env: dict, tmp: str) -> dict:
-    """The earlier revision's figures, from a temporary worktree (its code first on sys.path)."""
-    tree = Path(tmp) / "before"
-    subprocess.run(
-        ["git", "worktree", "add", "--detach", str(tree), args.before],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    )
-    try:
-        old = {**env, "MLOPS_HOME": str(Path(tmp) / "home-before"), "PYTHONPATH": str(tree)}
-        app = "import sys; from flows.cli import app; sys.exit(app(sys.argv[1:]))"
-        imports = {
-            name: min(timed([sys.executable, "-c", code], old, cwd=tree) for _ in range(2))
-            for name, code in IMPORTS_BEFORE.items()
-        }
-        status = timed([sys.executable, "-c", app, "status", "fraud"], old, cwd=tree)
-        runs = [
-            timed([sys.executable, "-c", app, "run", "fraud", "--data", args.data], old, cwd=tree)
-            for _ in range(args.repeat)
-        ]
-        return {"imports": imports, "status": status, "runs": runs}
-    finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
+class _Before:
+    """An earlier revision's code in a temporary worktree, run with this environment's packages (its
+    folders first on sys.path)."""
+
+    app = "import sys; from flows.cli import app; sys.exit(app(sys.argv[1:]))"
+
+    def __init__(self, rev: str, env: dict, tmp: str):
+        self.tree = Path(tmp) / "before"
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(self.tree), rev],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+        self.env = {**env, "MLOPS_HOME": str(Path(tmp) / "home-before"), "PYTHONPATH": str(self.tree)}
+
+    def timed(self, command: list[str]) -> float:
+        return timed(command, self.env, cwd=self.tree)
+
+    def close(self) -> None:
+        subprocess.run(
+            ["git", "worktree", "remove", "--force", str(self.tree)], cwd=ROOT, capture_output=True
+        )
 
 
 if __name__ == "__main__":
