@@ -38,11 +38,21 @@ def mlops_home() -> Path:
     return Path(os.environ.get("MLOPS_HOME", DEFAULT_HOME)).resolve()
 
 
+_DERIVED: set[str] = set()  # store URIs this process derived from MLOPS_HOME
+
+
 def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI when the user set it, else the SQLite store under MLOPS_HOME.
+
+    `mlflow.set_tracking_uri` also writes MLFLOW_TRACKING_URI into the environment; a value this process put
+    there itself is not taken as the user's choice, so a later MLOPS_HOME (tests, benchmarks) still counts.
+    """
     uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
+    if uri and uri not in _DERIVED:
         return uri
-    return f"sqlite:///{mlops_home() / 'mlflow.db'}"
+    derived = f"sqlite:///{mlops_home() / 'mlflow.db'}"
+    _DERIVED.add(derived)
+    return derived
 
 
 def configure() -> str:
