@@ -293,7 +293,7 @@ def stock() -> None:
     header = f"{'':34}{'verdict':>10}{'rows':>11}{'est. MAE':>11}{'real MAE':>10}{'s':>8}"
     print(header + "  drifted (worst first)")
     for end, since, label in (
-        ("2016-12-30", "2017-01-01", "2017 (trained to 2016)"),
+        ("2016-12-30", "2017-01-01", "2017-18 (trained to 2016)"),
         ("2017-12-29", "2018-01-01", "2018 (trained to 2017)"),
     ):
         # One folder per champion, all kept until the end: MLflow keeps its SQLite engines for the process.
