@@ -127,6 +127,11 @@ def serve_model(
         "MLOPS_SERVE_TOKEN, when set, is the token.",
         show_default=False,
     ),
+    compact: bool = typer.Option(
+        False,
+        "--compact",
+        help="Serve the compact champion (`<registered model>-compact`, from `mlops compact`) instead.",
+    ),
 ) -> None:
     """Serve predictions from the champion over HTTP, following the alias without restarts."""
     import logging
@@ -146,6 +151,8 @@ def serve_model(
     os.environ.pop(TOKEN_ENV, None)  # not handed on to anything this process starts
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     name = _model_name(use_case, model)
+    if compact and not name.endswith("-compact"):
+        name = f"{name}-compact"  # the compact model's registry name (tasks/compact.py)
     source = f"the token in {token_file}" if token_file else TOKEN_ENV
     console.print(
         f"serving {name}@{alias} on http://{host}:{port} (POST /predict, GET /health); "
