@@ -245,6 +245,12 @@ def deploy(
     console.print(f"Registered {len(plans)} deployment(s) with {api}. See them at {ui}/deployments")
     if work_pool:
         console.print(f"Run them: `prefect worker start --pool {work_pool}` (in this project's environment).")
+        return
+    from infra.servers import Managed, Settings
+
+    runner = Managed("serve", Settings.from_env().state_dir).pid()
+    if runner is not None:  # `make up` started one: it already picks these up
+        console.print(f"`mlops serve` started by `make up` is running (pid {runner}): it executes them.")
     else:
         console.print(
             "Run them: `mlops serve` (keep it running: it executes scheduled and UI-triggered runs)."
