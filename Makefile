@@ -25,7 +25,7 @@ test: install  ## lint, then every test
 	$(UV) run ruff format --check .
 	$(UV) run pytest -q
 
-test-fast: install  ## the unit tests only (no servers, no flows): the inner loop, well under a minute
+test-fast: install  ## the unit tests only (no servers, no flows): the inner loop
 	$(UV) run pytest -q tests/unit
 
 lint: install
