@@ -31,7 +31,7 @@ from tasks.profile import record_profile
 from tasks.register import FINGERPRINT_TAG, Registration, fingerprint, log_candidate, register
 from tasks.report import Decision, report
 from tasks.slices import evaluate_slices
-from tasks.split import Splits, split
+from tasks.split import Splits, split, with_known_target
 from tasks.train import train, train_baselines
 from tasks.validate import validate
 from usecases.spec import NON_MODEL_PARAMS, TrainingParams, UseCaseSpec
@@ -84,12 +84,7 @@ def gated_training(spec: UseCaseSpec, params: TrainingParams) -> TrainingOutcome
         raw = ingest(spec.load, params)
         checked = spec.raw_check_view(raw) if spec.raw_check_view else raw  # + derived cross-row columns
         raw_check = validate(checked, spec.raw_suite, run_id)
-        table = featurize(raw, spec.build_features)
-        # A target not known yet (a forecast's last `horizon` rows) can neither train nor test: batch scoring
-        # forecasts from those rows, training drops them.
-        unknown = table[spec.target].isna()
-        if unknown.any():
-            table = table[~unknown].reset_index(drop=True)
+        table = with_known_target(featurize(raw, spec.build_features), spec.target)
         feature_check = validate(table, spec.feature_suite, run_id)
         splits = split(table, spec.split, spec.schema, spec.test_filter)
         data_digest = _log_datasets(run_id, spec, raw, splits)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from prefect import flow
 from prefect.runtime import deployment
 
-from champion.loading import spec_for, training_params
+from champion.loading import training_params
 from infra.servers import confine_to_data_roots
 from tasks import tracking
 from tasks.monitor import Assessment, alert, assess, monitoring_window, record_assessment, thresholds_for
@@ -50,8 +50,9 @@ def monitoring(use_case: str, params: MonitorParams) -> MonitoringOutcome:
     tracking.configure()
     name = params.registered_model or default_registered_model(use_case)
     model = load_model(name, params.version, None if params.version else params.alias)
-    spec = spec_for(use_case, model)  # the parameters the version was trained with: one feature path
-    trained_with = training_params(spec_module(use_case), model.run_id)
+    module = spec_module(use_case)
+    trained_with = training_params(module, model.run_id)  # as the version's run recorded them
+    spec = module.build_spec(trained_with)  # so its features are built on the path it was trained on
     profile, origin = reference_profile(model, spec, trained_with)
     window = monitoring_window(spec, params.data, params.since)
     assessment = assess(profile, window, model, spec, thresholds_for(spec, params))

@@ -241,7 +241,7 @@ def rebuild_windows(spec: UseCaseSpec, params: TrainingParams, teacher: Teacher)
     """The teacher's training, validation and test windows, cut again from its recorded data source with the
     parameters it was trained with; refused when the data or the windows differ from what it recorded."""
     from tasks import tracking
-    from tasks.split import split_frame
+    from tasks.split import cut_again
 
     raw = spec.load(params)
     digest, recorded = tracking.content_digest(raw), teacher.tags.get("lineage.data_digest")
@@ -250,10 +250,7 @@ def rebuild_windows(spec: UseCaseSpec, params: TrainingParams, teacher: Teacher)
             f"{teacher.name} v{teacher.version} was trained on data {recorded}, but its source "
             f"{raw.attrs.get('source', '?')} now holds {digest}: its windows cannot be rebuilt"
         )
-    table = spec.build_features(raw)
-    table = table[table[spec.target].notna()].reset_index(drop=True)
-    target = spec.target if spec.problem == "binary" else None
-    splits = split_frame(table, spec.split, spec.time_column, target, spec.test_filter)
+    splits = cut_again(spec, raw)
     rebuilt = {k: f"{lo} .. {hi} ({len(getattr(splits, k))} rows)" for k, (lo, hi) in splits.windows.items()}
     recorded = {k: teacher.training.get(f"window.{k}") for k in rebuilt}
     differs = [

@@ -943,10 +943,11 @@ def monitoring_window(spec, path: str, since: str | None) -> Window:
 
     log = run_logger()
     raw = parse_times(read_table(path), spec.time_column)
+    raw_suite, feature_suite = spec.scoring_suites
     view = spec.raw_check_view(raw) if spec.raw_check_view else raw
-    check_frame(view, spec.score_suite or spec.raw_suite, "monitoring input, raw", log)
+    check_frame(view, raw_suite, "monitoring input, raw", log)
     table = spec.build_features(raw)
-    check_frame(table, spec.score_feature_suite or spec.feature_suite, "monitoring input, features", log)
+    check_frame(table, feature_suite, "monitoring input, features", log)
     times = table[spec.time_column]
     # By default, rows before the feature history's span lack the past their features look back over.
     start = pd.Timestamp(since) if since else times.min() + (spec.feature_history or pd.Timedelta(0))
@@ -974,13 +975,13 @@ def assess(
     share = drifted_share(drifts)
     score_psi = score_drift(profile, scores)
     population = spec.test_filter(monitored, window.table) if spec.test_filter else monitored
-    kept = monitored.index.get_indexer(population.index)
-    estimated = estimate_performance(profile, scores[kept])
+    population_scores = scores[monitored.index.get_indexer(population.index)]
+    estimated = estimate_performance(profile, population_scores)
     labelled = population[spec.target].notna().to_numpy()
     realised = None
     if labelled.sum() >= 1:
-        realised = _realised(spec, profile, population[labelled], scores[kept][labelled])
-    history = _history(spec, profile, population, scores[kept], labelled)
+        realised = _realised(spec, profile, population[labelled], population_scores[labelled])
+    history = _history(spec, profile, population, population_scores, labelled)
     result = verdict(profile, drifts, share, score_psi, estimated, realised, thresholds)
     return Assessment(
         result,

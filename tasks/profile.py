@@ -89,11 +89,8 @@ def reference_profile(model: ScoringModel, spec: UseCaseSpec, params: TrainingPa
 
 def _rebuild(model: ScoringModel, spec: UseCaseSpec, params: TrainingParams) -> dict:
     from tasks.evaluate import Evaluation, score_model
-    from tasks.split import split_frame
+    from tasks.split import cut_again
 
-    table = spec.build_features(spec.load(params))
-    table = table[table[spec.target].notna()].reset_index(drop=True)
-    target = spec.target if spec.problem == "binary" else None
-    splits = split_frame(table, spec.split, spec.time_column, target, spec.test_filter)
+    splits = cut_again(spec, spec.load(params))
     scored = score_model(model.predict, splits, spec.metrics)
     return build(spec, splits, Evaluation(scored, {}))

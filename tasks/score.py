@@ -236,7 +236,7 @@ def score_file(
         log.info("use case %s declares no feature_history: scoring the input in one piece", spec.name)
         chunk_rows = None
     outputs = [*spec.id_columns, spec.score_column, VERSION_COLUMN]
-    raw_suite = getattr(spec, "score_suite", None) or spec.raw_suite
+    raw_suite, feature_suite = spec.scoring_suites
     writer = AtomicTableWriter(output_path)
     progress = _progress(count_rows(input_path), show_progress and sys.stderr.isatty())
 
@@ -291,7 +291,6 @@ def score_file(
             features = spec.build_features(frame)
             seconds["features"] += time.perf_counter() - t0
             if check_features:
-                feature_suite = spec.score_feature_suite or spec.feature_suite
                 seconds["validate"] += check_frame(features, feature_suite, f"features, chunk {chunks}", log)
             score(features, emitted_upto, cutoff)
             if cutoff is not None:

@@ -20,7 +20,7 @@ from tasks.stage import stage
 from tasks.tracking import run_logger
 
 if TYPE_CHECKING:
-    from usecases.spec import Schema
+    from usecases.spec import Schema, UseCaseSpec
 
 
 class SplitError(ValueError):
@@ -105,6 +105,21 @@ def split_frame(
         for name, (lo, hi) in bounds.items()
     }
     return Splits(parts["train"], parts["validation"], parts["test"], windows)
+
+
+def with_known_target(table: pd.DataFrame, target: str) -> pd.DataFrame:
+    """The rows whose target is known. A forecast's last `horizon` rows (or transactions not yet labelled) can
+    neither train nor test: batch scoring forecasts from them, training drops them."""
+    unknown = table[target].isna()
+    return table[~unknown].reset_index(drop=True) if unknown.any() else table
+
+
+def cut_again(spec: UseCaseSpec, raw: pd.DataFrame) -> Splits:
+    """A version's windows cut again from its raw data, as training cut them: the same features, the rows with
+    a known target, the same split and test filter (monitoring profiles, compaction teachers)."""
+    table = with_known_target(spec.build_features(raw), spec.target)
+    target = spec.target if spec.problem == "binary" else None
+    return split_frame(table, spec.split, spec.time_column, target, spec.test_filter)
 
 
 def rolling_origin_folds(

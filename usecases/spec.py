@@ -302,6 +302,11 @@ class UseCaseSpec:
     slices: tuple[Slice, ...] = ()
 
     @property
+    def scoring_suites(self) -> tuple[Callable[[], object], Callable[[], object]]:
+        """The suites new data to score or monitor must pass: the raw one, then the feature one."""
+        return self.score_suite or self.raw_suite, self.score_feature_suite or self.feature_suite
+
+    @property
     def schema(self) -> Schema:
         columns = (tuple(self.features), self.target, self.time_column, tuple(self.id_columns))
         return Schema(self.problem, *columns)
