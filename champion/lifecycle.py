@@ -1,8 +1,9 @@
 """The registry's side of the model lifecycle: what is champion and why, and moving it back by hand.
 
-Everything here reads what the pipeline recorded: version tags written at registration (`gate.*`, `lineage.*`,
-`test_<metric>`) and at promotion (`promoted_at`, `previous_champion`, `promoted_by_run`, `promotion`), the
-numbered `champion.history.<n>` entries on the registered model, and the training runs' `decision` tags.
+Everything here reads what the pipeline recorded: version tags written at registration (`gates`,
+`lineage.*`, `test_<metric>`; each gate's value and threshold are in the training run's `gate_report.json`)
+and at promotion (`promoted_at`, `previous_champion`, `promoted_by_run`, `promotion`), the numbered
+`champion.history.<n>` entries on the registered model, and the training runs' `decision` tags.
 
 A rollback moves `champion` (default: to the current champion's `previous_champion`) under the same lock as
 promotions, records why on the version it moves to (`rolled_back_at`, `rollback.reason`, `rollback.from`,
@@ -12,8 +13,6 @@ refuses a version that failed its absolute or baseline gates, or that the gated 
 
 from __future__ import annotations
 
-import getpass
-import os
 from contextlib import suppress
 from dataclasses import dataclass
 
@@ -22,8 +21,10 @@ from mlflow import MlflowClient
 
 from champion.lock import champion_lock
 from champion.promotion import CHAMPION, FINGERPRINT_TAG, current_champion, move_champion, read_history
+from tasks import tracking
+from tasks.card import GATES_TAG, refused_gates
 
-REGISTRATION_GATES = ("gate.absolute.", "gate.baseline.")
+REGISTRATION_GATES = ("absolute.", "baseline.")  # a version that failed these never reached the registry
 
 
 class RollbackRefused(ValueError):
@@ -50,8 +51,22 @@ def _metrics(tags: dict) -> dict[str, str]:
     return {k: v for k, v in tags.items() if k.startswith("test_")}
 
 
-def _gates(tags: dict) -> dict[str, str]:
-    return {k[len("gate.") :]: v for k, v in sorted(tags.items()) if k.startswith("gate.")}
+def _gates(client: MlflowClient, version) -> dict[str, str]:
+    """Each gate's verdict: from the training run's `gate_report.json`, else from the version's tags."""
+    tags = dict(version.tags)
+    per_gate = {k[len("gate.") :]: v for k, v in sorted(tags.items()) if k.startswith("gate.")}
+    if per_gate:  # registered before the `gates` summary tag
+        return per_gate
+    with suppress(Exception):  # no run, no artifact, no access: the summary below still says it
+        import mlflow.artifacts
+        from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+
+        MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.set(False)  # a progress bar would garble `status --json`
+        report = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/gate_report.json")
+        return {
+            g["name"]: f"{'passed' if g['passed'] else 'refused'}: {g['detail']}" for g in report["gates"]
+        }
+    return {"all": tags.get(GATES_TAG, "no verdict recorded")}
 
 
 def model_status(name: str, refused: int = 5, history: int = 10) -> dict:
@@ -79,7 +94,7 @@ def model_status(name: str, refused: int = 5, history: int = 10) -> dict:
                 if k in tags
             },
             "metrics": _metrics(tags),
-            "gates": _gates(tags),
+            "gates": _gates(client, mv),
             "fingerprint": tags.get(FINGERPRINT_TAG),
         }
     moves = list(reversed(read_history(client, name)))[:history]
@@ -163,14 +178,10 @@ def _iso(millis: int | None) -> str | None:
 
 def gate_problems(version: str, tags: dict) -> list[str]:
     """Why `version` may not be champion: not registered by the pipeline, or refused by its gates."""
-    gates = {k: v for k, v in tags.items() if k.startswith("gate.")}
-    if not gates or FINGERPRINT_TAG not in tags:
-        return [f"v{version} was not registered by the gated pipeline (no gate.* and lineage tags)"]
-    return [
-        f"v{version} {k}: {v}"
-        for k, v in sorted(gates.items())
-        if k.startswith(REGISTRATION_GATES) and not v.startswith("passed")
-    ]
+    refused = refused_gates(tags)
+    if refused is None or FINGERPRINT_TAG not in tags:
+        return [f"v{version} was not registered by the gated pipeline (no gate verdict and lineage tags)"]
+    return [f"v{version} refused by gate {name}" for name in refused if name.startswith(REGISTRATION_GATES)]
 
 
 @dataclass(frozen=True)
@@ -184,7 +195,7 @@ class Rollback:
 
 def rollback(name: str, to: str | None = None, reason: str = "", by: str | None = None) -> Rollback:
     """Move `name@champion` back to `to` (default: the current champion's previous champion)."""
-    by = by or os.environ.get("MLOPS_USER") or _user()
+    by = by or tracking.user()
     reason = reason or "manual rollback"
     client = MlflowClient()
     with champion_lock(name, holder=f"rollback by {by}"):
@@ -233,13 +244,6 @@ def rollback(name: str, to: str | None = None, reason: str = "", by: str | None 
                 client.delete_model_version_tag(name, to, key)
     _emit_rollback_event(name, to, current, reason, by)
     return Rollback(name, to, current, reason, now)
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:
-        return "unknown"
 
 
 def _emit_rollback_event(name: str, version: str, previous: str, reason: str, by: str) -> None:

@@ -15,7 +15,11 @@ processes and machines that share the registry:
 
 `MLOPS_REGISTRY_LOCK_URI` overrides where the lock lives; `MLOPS_REGISTRY_LOCK_TIMEOUT` (seconds, default
 900) bounds the wait. A process that dies while holding the lock releases it: the file lock and the advisory
-lock go with the process or its connection, a Prefect slot with its lease.
+lock go with the process or its connection, a Prefect slot with its lease. The holder renews the lease every
+3/4 of its length; once a dead holder's lease has expired, the Prefect server's repossessor service (every
+15 s; it runs in `prefect server start`, not in Prefect's per-process temporary server) frees the slot. The
+lease is `MLOPS_REGISTRY_LOCK_LEASE` seconds, default 60, the shortest the server accepts (Prefect's own
+default, 300 s, would block the next run for five minutes after a crash).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from urllib.parse import unquote, urlparse
 
 DEFAULT_TIMEOUT = 900.0
 POLL_SECONDS = 0.2
+LEASE_SECONDS = 60.0  # a Prefect slot's lease: how long a crashed holder keeps it (the server's minimum)
 
 
 class RegistryLockTimeout(TimeoutError):
@@ -204,7 +209,8 @@ def _prefect_lock(name: str, timeout: float) -> Iterator[str]:
                 client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit, limit=1))
     acquired = False
     try:
-        with concurrency(limit, occupy=1, timeout_seconds=timeout, strict=True):
+        lease = float(os.environ.get("MLOPS_REGISTRY_LOCK_LEASE", LEASE_SECONDS))
+        with concurrency(limit, occupy=1, timeout_seconds=timeout, strict=True, lease_duration=lease):
             acquired = True
             yield f"Prefect global concurrency limit {limit}"
     except TimeoutError as exc:

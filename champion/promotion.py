@@ -99,7 +99,9 @@ def move_champion(
 
     The version's tags and a numbered history entry on the registered model are written first, then the
     alias moves; if the alias move fails, both are taken back, so the recorded history never names a move
-    that did not happen. Callers hold `champion_lock(name)`, so nothing else moves the alias meanwhile.
+    that did not happen. A process killed between the two (SIGKILL, a lost machine) cannot take them back: the
+    next move does (`take_back_unfinished_move`). Callers hold `champion_lock(name)`, so nothing else moves
+    the alias meanwhile.
     """
     previous = current_champion(client, name)
     if previous != expected:
@@ -108,6 +110,7 @@ def move_champion(
             f"{'no champion' if expected is None else 'v' + expected}: not moving it on a stale "
             "comparison; rerun to compare against the current champion"
         )
+    take_back_unfinished_move(client, name, previous)
     before = dict(client.get_model_version(name, version).tags)
     history_key = append_history(client, name, {**event, "version": version, "previous": previous or ""})
     try:
@@ -121,7 +124,74 @@ def move_champion(
         with suppress(Exception):
             client.delete_registered_model_tag(name, history_key)
         raise
+    with suppress(Exception):  # a display of the history: the tags above are the record
+        describe_history(client, name)
     return previous
+
+
+HISTORY_HEADING = "\n\n## Champion history"
+
+
+def describe_history(client: MlflowClient, name: str, last: int = 10) -> None:
+    """Show the latest alias moves as a table in the registered model's description, where the MLflow UI
+    shows them on the model's page (the numbered JSON tags hold the record; this is for people)."""
+    description = client.get_registered_model(name).description or ""
+    base = description.split(HISTORY_HEADING)[0]
+    rows = [
+        f"| {e['seq']} | {e.get('at', '')} | {e.get('action', '')} | v{e.get('version', '?')} | "
+        f"{'v' + e['previous'] if e.get('previous') else 'none'} | "
+        f"{e.get('run_id') or e.get('by', '')} | {e.get('reason', '')} |"
+        for e in reversed(read_history(client, name)[-last:])
+    ]
+    head = ["| # | at | action | to | from | run / by | reason |", "|---|---|---|---|---|---|---|"]
+    table = "\n".join([*head, *rows])
+    client.update_registered_model(name, description=f"{base}{HISTORY_HEADING} (latest first)\n\n{table}\n")
+
+
+def settle_unfinished_move(name: str) -> dict | None:
+    """Under the lock, before anything reads the history: take back a move a dead process left half-done."""
+    client = MlflowClient()
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        return None  # no model yet: no history
+    return take_back_unfinished_move(client, name, current_champion(client, name))
+
+
+def take_back_unfinished_move(client: MlflowClient, name: str, champion: str | None) -> dict | None:
+    """Remove the record of a move whose process died before the alias moved; return its history entry.
+
+    Such a move left its history entry (and maybe its version's promotion tags): the last entry starts at the
+    current champion but names another version. Called under the champion lock, where no move is under way.
+    The version keeps a `promotion` tag saying what happened instead.
+    """
+    entries = read_history(client, name)
+    current = champion or ""
+    if not entries or entries[-1].get("version") == current or entries[-1].get("previous", "") != current:
+        return None
+    entry = entries[-1]
+    client.delete_registered_model_tag(name, f"{HISTORY_PREFIX}{entry['seq']:06d}")
+    version, run_id = entry.get("version", ""), entry.get("run_id")
+    mover = run_id or entry.get("by", "?")
+    with suppress(mlflow.exceptions.MlflowException):
+        if run_id and client.get_model_version(name, version).tags.get("promoted_by_run") == run_id:
+            for key in ("promoted_at", "promoted_by_run", "previous_champion"):
+                client.delete_model_version_tag(name, version, key)
+        client.set_model_version_tag(
+            name,
+            version,
+            PROMOTION_TAG,
+            f"failed {entry.get('at', '')}: the move to {CHAMPION} by {mover} stopped before the alias "
+            f"moved (its history entry {entry['seq']} was taken back at {_now()})",
+        )
+    run_logger().warning(
+        "%s: v%s's move to %s never completed (its process died): its history entry %s taken back",
+        name,
+        version,
+        CHAMPION,
+        entry["seq"],
+    )
+    return entry
 
 
 def _restore_tags(client, name, version, tags: Mapping[str, str], before: Mapping[str, str]) -> None:

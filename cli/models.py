@@ -61,6 +61,12 @@ def score(
     chunk_rows: int = typer.Option(
         1_000_000, "--chunk-rows", help="Rows read at a time (time-ordered input); 0: all at once.", min=0
     ),
+    executor: str | None = typer.Option(
+        None,
+        "--executor",
+        help="local, or dask: partitions scored on a Dask cluster (MLOPS_DASK_ADDRESS, else a LocalCluster). "
+        "Default: MLOPS_EXECUTOR, else local.",
+    ),
 ) -> None:
     """Score a file with the champion (or --version/--alias): id columns, score, model_version."""
     import sys
@@ -73,6 +79,7 @@ def score(
 
     use_prefect_server()
     from flows.scoring import batch_scoring
+    from tasks.cluster import ExecutorError
     from tasks.ingest import DataReadError
     from tasks.score import InputOrderError
     from tasks.validate import DataValidationError
@@ -87,8 +94,9 @@ def score(
             registered_model=_model_name(use_case, model),
             chunk_rows=chunk_rows or None,
             show_progress=sys.stderr.isatty(),
+            executor=executor,
         )
-    except (DataReadError, DataValidationError, InputOrderError, ModelNotFoundError) as exc:
+    except (DataReadError, DataValidationError, InputOrderError, ModelNotFoundError, ExecutorError) as exc:
         console.print(f"[bold red]input rejected[/]: {exc}")
         console.print(f"Nothing was written to {output}.")
         raise typer.Exit(EXIT_BAD_INPUT) from None

@@ -4,7 +4,8 @@ One command per discovered use case, its options generated from the use case's t
 and bounds show in `--help`), the same model that drives the Prefect form and the deployments.
 
 Exit codes: 0 promoted; 3 completed without promotion (a gate refused, or registration was switched off);
-2 the input could not be read or failed its data checks (nothing trained or registered); 1 anything else.
+2 the input could not be read or failed its data checks, or an option is out of its bounds (nothing trained
+or registered); 1 anything else.
 """
 
 from __future__ import annotations
@@ -57,11 +58,28 @@ def _make_run_command(use_case: str):
     module = spec_module(use_case)
 
     def command(**options: Any) -> None:
-        raise typer.Exit(run_use_case(use_case, module.Params(**options)))
+        from pydantic import ValidationError
+
+        try:
+            params = module.Params(**options)
+        except ValidationError as exc:  # an option out of its bounds: bad input, like bad data
+            raise typer.Exit(reject_options(exc)) from None
+        raise typer.Exit(run_use_case(use_case, params))
 
     command.__signature__ = inspect.Signature(options_from(module.Params))
     command.__doc__ = (module.__doc__ or "").strip().split("\n\n")[0]
     return command
+
+
+def reject_options(exc) -> int:
+    """Say which options are out of bounds (each as its `--flag`, the value given and the rule); exit 2."""
+    for error in exc.errors():
+        given = repr(error.get("input"))
+        if error["loc"]:
+            given = "--" + "-".join(str(part) for part in error["loc"]).replace("_", "-") + " " + given
+        console.print(f"[bold red]input rejected[/]: {given}: {error['msg']}", soft_wrap=True)
+    console.print("Nothing was trained or registered; the champion is unchanged.")
+    return EXIT_BAD_INPUT
 
 
 for _name in SPEC_MODULES:
@@ -74,14 +92,16 @@ def run_use_case(use_case: str, params) -> int:
     from pydantic import ValidationError
 
     from champion.loading import ModelNotFoundError
+    from flows.form import to_form
     from flows.training import TRAINING_FLOWS
+    from tasks.cluster import ExecutorError
     from tasks.ingest import DataReadError
     from tasks.lineage import ParentMismatchError
     from tasks.split import SplitError
     from tasks.validate import DataValidationError
 
     try:
-        outcome = TRAINING_FLOWS[use_case](params)
+        outcome = TRAINING_FLOWS[use_case](**to_form(params))
     except (
         DataReadError,
         DataValidationError,
@@ -89,6 +109,7 @@ def run_use_case(use_case: str, params) -> int:
         ValidationError,
         ParentMismatchError,
         ModelNotFoundError,
+        ExecutorError,
     ) as exc:
         console.print(f"[bold red]input rejected[/]: {exc}", soft_wrap=True)
         console.print("Nothing was trained or registered; the champion is unchanged.")

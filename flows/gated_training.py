@@ -20,20 +20,25 @@ from mlflow.entities import Param
 from prefect import flow, runtime
 
 from champion.lock import champion_lock, ensure_store
-from champion.promotion import Promotion, current_champion, mark_not_promoted, promote, rolled_back_hold
+from champion.promotion import (
+    Promotion,
+    current_champion,
+    mark_not_promoted,
+    promote,
+    rolled_back_hold,
+    settle_unfinished_move,
+)
 from tasks import tracking
+from tasks.card import model_card, version_tags
 from tasks.evaluate import ChampionScore, evaluate, evaluate_champion, evaluate_earlier
-from tasks.features import featurize
+from tasks.executor import stages_for
 from tasks.gate import GateResult, GateVerdict, gate
-from tasks.ingest import ingest
 from tasks.lineage import INIT_TAG, PARENT_TAG, TRAINED_ON_TAG, UPDATE_TAG, format_ranges, resolve_parent
 from tasks.profile import record_profile
 from tasks.register import FINGERPRINT_TAG, Registration, fingerprint, log_candidate, register
 from tasks.report import Decision, report
 from tasks.slices import evaluate_slices
-from tasks.split import Splits, split, with_known_target
-from tasks.train import train, train_baselines
-from tasks.validate import validate
+from tasks.split import Splits
 from usecases.spec import NON_MODEL_PARAMS, TrainingParams, UseCaseSpec
 
 
@@ -73,31 +78,37 @@ def gated_training(spec: UseCaseSpec, params: TrainingParams) -> TrainingOutcome
             "registered_model": spec.registered_model,
             "prefect.flow_run_id": str(runtime.flow_run.id or ""),
             "code_version": tracking.code_version(),
+            # What the MLflow UI shows as the run's Source and Created by
+            "mlflow.source.type": "JOB",
+            "mlflow.source.name": f"flows/training.py:{spec.name}_training",
+            "mlflow.user": tracking.user(),
             **spec.tags,
         },
     )
     run_id = run.info.run_id
     status = "FAILED"
+    # In this process, or on a Dask cluster that opens with the first stage (tasks/executor.py).
+    stages = stages_for(spec, params, run_id)
     try:
         _log_params(client, run_id, spec, params)
 
-        raw = ingest(spec.load, params)
+        raw = stages.ingest()
         checked = spec.raw_check_view(raw) if spec.raw_check_view else raw  # + derived cross-row columns
-        raw_check = validate(checked, spec.raw_suite, run_id)
-        table = with_known_target(featurize(raw, spec.build_features), spec.target)
-        feature_check = validate(table, spec.feature_suite, run_id)
-        splits = split(table, spec.split, spec.schema, spec.test_filter)
-        data_digest = _log_datasets(run_id, spec, raw, splits)
+        raw_check = stages.validate(checked, spec.raw_suite)
+        table = stages.featurize(raw)  # the rows with a known target
+        feature_check = stages.validate(table, spec.feature_suite)
+        splits = stages.split(table)
+        data_digest = stages.log_datasets(raw, splits)
 
         parent = resolve_parent(
             params.init, spec.registered_model, spec.features, params.update, params.update_rounds
         )
-        candidate = train(splits, spec.model, spec.schema, spec.split, params.seed, run_id, parent)
-        baselines = train_baselines(splits, spec.baselines, spec.schema)
+        candidate = stages.train(splits, parent)
+        baselines = stages.train_baselines(splits)
         evaluation = evaluate(candidate, baselines, splits, spec.metrics, spec.schema, run_id)
         record_profile(spec, splits, evaluation, run_id)  # what monitoring compares new data against
         logged = log_candidate(candidate, splits.test.head(5), run_id)
-        lineage = {
+        record = {  # what the version is; tasks/card.py picks its tags and writes the rest into its card
             "use_case": spec.name,
             "lineage.run_id": run_id,
             "lineage.data_digest": data_digest,
@@ -129,9 +140,11 @@ def gated_training(spec: UseCaseSpec, params: TrainingParams) -> TrainingOutcome
             nullcontext() if params.dry_run else champion_lock(spec.registered_model, holder=f"run {run_id}")
         )
         with lock:
+            if not params.dry_run:  # the forgetting gate reads the history: no half-done move in it
+                settle_unfinished_move(spec.registered_model)
             champion = evaluate_champion(spec.registered_model, splits, spec.metrics)
             earlier = evaluate_earlier(
-                spec, table, candidate, evaluation, champion, params.earlier_windows, run_id
+                spec, stages.in_memory(table), candidate, evaluation, champion, params.earlier_windows, run_id
             )
             slices = evaluate_slices(
                 spec.slices, splits, evaluation, champion, spec.metrics, spec.schema, spec.gates, run_id
@@ -143,8 +156,8 @@ def gated_training(spec: UseCaseSpec, params: TrainingParams) -> TrainingOutcome
                     logged,
                     spec.registered_model,
                     spec.description,
-                    _model_card(spec, splits, evaluation, verdict, data_digest, run_id, candidate),
-                    {**lineage, **verdict.as_tags()},
+                    model_card(spec, splits, evaluation, champion, verdict, record, candidate),
+                    version_tags(record, verdict, spec.metrics.primary),
                     run_id,
                 )
                 verdict = _hold_rolled_back(verdict, registration, evaluation.candidate.metrics, spec)
@@ -181,7 +194,13 @@ def gated_training(spec: UseCaseSpec, params: TrainingParams) -> TrainingOutcome
             decision=decision,
         )
     finally:
-        client.set_terminated(run_id, status)
+        stages.close()
+        try:
+            client.set_terminated(run_id, status)
+        except Exception:
+            if status == "FINISHED":
+                raise
+            # already failing (e.g. the MLflow server went away): the first failure is the one to report
 
 
 def _promote_or_say_why_not(
@@ -256,35 +275,3 @@ def _log_datasets(run_id: str, spec: UseCaseSpec, raw, splits: Splits) -> str:
     )
     client.set_tag(run_id, "data_digest", digest)
     return digest
-
-
-def _model_card(
-    spec: UseCaseSpec, splits: Splits, evaluation, verdict: GateVerdict, digest, run_id, candidate
-) -> str:
-    primary = spec.metrics.primary
-    metrics = ", ".join(
-        f"{k} {v:.4g}" for k, v in evaluation.candidate.metrics.items() if k not in {"tn", "fp"}
-    )
-    baselines = "; ".join(
-        f"{name}: {primary} {m[primary]:.4g}" for name, m in evaluation.baseline_metrics.items()
-    )
-    windows = ", ".join(f"{k} {lo} .. {hi}" for k, (lo, hi) in splits.windows.items())
-    gates = "; ".join(f"{r.name} {'passed' if r.passed else 'refused'} ({r.detail})" for r in verdict.results)
-    origin = ""
-    if candidate.parent_uri is not None:
-        lo, hi = splits.windows["train"]
-        what = (
-            f"boosting continued ({candidate.booster.num_boosted_rounds() - candidate.parent_trees} trees "
-            f"added to its {candidate.parent_trees})"
-            if candidate.update == "continue"
-            else f"its {candidate.parent_trees} trees' leaves refitted (refresh)"
-        )
-        origin = f"Fine-tuned from {candidate.parent_uri} on the training window {lo} .. {hi}: {what}.\n\n"
-    return (
-        f"{spec.description}\n\n{origin}"
-        f"Trained on data {digest} ({windows}); "
-        f"{len(spec.features)} features: {', '.join(spec.features)}.\n\n"
-        f"Test metrics: {metrics}.\nBaselines on the same test window: {baselines}.\nGates: {gates}.\n\n"
-        f"MLflow run {run_id}. "
-        f"Load with mlflow.pyfunc.load_model('models:/{spec.registered_model}@champion')."
-    )

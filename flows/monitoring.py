@@ -18,6 +18,7 @@ from prefect import flow
 from prefect.runtime import deployment
 
 from champion.loading import training_params
+from flows.form import form_flow
 from infra.servers import confine_to_data_roots
 from tasks import tracking
 from tasks.monitor import Assessment, alert, assess, monitoring_window, record_assessment, thresholds_for
@@ -64,15 +65,15 @@ def monitoring(use_case: str, params: MonitorParams) -> MonitoringOutcome:
 
 
 def monitoring_flow(use_case: str):
-    """A `<use case>-monitoring` flow whose parameters are `MonitorParams` (the deployment's form)."""
+    """A `<use case>-monitoring` flow whose parameters are the fields of `MonitorParams` (its form)."""
 
-    def run(params: MonitorParams = MonitorParams()) -> MonitoringOutcome:  # noqa: B008 - immutable default
+    def run(params: MonitorParams) -> MonitoringOutcome:
         if params.data and deployment.id:  # started through a deployment: the data roots apply
             confine_to_data_roots(params.data)
         return monitoring(use_case, params)
 
-    run.__doc__ = f"Watch the {use_case} champion on new data: drift, estimated and realised performance."
-    return flow(run, name=f"{use_case}-monitoring")
+    doc = f"Watch the {use_case} champion on new data: drift, estimated and realised performance."
+    return form_flow(run, MonitorParams, f"{use_case}-monitoring", doc)
 
 
 MONITORING_FLOWS = {name: monitoring_flow(name) for name in SPEC_MODULES}

@@ -15,6 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from champion.loading import spec_for
 from tasks import tracking
+from tasks.cluster import dask_client, resolve_executor
 from tasks.score import DEFAULT_CHUNK_ROWS, ScoringResult, load_model, score_file
 from usecases import default_registered_model
 
@@ -29,6 +30,7 @@ def batch_scoring(
     registered_model: str | None = None,
     chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
     show_progress: bool = False,
+    executor: str | None = None,
 ) -> ScoringResult:
     """Score `input` (Parquet or CSV) with `registered_model` (default: the use case's) at `version`, or at
     `alias` (default `champion`), into `output`."""
@@ -38,7 +40,13 @@ def batch_scoring(
     name = registered_model or default_registered_model(use_case)
     model = load_model(name, version, alias)
     spec = spec_for(use_case, model)
-    result = score_file(spec, model, input, output, chunk_rows, show_progress)
+    if resolve_executor(executor) == "dask":  # workers read, check, featurize, score (tasks/distributed.py)
+        from tasks.distributed import score_distributed
+
+        with dask_client() as client:
+            result = score_distributed(spec, model, input, output, client)
+    else:
+        result = score_file(spec, model, input, output, chunk_rows, show_progress)
     s = result.seconds
     create_markdown_artifact(
         key=f"scoring-{use_case}",

@@ -3,9 +3,10 @@
 One deployment per training flow in `flows.training.TRAINING_FLOWS` (so every use case registered in
 `usecases.SPEC_MODULES` gets one, with nothing to add here), named `<use case>-training/<registered model>`:
 
-* parameters: the flow's single `params` argument, the use case's typed `Params` model. Prefect turns it into
-  a JSON schema with descriptions, defaults and bounds, so the UI's "Run > Custom run" is a form, and the API
-  rejects out-of-bounds values before anything runs (`enforce_parameter_schema`);
+* parameters: the fields of the use case's typed `Params` model, one flow parameter each (`flows/form.py`):
+  a JSON schema with descriptions, defaults and bounds in the spec's order, so the UI's "Run > Custom run"
+  is a form, the Parameters tab a table, and the API rejects out-of-bounds values before anything runs
+  (`enforce_parameter_schema`);
 * schedule: the spec module's `TRAINING_SCHEDULE` (fraud daily, stock on weekdays after the US close), else
   a daily default;
 * trigger: the custom event `mlops.data.arrived` for that use case starts a run on the dataset it names;
@@ -215,9 +216,9 @@ def _training_trigger(flow_name: str, use_case: str) -> DeploymentEventTrigger:
         description=f"Train {use_case} on the dataset named by an `{DATA_ARRIVED}` event.",
         expect={DATA_ARRIVED},
         match={"prefect.resource.id": dataset_resource_id(use_case)},
-        # The flow's one parameter is the `params` model: the run gets `params.data` from the event and
-        # every other field from its default. A single-expression template keeps the payload's type.
-        parameters={"params": {"data": "{{ event.payload.path }}"}},
+        # The run gets `data` from the event and every other field from its default. A single-expression
+        # template keeps the payload's type.
+        parameters={"data": "{{ event.payload.path }}"},
     )
 
 
@@ -237,7 +238,7 @@ def _retraining_trigger(flow_name: str, registered_model: str) -> DeploymentEven
         posture="Reactive",
         threshold=1,
         within=retrain_debounce(),
-        parameters={"params": {"data": "{{ event.payload.data }}"}},
+        parameters={"data": "{{ event.payload.data }}"},
     )
 
 
@@ -325,7 +326,7 @@ def _compaction_trigger(flow_name: str, use_case: str) -> tuple[DeploymentEventT
 def _monitor_data(use_case: str) -> dict | None:
     """Where a scheduled monitoring run reads (`MLOPS_MONITOR_DATA_<USE CASE>` at deploy time), if set."""
     path = os.environ.get(MONITOR_DATA_ENV.format(use_case.upper()))
-    return {"params": {"data": path}} if path else None
+    return {"data": path} if path else None
 
 
 def use_case_filter(use_cases: Iterable[str] | None, use_case: str) -> bool:

@@ -730,8 +730,9 @@ def wait_for_runner_user(settings: Settings, timeout: float) -> str:
             time.sleep(2)
 
 
-def up(settings: Settings, serve: bool = True, timeout: float = 180.0) -> Settings:
-    """Start what is not running yet and wait until it answers. Safe to repeat."""
+def up(settings: Settings, serve: bool = True, timeout: float = 180.0, dask: bool = False) -> Settings:
+    """Start what is not running yet and wait until it answers. Safe to repeat. `dask`: a Dask scheduler and
+    workers too (infra/dask_servers.py), whose address the runner and client.env get."""
     settings = settings.with_secrets(generate=True)
     credentials_mode = (
         settings.credentials_file.stat().st_mode & 0o777 if settings.credentials_file.exists() else 0
@@ -786,11 +787,16 @@ def up(settings: Settings, serve: bool = True, timeout: float = 180.0) -> Settin
     print(f"  mlflow: runner user {settings.mlflow_runner_username} {done} (not an admin)")
     for change in ensure_runner_resources(settings, factory_resources()):
         print(f"  mlflow: {change} for {settings.mlflow_runner_username}")
-    write_env_file(settings.state_dir / "client.env", settings.client_env(), export=True)
-    write_env_file(settings.state_dir / "runner.env", settings.runner_env(), export=True)
+    extra = {}
+    if dask:
+        from infra import dask_servers
+
+        extra = dask_servers.up(settings.state_dir, Managed, wait_until, port_open, timeout)
+    write_env_file(settings.state_dir / "client.env", {**settings.client_env(), **extra}, export=True)
+    write_env_file(settings.state_dir / "runner.env", {**settings.runner_env(), **extra}, export=True)
     if serve:
         if runner.pid() is None:
-            pid = runner.start(settings.serve_command(), settings.serve_env())
+            pid = runner.start(settings.serve_command(), {**settings.serve_env(), **extra})
             print(f"  serve: started `mlops serve` (pid {pid}), log {runner.log_file}")
         else:
             print(f"  serve: already running (pid {runner.pid()})")
@@ -799,7 +805,7 @@ def up(settings: Settings, serve: bool = True, timeout: float = 180.0) -> Settin
 
 
 def down(settings: Settings, purge: bool = False) -> None:
-    for name in ("serve", "prefect", "mlflow"):
+    for name in ("serve", "dask_worker", "dask_scheduler", "prefect", "mlflow"):  # dask: `up --dask`
         began = time.monotonic()
         stopped = Managed(name, settings.state_dir).stop()
         print(f"  {name}: {f'stopped ({time.monotonic() - began:.0f} s)' if stopped else 'not running'}")
@@ -921,6 +927,14 @@ def confine_to_data_roots(path: str, roots: Iterable[Path] | None = None) -> Pat
     roots = list(data_roots() if roots is None else roots)
     resolved = Path(path).expanduser().resolve()
     if any(resolved.is_relative_to(root) for root in roots):
+        # A directory or a glob is one input of several files: each must lie there too (links followed).
+        glob_chars = any(c in str(path) for c in "*?[")
+        if glob_chars or resolved.is_dir():
+            import glob
+
+            members = glob.glob(str(resolved)) if glob_chars else [str(p) for p in resolved.iterdir()]
+            for member in members:
+                confine_to_data_roots(member, roots)
         return resolved
     shown = path if str(resolved) == path else f"{path} (resolved: {resolved})"
     raise DataPathRefused(
@@ -935,6 +949,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     start = commands.add_parser("up", help="start MLflow, Prefect and `mlops serve`; idempotent")
     start.add_argument("--no-serve", action="store_true", help="start only the two servers")
+    start.add_argument(
+        "--dask", action="store_true", help="also a Dask scheduler and workers (make up DASK=1)"
+    )
     start.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for each to answer")
     stop = commands.add_parser("down", help="stop what `up` started")
     stop.add_argument(
@@ -957,7 +974,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             print(f"Starting servers (state in {_relative(settings.state_dir)}):")
-            settings = up(settings, serve=not args.no_serve, timeout=args.timeout)
+            settings = up(settings, serve=not args.no_serve, timeout=args.timeout, dask=args.dask)
             print_banner(settings, serve=not args.no_serve)
         elif args.command == "down":
             down(settings, purge=args.purge)

@@ -1122,6 +1122,7 @@ def version_tags(
     """Lineage to the teacher, what was done, the measurements and every gate's verdict."""
     from champion.promotion import FINGERPRINT_TAG
     from tasks import tracking
+    from tasks.card import GATES_TAG, gates_summary
     from tasks.register import fingerprint
 
     lineage = {
@@ -1157,7 +1158,7 @@ def version_tags(
         "compact.compiled": built,
         **({"compact.compiled_p50_us": f"{compiled.meta['p50_us']:.0f}"} if compiled is not None else {}),
         **{f"test_{k}": f"{v:.6f}" for k, v in m.metrics.items() if k not in ("tn", "fp", "fn", "tp")},
-        **verdict.as_tags(),
+        GATES_TAG: gates_summary(verdict),
     }
 
 

@@ -93,17 +93,19 @@ class GateVerdict:
             for r in self.results
         ]
 
-    def as_tags(self) -> dict[str, str]:
-        """One tag per gate, e.g. `gate.baseline.average_precision.baseline = passed: ...`."""
-        return {f"gate.{r.name}": f"{'passed' if r.passed else 'refused'}: {r.detail}" for r in self.results}
-
     def to_markdown(self) -> str:
-        rows = ["| gate | metric | value | threshold | verdict |", "|---|---|---|---|---|"]
+        """A table to read at a glance: the value and threshold in columns, the detail only where a gate
+        refused or was skipped (a passed gate's detail repeats its columns)."""
+
+        def number(v: float) -> str:
+            return "-" if v != v else f"{v:.4g}"
+
+        rows = ["| gate | metric | value | threshold | verdict |", "|---|---|---:|---:|---|"]
         for r in self.results:
-            rows.append(
-                f"| {r.name} | {r.metric} | {r.value:.4g} | {r.threshold:.4g} | "
-                f"{'passed' if r.passed else '**refused**'}: {r.detail} |"
-            )
+            verdict = "passed" if r.passed else f"**refused**: {r.detail}"
+            if r.passed and r.value != r.value:  # skipped (no champion yet, too few rows in a slice)
+                verdict = f"passed: {r.detail}"
+            rows.append(f"| {r.name} | {r.metric} | {number(r.value)} | {number(r.threshold)} | {verdict} |")
         return "\n".join(rows)
 
 

@@ -52,9 +52,21 @@ def fingerprint(**parts) -> str:
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 
 
+def _requirements() -> list[str]:
+    """What loading the model needs, pinned to what trained it. Stated rather than inferred: MLflow's
+    inference loads the model in a subprocess to watch its imports, seconds per registration."""
+    import xgboost as xgb
+
+    return [
+        f"mlflow=={mlflow.__version__}",
+        f"xgboost=={xgb.__version__}",
+        f"pandas=={pd.__version__}",
+        f"numpy=={np.__version__}",
+    ]
+
+
 def _log_transformed(candidate, example: pd.DataFrame, signature) -> mlflow.models.model.ModelInfo:
     """Booster (UBJ) + config (JSON) as artifacts of the pyfunc defined in `tasks/pyfunc_model.py`."""
-    import xgboost as xgb
 
     with tempfile.TemporaryDirectory() as tmp:
         booster, config = Path(tmp) / "model.ubj", Path(tmp) / "config.json"
@@ -66,12 +78,7 @@ def _log_transformed(candidate, example: pd.DataFrame, signature) -> mlflow.mode
             artifacts={"booster": str(booster), "config": str(config)},
             signature=signature,
             input_example=example,
-            pip_requirements=[
-                f"mlflow=={mlflow.__version__}",
-                f"xgboost=={xgb.__version__}",
-                f"pandas=={pd.__version__}",
-                f"numpy=={np.__version__}",
-            ],
+            pip_requirements=_requirements(),
             params={k: str(v) for k, v in candidate.params.items()},
         )
 
@@ -90,6 +97,7 @@ def log_candidate(candidate, example: pd.DataFrame, run_id: str) -> LoggedCandid
             signature=signature,
             input_example=example,
             model_format="ubj",
+            pip_requirements=_requirements(),
             params={k: str(v) for k, v in candidate.params.items()},
         )
     return LoggedCandidate(info.model_id, info.model_uri)

@@ -69,6 +69,7 @@ def report(
     )
     client.set_tag(run_id, "decision", decision.status)
     client.set_tag(run_id, "decision.summary", decision.summary[:5000])
+    client.set_tag(run_id, "mlflow.note.content", _run_description(decision))  # the run's Description
     if registration is not None:
         client.set_tag(run_id, "registered_version", registration.version)
     headline = {"promoted": "Promoted", "registered": "Registered, not promoted", "rejected": "Rejected"}
@@ -86,6 +87,20 @@ def report(
         use_case, registered_model, decision, verdict, registration, promotion, metrics, run_id
     )
     return decision
+
+
+def _run_description(decision: Decision) -> str:
+    """The decision in a sentence and the Prefect run it belongs to (linked where a Prefect UI is known)."""
+    from prefect import runtime
+
+    run = runtime.flow_run
+    where = ""
+    if run.id:
+        name, url = f"{run.flow_name}/{run.name}", run.ui_url
+        where = (
+            f"\n\nPrefect flow run: [{name}]({url})" if url else f"\n\nPrefect flow run: {name} ({run.id})"
+        )
+    return f"**{decision.status}**: {decision.summary}{where}"
 
 
 COUNTS = {"tn", "fp", "fn", "tp"}

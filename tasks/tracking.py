@@ -143,6 +143,16 @@ def content_digest(frame) -> str:
     return hashlib.sha256(header + hashed.tobytes()).hexdigest()[:16]
 
 
+def user() -> str:
+    """Who a run or a registry change is recorded as: MLOPS_USER, else the login name."""
+    import getpass
+
+    try:
+        return os.environ.get("MLOPS_USER") or getpass.getuser()
+    except Exception:  # no login name in some containers
+        return "unknown"
+
+
 def code_version() -> str:
     """The git commit of the code that trained (with `-dirty` when the tree has local changes)."""
     root = Path(__file__).resolve().parents[1]

@@ -63,6 +63,8 @@ class Candidate:
     update: str | None = None  # "continue" | "refresh"
     # Every training window behind the trees ((lo, hi) dates): this run's, after its parent's.
     trained_on: tuple[tuple[str, str], ...] = ()
+    # The validation eval metric after every boosting round trained (past `best_iteration` too): the curve.
+    curve: tuple[float, ...] = ()
 
     @property
     def transformed(self) -> bool:
@@ -154,6 +156,7 @@ def fit_candidate(
     dtrain = xgb.DMatrix(splits.train[list(features)], label=y_train, base_margin=margins[0])
     dval = xgb.DMatrix(splits.validation[list(features)], label=y_val, base_margin=margins[1])
     callbacks = [_ProgressLog(log)] if log is not None else []
+    history: dict = {}
     booster = xgb.train(
         full_params,
         dtrain,
@@ -162,14 +165,28 @@ def fit_candidate(
         early_stopping_rounds=early_stopping_rounds,
         verbose_eval=False,
         callbacks=callbacks,
+        evals_result=history,
     )
     rounds = booster.num_boosted_rounds()
     best = booster.best_iteration
     score = float(booster.best_score)
     booster = booster[: best + 1]
     return Candidate(
-        booster, features, full_params, best, rounds, target_transform, offset, validation_score=score
+        booster,
+        features,
+        full_params,
+        best,
+        rounds,
+        target_transform,
+        offset,
+        validation_score=score,
+        curve=_curve(history, str(full_params["eval_metric"])),
     )
+
+
+def _curve(history: dict, metric: str) -> tuple[float, ...]:
+    """The validation metric per round from `xgb.train(..., evals_result=...)`."""
+    return tuple(float(v) for v in history.get("validation", {}).get(metric, ()))
 
 
 # Eval metrics where higher is better (XGBoost's own early-stopping list).
@@ -298,12 +315,14 @@ def fine_tune(
         score = float("nan")
         best = trees - 1
         rounds = trees
+        curve = ()  # a refresh adds no rounds: there is no curve to draw
     else:
         full_params = {"tree_method": "hist", "seed": seed, **OBJECTIVES[problem], **params}
         full_params["objective"] = objective  # the parent's: its margins mean what its objective says
         if "scale_pos_weight" in parent.params:  # the parent's class weighting, kept for its added trees
             full_params.setdefault("scale_pos_weight", _number(parent.params["scale_pos_weight"]))
         added = min(num_boost_round, parent.update_rounds or num_boost_round)
+        history: dict = {}
         booster = xgb.train(
             full_params,
             dtrain,
@@ -313,11 +332,13 @@ def fine_tune(
             verbose_eval=False,
             callbacks=[_ProgressLog(log)] if log is not None else [],
             xgb_model=start,
+            evals_result=history,
         )
         rounds = booster.num_boosted_rounds()
         best = booster.best_iteration  # counts the parent's trees: rounds go on from them
         score = float(booster.best_score)
         booster = booster[: best + 1]
+        curve = _curve(history, str(full_params["eval_metric"]))
     return Candidate(
         booster,
         features,
@@ -327,6 +348,7 @@ def fine_tune(
         transform,
         offset,
         validation_score=score,
+        curve=curve,
         parent_trees=trees,
         parent_uri=parent.uri,
         update=parent.mode,
@@ -382,7 +404,10 @@ def train(
             candidate.booster.num_boosted_rounds() - candidate.parent_trees,
             candidate.rounds_trained - candidate.parent_trees,
         )
-        return replace(candidate, trained_on=(*init.trained_on, *_train_window(splits)))
+        candidate = replace(candidate, trained_on=(*init.trained_on, *_train_window(splits)))
+        if run_id is not None:
+            log_curve(run_id, candidate)
+        return candidate
     params = dict(model.params)
     common = dict(
         num_boost_round=model.num_boost_round,
@@ -426,7 +451,27 @@ def train(
         candidate = replace(candidate, selection=selection)
     candidate = replace(candidate, trained_on=_train_window(splits))
     log.info("best iteration %d of %d trained", candidate.best_iteration, candidate.rounds_trained)
+    if run_id is not None:
+        log_curve(run_id, candidate)
     return candidate
+
+
+def log_curve(run_id: str, candidate: Candidate) -> None:
+    """`validation_<eval metric>` at every boosting round as one MLflow metric with steps, so the run page
+    draws the training curve; `best_iteration` is logged beside it to mark where the model was cut."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    if not candidate.curve:
+        return
+    name = f"validation_{candidate.params['eval_metric']}"
+    now = int(pd.Timestamp.now().value // 1_000_000)
+    first = candidate.parent_trees if candidate.update == "continue" else 0  # rounds go on from the parent's
+    points = [Metric(name, v, now, first + i) for i, v in enumerate(candidate.curve)]
+    points.append(Metric("best_iteration", float(candidate.best_iteration), now, 0))
+    client = MlflowClient()
+    for i in range(0, len(points), 1000):  # MLflow takes at most 1000 metrics per batch
+        client.log_batch(run_id, metrics=points[i : i + 1000])
 
 
 def _train_window(splits: Splits) -> tuple[tuple[str, str], ...]:

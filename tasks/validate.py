@@ -188,7 +188,14 @@ def validate_frame(frame: pd.DataFrame, suite: gx.ExpectationSuite) -> Validatio
     with _frame_batch_definition() as batch_definition:
         batch = batch_definition.get_batch(batch_parameters={"dataframe": frame})
         result = batch.validate(suite, result_format=RESULT_FORMAT).to_json_dict()
+    return report_from_result(result, suite, {str(name): str(dtype) for name, dtype in frame.dtypes.items()})
 
+
+def report_from_result(
+    result: dict, suite: gx.ExpectationSuite, dtypes: Mapping[str, str]
+) -> ValidationReport:
+    """Describe a GX suite result (one batch's, or partitions' merged by `tasks.distributed`): restore the
+    suite order, one observed value per expectation; `dtypes` are the validated frame's column dtypes."""
     order = {_config_key(c.type, c.kwargs): i for i, c in enumerate(suite.expectation_configurations)}
     results = sorted(
         result["results"],
@@ -197,7 +204,6 @@ def validate_frame(frame: pd.DataFrame, suite: gx.ExpectationSuite) -> Validatio
         ),
     )
     result["results"] = results
-    dtypes = {str(name): str(dtype) for name, dtype in frame.dtypes.items()}
 
     outcomes, failures = [], []
     for item in results:
@@ -236,23 +242,28 @@ def validate(
     markdown table to a Prefect artifact keyed `validation-<suite>`, both before raising, so a failed
     run still shows what was wrong.
     """
+    report = validate_frame(frame, suite_factory())
+    return keep_report(report, len(frame), run_id)
+
+
+def keep_report(report: ValidationReport, rows: int, run_id: str | None) -> ValidationReport:
+    """Log the report, keep it (MLflow artifact on `run_id`, Prefect markdown artifact); raise if failed."""
     from prefect.artifacts import create_markdown_artifact
 
-    suite = suite_factory()
-    report = validate_frame(frame, suite)
+    suite_name = report.suite
     logger = run_logger()
     (logger.info if report.success else logger.error)(report.summary())
 
     if run_id is not None:
         import mlflow
 
-        mlflow.MlflowClient().log_dict(run_id, report.result, f"validation/{suite.name}.json")
+        mlflow.MlflowClient().log_dict(run_id, report.result, f"validation/{suite_name}.json")
 
     verdict = "passed" if report.success else f"FAILED ({len(report.failures)} failures)"
     create_markdown_artifact(
         markdown=report.to_markdown(),
-        key=artifact_key(suite.name),
-        description=f"Data validation {suite.name} on {len(frame):,} rows: {verdict}",
+        key=artifact_key(suite_name),
+        description=f"Data validation {suite_name} on {rows:,} rows: {verdict}",
     )
     if not report.success:
         raise DataValidationError(report)

@@ -114,6 +114,12 @@ class TrainingParams(BaseModel):
         description="Disparity gate: the smallest min/max ratio between groups of a slice (recall and "
         "selection rate for classifiers, e.g. 0.8 = four-fifths rule); 0: reported, not gated.",
     )
+    executor: Literal["local", "dask"] | None = Field(
+        default=None,
+        description="Where the data stages run: local (this process) or dask (a Dask cluster: "
+        "MLOPS_DASK_ADDRESS, else a LocalCluster of MLOPS_DASK_WORKERS process workers). "
+        "Empty: MLOPS_EXECUTOR, else local.",
+    )
 
     def gate_options(self) -> dict:
         """The gate settings every `GateSpec` takes from the run's parameters."""

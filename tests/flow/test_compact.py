@@ -87,8 +87,7 @@ def test_compact_registers_the_compact_champion_with_lineage_and_card(compacted,
     assert tags["lineage.teacher_run_id"] == teacher.run_id
     assert tags["lineage.data_digest"] == teacher.tags["lineage.data_digest"]
     assert tags["compact.method"] in ("distilled", "cut", "depth-pruned")
-    assert tags["gate.compact.quality.average_precision"].startswith("passed")
-    assert tags["gate.teacher.champion"].startswith("passed")
+    assert tags["gates"].startswith("passed "), tags["gates"]
     assert float(tags["compact.size_kb"]) < float(c.get_run(version.run_id).data.metrics["teacher.size_kb"])
     # the model card: a table of the teacher and every candidate with size, latency and quality
     card = version.description

@@ -26,6 +26,7 @@ runner = CliRunner()
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
+# Per-gate tags, as versions registered before the one-line `gates` tag carry them (still read).
 PASSED = {
     "gate.absolute.average_precision": "passed: average_precision 0.61 >= 0.30",
     "gate.baseline.average_precision.baseline": "passed: average_precision 0.61 > 0.55",
@@ -130,6 +131,14 @@ def test_rollback_goes_to_the_previous_champion_and_records_why(mlops_home):
             "refused",
         ),
         ({**PASSED, "gate.baseline.average_precision.baseline": "refused: 0.5 not > 0.6"}, "baseline"),
+        (
+            {
+                "gates": "refused 1/3: baseline.average_precision.baseline",
+                "lineage.fingerprint": "abc",
+                "use_case": "fraud",
+            },
+            "refused by gate baseline.average_precision.baseline",
+        ),
         ({"use_case": "fraud"}, "not registered by the gated pipeline"),
     ],
 )

@@ -46,6 +46,7 @@ import pytest
 from conftest import needs
 
 from infra.servers import QUIET, SECRETS, Managed, Settings, drop_databases, read_env_file
+from usecases import spec_module
 
 ROOT = Path(__file__).resolve().parents[2]
 MLOPS = [sys.executable, "-m", "cli.main"]
@@ -74,7 +75,7 @@ def test_every_use_case_gets_a_training_deployment():
         (trigger,) = [t for t in plan.triggers if DATA_ARRIVED in t.expect]  # also: mlops.model.degraded
         assert trigger.expect == {DATA_ARRIVED}
         assert trigger.match.root == {"prefect.resource.id": dataset_resource_id(use_case)}
-        assert trigger.parameters == {"params": {"data": "{{ event.payload.path }}"}}
+        assert trigger.parameters == {"data": "{{ event.payload.path }}"}
 
 
 def test_schedules():
@@ -97,12 +98,19 @@ def test_deployment_parameters_render_as_a_typed_form():
         assert deployment.entrypoint == plan.entrypoint
         assert deployment.work_pool_name is None  # served by `mlops serve`
         schema = deployment._parameter_openapi_schema.model_dump(exclude_unset=True)
-        assert list(schema["properties"]) == ["params"]
-        model = schema["properties"]["params"]["$ref"].rsplit("/", 1)[1]
-        fields = schema["definitions"][model]["properties"]
+        fields = schema["properties"]  # one form field per `Params` field, not one nested group
+        Params = spec_module(plan.use_case).Params  # noqa: N806
+        assert set(fields) == set(Params.model_fields), plan.full_name
+        # the spec's order: data, the use case's own fields as declared, then the generic ones
+        order = sorted(fields, key=lambda name: fields[name]["position"])
+        own = [n for n in Params.__annotations__ if n != "data"]
+        assert order[0] == "data" and order[1 : 1 + len(own)] == own, order
         assert all(field.get("description") for field in fields.values()), plan.full_name
-        assert any("minimum" in field or "maximum" in field for field in fields.values())
-        assert "data" in fields and "seed" in fields
+        bounded = [f for f in fields.values() if "minimum" in f or "maximum" in f]
+        assert bounded and all(" to " in f["description"] or "≥" in f["description"] for f in bounded)
+        # an optional text field is a plain text field: no type switch, empty means "not set"
+        assert fields["data"]["type"] == "string" and "anyOf" not in fields["data"]
+        assert not schema.get("required")
 
 
 def test_data_arrived_event_matches_the_trigger():
@@ -362,17 +370,16 @@ def test_server_mode_end_to_end(stack, tmp_path):
     assert {"mlops", "training", "use-case:fraud", "model:fraud-detector"} <= set(deployment["tags"])
     assert deployment["enforce_parameter_schema"]
     schema = deployment["parameter_openapi_schema"]
-    model = schema["properties"]["params"]["$ref"].rsplit("/", 1)[1]
-    customers = schema["definitions"][model]["properties"]["customers"]
+    customers = schema["properties"]["customers"]
     assert customers["description"] and customers["minimum"] == 50
     automations = api.get(f"/automations/related-to/prefect.deployment.{deployment['id']}").json()
     assert any(a["trigger"]["expect"] == ["mlops.data.arrived"] for a in automations), automations
 
     # The UI's "Custom run": the form's values are validated against the schema, then the run is created.
     create = f"/deployments/{deployment['id']}/create_flow_run"
-    refused = api.post(create, json={"parameters": {"params": {**SMALL, "customers": 10}}})
+    refused = api.post(create, json={"parameters": {**SMALL, "customers": 10}})
     assert refused.status_code in (409, 422), refused.text
-    custom = api.post(create, json={"parameters": {"params": SMALL}, "state": {"type": "SCHEDULED"}})
+    custom = api.post(create, json={"parameters": SMALL, "state": {"type": "SCHEDULED"}})
     assert custom.status_code == 201, custom.text
     first = custom.json()["id"]
     stack.step(f"custom run {first} created")
@@ -405,11 +412,15 @@ def test_server_mode_end_to_end(stack, tmp_path):
         return [r for r in runs if (r.get("created_by") or {}).get("type") == "AUTOMATION"]
 
     (second,) = _wait(triggered_runs, bool, 90, "a run started by mlops.data.arrived", stack)
-    assert second["parameters"] == {"params": {"data": str(data)}}
+    assert second["parameters"] == {"data": str(data)}
     stack.step(f"event-triggered run {second['id']} created")
 
     done = _wait(lambda: flow_run(first), lambda r: r["state_type"] in TERMINAL, 360, "the custom run", stack)
     assert done["state_type"] == "COMPLETED", f"{done['state']}\n{stack.logs()}"
+    # the badge on the run's page is the decision, and the state message says it in a sentence
+    decision = done["state"]["message"].split(":", 1)[0]
+    assert decision in ("promoted", "registered", "rejected"), done["state"]
+    assert done["state_name"] == decision.capitalize(), done["state"]
     stack.step("custom run completed")
     later = _wait(lambda: flow_run(second["id"]), lambda r: r["state_type"] in TERMINAL, 360, "run 2", stack)
     assert later["state_type"] == "COMPLETED", f"{later['state']}\n{stack.logs()}"
@@ -499,7 +510,7 @@ def test_server_mode_end_to_end(stack, tmp_path):
     stack.step("`mlops monitor` found the drift")
 
     def retraining_runs() -> list[dict]:
-        return [r for r in triggered_runs() if r["parameters"] == {"params": {"data": str(drifted)}}]
+        return [r for r in triggered_runs() if r["parameters"] == {"data": str(drifted)}]
 
     (retraining,) = _wait(retraining_runs, bool, 90, "a run started by mlops.model.degraded", stack)
     stack.step(f"retraining run {retraining['id']} created by the alert")
@@ -523,7 +534,7 @@ def test_server_mode_end_to_end(stack, tmp_path):
     shutil.copy(data, outside)
     elsewhere = api.post(
         create,
-        json={"parameters": {"params": {**SMALL, "data": str(outside)}}, "state": {"type": "SCHEDULED"}},
+        json={"parameters": {**SMALL, "data": str(outside)}, "state": {"type": "SCHEDULED"}},
     )
     assert elsewhere.status_code == 201, elsewhere.text
     ended = _wait(

@@ -202,12 +202,11 @@ def test_training_through_a_deployment_is_confined(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "deployment", SimpleNamespace(id="a-deployment"))
     monkeypatch.setenv("MLOPS_DATA_ROOTS", str(tmp_path / "data"))
     flow = training.TRAINING_FLOWS["fraud"]
-    Params = training.spec_module("fraud").Params  # noqa: N806
     with pytest.raises(DataPathRefused, match="/etc/passwd.parquet"):
-        flow.fn(Params(data="/etc/passwd.parquet"))
+        flow.fn(data="/etc/passwd.parquet")
     assert not trained
-    flow.fn(Params(data=str(tmp_path / "data" / "new.parquet")))
+    flow.fn(data=str(tmp_path / "data" / "new.parquet"))
     assert len(trained) == 1
     monkeypatch.setattr(training, "deployment", SimpleNamespace(id=None))  # a local run: not confined
-    flow.fn(Params(data="/elsewhere/new.parquet"))
+    flow.fn(data="/elsewhere/new.parquet")
     assert len(trained) == 2

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 SCHEMA = ROOT / "infra" / "compose" / "compose-spec.json"
-APP_SERVICES = ("mlflow", "prefect", "runner", "mlflow-setup")
+APP_SERVICES = ("mlflow", "prefect", "runner", "mlflow-setup", "dask-scheduler", "dask-worker")
 ONE_SHOT = ("mlflow-setup",)  # runs once, then exits: restarts on failure, others wait for its success
 SECRET_KEY = re.compile(r"PASSWORD|SECRET|AUTH_STRING|TOKEN")
 
@@ -260,6 +260,20 @@ def test_runner_reaches_both_servers_with_its_own_credentials(compose):
         env = environment(services[name])
         assert env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false" and env["DO_NOT_TRACK"] == "true"
         assert env["MLFLOW_ENABLE_TELEMETRY"] == "false"
+
+
+def test_dask_cluster_is_a_profile_the_runner_reaches_and_workers_read_the_data(compose):
+    services = compose["services"]
+    scheduler, worker = services["dask-scheduler"], services["dask-worker"]
+    assert scheduler["profiles"] == worker["profiles"] == ["dask"]  # opt-in: the default stack is unchanged
+    port = scheduler["command"][scheduler["command"].index("--port") + 1]
+    assert environment(services["runner"])["MLOPS_DASK_ADDRESS"] == f"tcp://dask-scheduler:{port}"
+    assert f"tcp://dask-scheduler:{port}" in worker["command"]
+    # Workers read the training files themselves: the runner's data folder, at the same path.
+    assert [v for v in worker["volumes"] if v.endswith(":/data:ro")] == [
+        v for v in services["runner"]["volumes"] if v.endswith(":/data:ro")
+    ]
+    assert worker["depends_on"] == {"dask-scheduler": {"condition": "service_healthy"}}
 
 
 def test_ports_are_published_on_loopback_only(compose):

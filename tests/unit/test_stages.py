@@ -102,6 +102,20 @@ def test_train_stops_early_cuts_back_to_the_best_round_and_is_seeded(splits):
     assert gain["x1"] > gain.get("noise", 0) and gain["x2"] > gain.get("noise", 0)
 
 
+def test_train_logs_the_validation_curve_per_round(splits, run_id):
+    from mlflow import MlflowClient
+
+    from tasks.train import train
+
+    candidate = train.fn(splits, _model(), SCHEMA, SPLIT, seed=7, run_id=run_id)
+    history = MlflowClient().get_metric_history(run_id, "validation_aucpr")
+    # every round trained, past the best one, so the curve shows where early stopping looked
+    assert [m.step for m in history] == list(range(candidate.rounds_trained))
+    assert max(m.value for m in history) == pytest.approx(candidate.validation_score)
+    best = MlflowClient().get_run(run_id).data.metrics["best_iteration"]
+    assert best == candidate.best_iteration == max(history, key=lambda m: m.value).step
+
+
 def test_train_balances_classes_only_when_asked(splits):
     from tasks.train import train
 
@@ -159,13 +173,14 @@ def test_evaluate_scores_candidate_and_baselines_on_the_same_window_and_logs_the
 
 
 def _register(splits, run_id, fingerprint: str):
+    from tasks.card import GATES_TAG, gates_summary
     from tasks.register import FINGERPRINT_TAG, log_candidate, register
     from tasks.train import train
 
     candidate = train.fn(splits, _model(), SCHEMA, SPLIT, seed=5)
     logged = log_candidate.fn(candidate, splits.test.head(5), run_id)
     verdict = evaluate_gates(GateSpec((AbsoluteGate("auc", 0.5),)), {"auc": 0.9}, {}, None, "auc", True)
-    tags = {FINGERPRINT_TAG: fingerprint, "use_case": "stages", **verdict.as_tags()}
+    tags = {FINGERPRINT_TAG: fingerprint, "use_case": "stages", GATES_TAG: gates_summary(verdict)}
     return register.fn(logged, "stages-model", "a test model", "card", tags, run_id)
 
 
@@ -181,7 +196,7 @@ def test_register_creates_a_version_with_its_tags_and_reuses_an_identical_one(sp
     assert (other.version, other.deduplicated) == ("2", False)
     version = MlflowClient().get_model_version("stages-model", "1")
     assert version.tags["lineage.fingerprint"] == "fp-1"
-    assert version.tags["gate.absolute.auc"].startswith("passed")
+    assert version.tags["gates"] == "passed 2/2"  # the absolute gate and "no champion yet"
     assert version.description == "card"
     assert not MlflowClient().get_registered_model("stages-model").aliases  # registration sets no alias
 
@@ -243,6 +258,11 @@ def test_promote_is_a_compare_and_set_with_history(splits, run_id):
     assert client.get_model_version("stages-model", "2").tags["previous_champion"] == "1"
     history = read_history(client, "stages-model")
     assert [(h["version"], h["previous"]) for h in history] == [("1", ""), ("2", "1")]
+    # people read the moves on the model's page: its description keeps its text and gains the table
+    description = client.get_registered_model("stages-model").description
+    assert description.startswith("a test model\n\n## Champion history (latest first)")
+    rows = [line for line in description.splitlines() if line.startswith("| 2 ") or line.startswith("| 1 ")]
+    assert rows[0].startswith("| 2 |") and "| v2 | v1 | run-b |" in rows[0] and "| v1 | none |" in rows[1]
 
 
 def test_a_retried_promotion_after_a_write_that_reported_failure_keeps_the_history(

@@ -1,0 +1,160 @@
+"""The registry version's record: a few tags consumers filter on, and a markdown model card for people.
+
+Tags stay short and few because every tag is a line in the registry's versions table: the use case, the
+lineage the pipeline reads back (data digest, code version, windows, fingerprint, parent), the primary test
+metric and a one-line gate verdict. Everything else a person wants to read — every metric beside the
+baselines and the champion on the same window, each gate's value and threshold, the data windows, the
+validation results, how to load the model — is in the card (the version's description, which MLflow renders
+as markdown) and, for machines, in the run's `gate_report.json`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # `mlops status` and rollback read tags through this module without importing Prefect
+    from tasks.gate import GateVerdict
+
+GATES_TAG = "gates"  # on a version: "passed 6/6" or "refused 1/6: champion.average_precision"
+COUNTS = ("tn", "fp", "fn", "tp")
+# Lineage facts kept as tags: what code reads back (tasks/lineage.py, tasks/register.py, compaction) or
+# what consumers filter versions on. The rest of the record goes to the card only.
+TAGGED = (
+    "use_case",
+    "lineage.data_digest",
+    "lineage.code_version",
+    "lineage.windows",
+    "lineage.trained_on",
+    "lineage.fingerprint",
+    "lineage.parent",
+    "lineage.update",
+)
+
+
+def gates_summary(verdict: GateVerdict) -> str:
+    """One line: `passed 6/6`, or `refused 1/6: champion.average_precision`."""
+    refused = [r.name for r in verdict.results if not r.passed]
+    total = len(verdict.results)
+    if not refused:
+        return f"passed {total}/{total}"
+    return f"refused {len(refused)}/{total}: {', '.join(refused)}"
+
+
+def refused_gates(tags: Mapping[str, str]) -> list[str] | None:
+    """The names of the gates a version failed, read from its tags; None when it carries no verdict.
+
+    Reads the `gates` summary, or the per-gate `gate.<name>` tags that versions registered before it carry.
+    """
+    summary = tags.get(GATES_TAG)
+    if summary is not None:
+        _, _, names = summary.partition(": ")
+        return [n.strip() for n in names.split(",") if n.strip()] if summary.startswith("refused") else []
+    per_gate = {k[len("gate.") :]: v for k, v in tags.items() if k.startswith("gate.")}
+    if not per_gate:
+        return None
+    return [name for name, verdict in sorted(per_gate.items()) if not verdict.startswith("passed")]
+
+
+def version_tags(record: Mapping[str, str], verdict: GateVerdict, primary: str) -> dict[str, str]:
+    """The tags a registered version carries (see the module docstring for why so few)."""
+    tags = {k: str(record[k]) for k in TAGGED if record.get(k) not in (None, "")}
+    tags[f"test_{primary}"] = str(record[f"test_{primary}"])
+    tags[GATES_TAG] = gates_summary(verdict)
+    return tags
+
+
+def _number(name: str, value: float | None) -> str:
+    if value is None or value != value:
+        return "-"
+    return f"{int(value):,}" if name in COUNTS else f"{value:.4g}"
+
+
+def metrics_table(columns: Mapping[str, Mapping[str, float]], order: list[str]) -> str:
+    """Markdown: one row per metric, one column per model scored on the same test window."""
+    head = "| metric | " + " | ".join(columns) + " |"
+    rule = "|---|" + "---:|" * len(columns)
+    rows = [f"| {m} | " + " | ".join(_number(m, c.get(m)) for c in columns.values()) + " |" for m in order]
+    return "\n".join([head, rule, *rows])
+
+
+def gates_list(verdict: GateVerdict) -> str:
+    """One bullet per gate: its verdict and its detail (which states the value and the threshold)."""
+    return "\n".join(
+        f"- {'passed' if r.passed else '**refused**'} `{r.name}`: {r.detail}" for r in verdict.results
+    )
+
+
+def model_card(
+    spec,
+    splits,
+    evaluation,
+    champion,
+    verdict: GateVerdict,
+    record: Mapping[str, str],
+    candidate,
+) -> str:
+    """The markdown card: purpose, metrics beside baselines and champion, gates, windows, loading."""
+    name, primary = spec.registered_model, spec.metrics.primary
+    columns = {"candidate": evaluation.candidate.metrics, **evaluation.baseline_metrics}
+    if champion is not None and champion.version is not None and champion.metrics:
+        columns[f"champion v{champion.version}"] = champion.metrics
+    first = [primary, *(m for m in evaluation.candidate.metrics if m != primary and m not in COUNTS)]
+    order = [*first, *(m for m in COUNTS if m in evaluation.candidate.metrics)]
+    windows = "\n".join(
+        f"| {w} | {lo} | {hi} | {len(getattr(splits, w)):,} |" for w, (lo, hi) in splits.windows.items()
+    )
+    origin = "scratch"
+    if candidate.parent_uri is not None:
+        parent = candidate.parent_trees
+        added = candidate.booster.num_boosted_rounds() - parent
+        origin = (
+            f"`{candidate.parent_uri}`, boosting continued: {added} trees added to its {parent}"
+            if candidate.update == "continue"
+            else f"`{candidate.parent_uri}`, its {candidate.parent_trees} trees' leaves refitted (refresh)"
+        )
+    features = ", ".join(f"`{f}`" for f in spec.features)
+    return f"""# {name}
+
+{spec.description}
+
+| | |
+|---|---|
+| gates | {gates_summary(verdict)} |
+| test {primary} | {_number(primary, evaluation.candidate.metrics[primary])} |
+| trees | {candidate.booster.num_boosted_rounds()} (best round {candidate.best_iteration}) |
+| started from | {origin} |
+| MLflow run | `{record["lineage.run_id"]}` |
+| data | `{record.get("lineage.data_source", "unknown")}`, digest `{record["lineage.data_digest"]}` |
+| validation | {record.get("validation.raw", "-")}; {record.get("validation.features", "-")} |
+| code | `{record.get("lineage.code_version", "unknown")}` |
+
+## Test metrics
+
+On the test window, beside the baselines and the champion re-scored on the same rows.
+
+{metrics_table(columns, order)}
+
+## Gates
+
+{gates_list(verdict)}
+
+## Data windows
+
+| window | from | to | rows |
+|---|---|---|---:|
+{windows}
+
+## Features ({len(spec.features)})
+
+{features}
+
+## Load it
+
+```python
+import mlflow
+
+model = mlflow.pyfunc.load_model("models:/{name}@champion")
+scores = model.predict(frame)  # frame: the columns of the version's signature (the features above)
+```
+"""

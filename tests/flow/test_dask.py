@@ -1,0 +1,320 @@
+"""`--executor dask`: the same features, windows and gates on a real Dask `LocalCluster` of process workers.
+
+One cluster (2 process workers, 1 thread each) serves the module; runs connect to it through
+MLOPS_DASK_ADDRESS, as a run would to a shared cluster. The fault test comes last: it kills a worker.
+"""
+
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import SMALL_FRAUD_RUN, registry_client
+
+from cli.main import app
+from usecases.fraud.features import FEATURES
+from usecases.fraud.simulator import simulate_transactions
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+MODEL = "fraud-detector"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as local,
+        Client(local, set_as_default=False) as client,
+    ):
+        yield local, client
+
+
+@pytest.fixture
+def on_cluster(cluster, monkeypatch):
+    local, client = cluster
+    monkeypatch.setenv("MLOPS_DASK_ADDRESS", local.scheduler_address)
+    return client
+
+
+@dataclass
+class Result:
+    exit_code: int
+    output: str
+
+
+@pytest.fixture
+def mlops(capsys):
+    def run(*args: str) -> Result:
+        capsys.readouterr()
+        code = app(["run", "fraud", *args], standalone_mode=False)
+        return Result(code or 0, capsys.readouterr().out)
+
+    return run
+
+
+def latest_run(home):
+    client = registry_client(home)
+    experiment = client.get_experiment_by_name("fraud")
+    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])[0]
+
+
+def gate_report(home, run) -> dict:
+    client = registry_client(home)
+    path = client.download_artifacts(run.info.run_id, "gate_report.json", str(home / "dl" / run.info.run_id))
+    with open(path) as handle:
+        return {g["name"]: g for g in json.load(handle)["gates"]}
+
+
+def test_features_on_time_chunks_equal_the_local_features_row_for_row(on_cluster):
+    """Several input partitions, chunks shorter than the 37-day history (a chunk's history spans chunks)."""
+    import dask.dataframe as dd
+
+    from tasks.distributed import featurize_distributed
+    from usecases.fraud.spec import Params, build_spec
+
+    spec = build_spec(Params())
+    raw = simulate_transactions(n_customers=150, n_terminals=300, n_days=80, seed=3)
+    # Partitions in no time order: chunks must gather their rows (and history) from all of them.
+    shuffled = raw.sample(frac=1.0, random_state=0).reset_index(drop=True)
+    frame = on_cluster.persist(dd.from_pandas(shuffled, npartitions=5, sort=False))
+    table = featurize_distributed.fn(frame, spec, on_cluster, chunk=pd.Timedelta(days=9))
+    assert table.attrs["chunks"] >= 8
+    distributed = on_cluster.compute(table).result().reset_index(drop=True)
+
+    local = spec.build_features(raw)
+    assert len(distributed) == len(local) == len(raw)
+    pd.testing.assert_series_equal(distributed["TRANSACTION_ID"], local["TRANSACTION_ID"])
+    pd.testing.assert_series_equal(distributed["TX_DATETIME"], local["TX_DATETIME"])
+    for name in FEATURES:
+        if "AVG_AMOUNT" in name:  # cumulative sums restart where a chunk's history starts: last-bit rounding
+            np.testing.assert_allclose(distributed[name], local[name], rtol=1e-12, atol=1e-9, err_msg=name)
+        else:  # counts, 0/1 flags and label shares: exact
+            np.testing.assert_array_equal(distributed[name].to_numpy(), local[name].to_numpy(), err_msg=name)
+
+
+def test_validation_merges_partitions_and_finds_a_duplicate_split_across_them(on_cluster):
+    import dask.dataframe as dd
+
+    from data_checks import fraud as checks
+    from tasks.distributed import validate_partitions
+    from tasks.validate import validate_frame
+
+    raw = simulate_transactions(n_customers=100, n_terminals=200, n_days=30, seed=5)
+    raw.loc[len(raw) - 1, "TRANSACTION_ID"] = raw.loc[0, "TRANSACTION_ID"]  # first and last partition
+    raw.loc[10, "TX_AMOUNT"] = -1.0
+    frame = on_cluster.persist(dd.from_pandas(raw, npartitions=4, sort=False))
+
+    merged = validate_partitions(frame, checks.raw_suite, on_cluster)
+    whole = validate_frame(raw, checks.raw_suite())
+    assert not merged.success
+    assert [(o.expectation, o.column, o.success) for o in merged.outcomes] == [
+        (o.expectation, o.column, o.success) for o in whole.outcomes
+    ]
+    observed = {(o.expectation, o.column): o.observed for o in merged.outcomes}
+    expected = {(o.expectation, o.column): o.observed for o in whole.outcomes}
+    assert observed == expected  # counts, examples, row count and the fraud-rate mean, as on the whole table
+
+
+def test_dask_run_promotes_on_the_local_runs_windows(mlops, mlops_home, on_cluster, tmp_path, capsys):
+    """Local first (v1, champion), then the Dask executor on the same data: same windows and test rows, so the
+    champion re-scored on the Dask run's test window scores exactly what it scored on its own."""
+    assert mlops(*SMALL_FRAUD_RUN, "--executor", "local").exit_code == 0
+    local = latest_run(mlops_home)
+
+    result = mlops(*SMALL_FRAUD_RUN, "--executor", "dask")
+    assert result.exit_code in (0, 3), result.output
+    dask_run = latest_run(mlops_home)
+    assert dask_run.data.params["param.executor"] == "dask"
+    for window in ("train", "validation", "test"):
+        assert dask_run.data.params[f"window.{window}"] == local.data.params[f"window.{window}"]
+    assert dask_run.data.params["baselines.training_rows"].startswith("all ")  # small: no sampling
+    champion = gate_report(mlops_home, dask_run)["champion"]
+    assert champion["threshold"] == pytest.approx(local.data.metrics["test_average_precision"], abs=1e-12)
+    ap_local = local.data.metrics["test_average_precision"]
+    ap_dask = dask_run.data.metrics["test_average_precision"]
+    assert abs(ap_dask - ap_local) < 0.05, (ap_local, ap_dask)  # a small window: a loose check here
+    client = registry_client(mlops_home)
+    versions = client.search_model_versions(f"name = '{MODEL}'")
+    if result.exit_code == 0:
+        assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "2"
+        assert len(versions) == 2
+
+    # Batch scoring on the workers: the champion, pinned, on a directory of two files, as scored locally.
+    new = tmp_path / "new"
+    new.mkdir()
+    records = simulate_transactions(n_customers=120, n_terminals=240, n_days=50, seed=9)
+    records.iloc[: len(records) // 2].to_parquet(new / "a.parquet")
+    records.iloc[len(records) // 2 :].to_parquet(new / "b.parquet")
+    outputs = {}
+    for executor in ("dask", "local"):
+        outputs[executor] = tmp_path / f"scores-{executor}.parquet"
+        code = app(
+            ["score", "fraud", "-i", str(new), "-o", str(outputs[executor]), "--executor", executor]
+            + (["--chunk-rows", "0"] if executor == "local" else []),
+            standalone_mode=False,
+        )
+        assert not code, capsys.readouterr().out
+    dask_scores, local_scores = (pd.read_parquet(outputs[e]) for e in ("dask", "local"))
+    assert len(dask_scores) == len(records)
+    pd.testing.assert_series_equal(dask_scores["TRANSACTION_ID"], local_scores["TRANSACTION_ID"])
+    assert (dask_scores["model_version"] == local_scores["model_version"]).all()
+    np.testing.assert_allclose(dask_scores["fraud_score"], local_scores["fraud_score"], rtol=0, atol=1e-6)
+
+
+def test_local_ingest_reads_a_directory_or_a_glob_as_one_table(tmp_path):
+    from tasks.ingest import DataReadError, read_table
+
+    frame = simulate_transactions(n_customers=60, n_terminals=120, n_days=20, seed=1)
+    frame.iloc[:100].to_parquet(tmp_path / "part-0.parquet")
+    frame.iloc[100:].to_parquet(tmp_path / "part-1.parquet")
+    for given in (tmp_path, tmp_path / "part-*.parquet"):
+        pd.testing.assert_frame_equal(read_table(given), frame.reset_index(drop=True))
+    (tmp_path / "extra.csv").write_text("a\n1\n")
+    with pytest.raises(DataReadError, match="mixes Parquet and CSV"):
+        read_table(tmp_path)
+    with pytest.raises(DataReadError, match="no file matches"):
+        read_table(tmp_path / "nothing-*.parquet")
+
+
+def test_a_directory_or_glob_input_is_confined_to_the_data_roots_file_by_file(tmp_path):
+    from infra.servers import DataPathRefused, confine_to_data_roots
+
+    root = tmp_path / "data"
+    (root / "month").mkdir(parents=True)
+    (root / "month" / "a.parquet").write_bytes(b"")
+    assert confine_to_data_roots(str(root / "month"), [root]) == root / "month"
+    assert confine_to_data_roots(str(root / "month" / "*.parquet"), [root]) == root / "month" / "*.parquet"
+    (root / "month" / "b.parquet").symlink_to("/etc/hostname")  # one member links out of the roots
+    for given in (root / "month", root / "month" / "*.parquet"):
+        with pytest.raises(DataPathRefused, match="resolved: /etc/hostname"):
+            confine_to_data_roots(str(given), [root])
+
+
+def test_make_up_dask_starts_a_scheduler_and_workers_that_compute_and_stops_them(tmp_path, monkeypatch):
+    import socket
+
+    from distributed import Client
+
+    from infra import dask_servers
+    from infra.servers import Managed, port_open, wait_until
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MLOPS_DASK_PORT", str(port))
+    monkeypatch.setenv("MLOPS_DASK_WORKERS", "1")
+    try:
+        env = dask_servers.up(tmp_path, Managed, wait_until, port_open, timeout=120)
+        assert env == {"MLOPS_DASK_ADDRESS": f"tcp://127.0.0.1:{port}"}
+        with Client(env["MLOPS_DASK_ADDRESS"], set_as_default=False) as client:
+            assert client.submit(sum, [1, 2]).result() == 3
+            assert len(client.scheduler_info()["workers"]) == 1
+    finally:
+        started = {p.stem: int(p.read_text()) for p in tmp_path.glob("*.pid")}
+        stopped = [Managed(name, tmp_path).stop() for name in dask_servers.PROCESSES]
+        for pid in started.values():  # whatever `stop` did not end (a failed test must not leave servers)
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+    assert stopped == [True, True]
+    assert not port_open("127.0.0.1", port)
+
+
+def test_a_duplicate_across_two_files_stops_a_dask_run_before_training(
+    mlops, mlops_home, on_cluster, tmp_path
+):
+    data = tmp_path / "month"
+    data.mkdir()
+    raw = simulate_transactions(n_customers=300, n_terminals=600, n_days=70, seed=4)
+    half = len(raw) // 2
+    raw.loc[len(raw) - 1, "TRANSACTION_ID"] = raw.loc[0, "TRANSACTION_ID"]  # one id in both files
+    raw.iloc[:half].to_parquet(data / "a.parquet")
+    raw.iloc[half:].to_parquet(data / "b.parquet")
+    result = mlops("--data", str(data), "--executor", "dask")
+    assert result.exit_code == 2, result.output
+    assert "expect_column_values_to_be_unique(TRANSACTION_ID) failed" in result.output
+    assert "2 unexpected values" in result.output
+    assert registry_client(mlops_home).search_registered_models() == []
+
+
+def test_bad_executor_setting_is_refused_before_any_work(mlops, mlops_home, monkeypatch):
+    monkeypatch.setenv("MLOPS_EXECUTOR", "spark")
+    result = mlops(*SMALL_FRAUD_RUN)
+    assert result.exit_code == 2, result.output
+    assert "unknown executor 'spark'" in result.output
+    assert registry_client(mlops_home).search_registered_models() == []
+
+
+def test_stock_is_refused_on_dask_with_the_reason(mlops, mlops_home, capsys):
+    capsys.readouterr()
+    code = app(["run", "stock", "--executor", "dask"], standalone_mode=False)
+    output = capsys.readouterr().out
+    assert code == 2, output
+    assert "cannot run on the Dask executor" in output and "splits by steps" in output
+    assert registry_client(mlops_home).search_registered_models() == []
+
+
+class Killer(threading.Thread):
+    """Kills the worker process running a feature chunk, once, as soon as one is running."""
+
+    def __init__(self, client, prefix: str):
+        super().__init__(daemon=True)
+        self.client, self.prefix = client, prefix
+        self.killed: tuple[str, int] | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        prefix = self.prefix
+
+        def running(dask_scheduler):
+            return [
+                (str(key), ts.processing_on.address)
+                for key, ts in dask_scheduler.tasks.items()
+                if str(key).startswith(prefix) and ts.processing_on is not None
+            ]
+
+        while not self.stop.is_set():
+            busy = self.client.run_on_scheduler(running)
+            if busy:
+                address = busy[0][1]
+                pid = self.client.run(os.getpid, workers=[address])[address]
+                os.kill(pid, signal.SIGKILL)
+                self.killed = (busy[0][0], pid)
+                return
+            time.sleep(0.005)
+
+
+def test_worker_killed_mid_features_the_run_completes_or_fails_cleanly(
+    mlops, mlops_home, on_cluster, monkeypatch
+):
+    # One-day chunks with 37 days of history each: a feature stage long enough to be caught running.
+    monkeypatch.setenv("MLOPS_DASK_CHUNK_DAYS", "1")
+    pids_before = set(on_cluster.run(os.getpid).values())
+    killer = Killer(on_cluster, "features-chunk-")
+    killer.start()
+    try:
+        result = mlops(*SMALL_FRAUD_RUN, "--executor", "dask")
+    finally:
+        killer.stop.set()
+        killer.join(timeout=10)
+    assert killer.killed is not None, "no feature chunk was seen running"
+    assert killer.killed[1] in pids_before
+    client = registry_client(mlops_home)
+    if result.exit_code == 0:  # Dask recomputed the lost chunks (and their inputs) on the surviving worker
+        assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+        assert latest_run(mlops_home).info.status == "FINISHED"
+    else:  # a clean failure: nothing registered, no alias
+        assert result.exit_code == 1, result.output
+        assert client.search_registered_models() == []
+        assert latest_run(mlops_home).info.status == "FAILED"
+    # The nanny replaced the killed process: the cluster has two workers again, one of them new.
+    deadline = time.monotonic() + 60
+    while len(on_cluster.scheduler_info()["workers"]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert killer.killed[1] not in set(on_cluster.run(os.getpid).values())
