@@ -14,7 +14,6 @@ from __future__ import annotations
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
-import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Param
 from prefect import flow, runtime
@@ -257,21 +256,10 @@ def _log_datasets(run_id: str, spec: UseCaseSpec, raw, splits: Splits) -> str:
     """Record the input table as an MLflow dataset and the windows' sizes; return the input's digest.
 
     The digest covers every row (MLflow's default hashes only the first 10,000, too weak for lineage and
-    dedupe, and is slow on wide frames). The windows are recorded as bounds and row counts rather than as
-    three more datasets: they are functions of the input and the split parameters, both already recorded.
+    dedupe, and is slow on wide frames).
     """
-    source = raw.attrs.get("source", "unknown")
     digest = tracking.content_digest(raw)
-    dataset = mlflow.data.from_pandas(raw, source=source, name=f"{spec.name}-raw", digest=digest)
-    with tracking.resumed(run_id):
-        mlflow.log_input(dataset, context="raw")
-    client = MlflowClient()
-    client.log_batch(
-        run_id,
-        params=[
-            Param(f"window.{name}", f"{lo} .. {hi} ({len(getattr(splits, name))} rows)")
-            for name, (lo, hi) in splits.windows.items()
-        ],
-    )
-    client.set_tag(run_id, "data_digest", digest)
+    rows = {w: len(getattr(splits, w)) for w in splits.windows}
+    source = raw.attrs.get("source", "unknown")
+    tracking.record_input(run_id, f"{spec.name}-raw", raw, source, digest, splits.windows, rows)
     return digest

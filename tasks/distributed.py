@@ -639,28 +639,14 @@ def train_distributed(splits: Splits, windows: DistributedWindows, spec: UseCase
 def log_datasets(run_id: str, spec: UseCaseSpec, raw: dd.DataFrame, splits: Splits, windows, client) -> str:
     """As the local path: the input as an MLflow dataset (schema, source, a digest of every row — here of the
     partitions' digests, computed on the workers), the windows' bounds and true row counts."""
-    import mlflow
-    from mlflow import MlflowClient
-    from mlflow.entities import Param
-
     from tasks import tracking
 
     digests = raw.attrs["digests"]  # per partition, from ingest's pass on the workers
     digest = hashlib.sha256("|".join(digests).encode()).hexdigest()[:16]
     source = raw.attrs.get("source", "unknown")
-    dataset = mlflow.data.from_pandas(raw._meta, source=source, name=f"{spec.name}-raw", digest=digest)
-    with tracking.resumed(run_id):
-        mlflow.log_input(dataset, context="raw")
-    client_ = MlflowClient()
-    client_.log_batch(
-        run_id,
-        params=[
-            Param(f"window.{name}", f"{lo} .. {hi} ({windows.rows[name]} rows)")
-            for name, (lo, hi) in splits.windows.items()
-        ]
-        + [Param("dataset.rows", str(raw.attrs.get("rows"))), Param("dataset.partitions", str(len(digests)))],
-    )
-    client_.set_tag(run_id, "data_digest", digest)
+    extra = {"dataset.rows": raw.attrs.get("rows"), "dataset.partitions": len(digests)}
+    name = f"{spec.name}-raw"
+    tracking.record_input(run_id, name, raw._meta, source, digest, splits.windows, windows.rows, **extra)
     return digest
 
 

@@ -172,3 +172,25 @@ def code_version() -> str:
         from importlib.metadata import version
 
         return f"mlops-factory=={version('mlops-factory')}"
+
+
+def record_input(
+    run_id: str, name: str, frame, source: str, digest: str, windows: dict, rows: dict, **extra
+) -> None:
+    """The input as an MLflow dataset (schema from `frame`, its source, `digest` of every row), each
+    window's bounds and row count as `window.<name>` params, `extra` as params, and the digest as a tag.
+
+    The windows are recorded as bounds and row counts rather than as three more datasets: they are
+    functions of the input and the split parameters, both already recorded."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.entities import Param
+
+    dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest)
+    with resumed(run_id):
+        mlflow.log_input(dataset, context="raw")
+    params = [Param(f"window.{w}", f"{lo} .. {hi} ({rows[w]} rows)") for w, (lo, hi) in windows.items()]
+    params += [Param(k, str(v)) for k, v in extra.items()]
+    client = MlflowClient()
+    client.log_batch(run_id, params=params)
+    client.set_tag(run_id, "data_digest", digest)

@@ -8,6 +8,7 @@ Tests are grouped by kind, one folder each (the marker follows the folder):
 """
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,22 @@ def handbook_path():
     if not HANDBOOK.exists():
         needs("the Fraud Detection Handbook data", f"not found at {HANDBOOK}")
     return HANDBOOK
+
+
+@dataclass
+class Result:
+    exit_code: int
+    output: str
+
+
+@pytest.fixture
+def mlops_run(capsys):
+    """Run `mlops run fraud ARGS` in-process (the real CLI parser) and capture what it prints."""
+    from cli.main import app
+
+    def run(*args: str) -> Result:
+        capsys.readouterr()
+        code = app(["run", "fraud", *args], standalone_mode=False)
+        return Result(code or 0, capsys.readouterr().out)
+
+    return run

@@ -10,7 +10,6 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -43,20 +42,9 @@ def on_cluster(cluster, monkeypatch):
     return client
 
 
-@dataclass
-class Result:
-    exit_code: int
-    output: str
-
-
 @pytest.fixture
-def mlops(capsys):
-    def run(*args: str) -> Result:
-        capsys.readouterr()
-        code = app(["run", "fraud", *args], standalone_mode=False)
-        return Result(code or 0, capsys.readouterr().out)
-
-    return run
+def mlops(mlops_run):
+    return mlops_run
 
 
 def latest_run(home):

@@ -5,7 +5,6 @@ input is in tests/flow/test_bad_input.py), 1 other failures.
 """
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -14,30 +13,15 @@ import pandas as pd
 import pytest
 from conftest import registry_client as client
 
-from cli.main import app
-
 SMALL = ["--customers", "300", "--terminals", "600", "--days", "70"]
 MODEL = "fraud-detector"
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
-@dataclass
-class Result:
-    exit_code: int
-    output: str
-
-
 @pytest.fixture
-def mlops(capsys):
-    """Run `mlops run fraud ARGS` in-process (the real CLI parser) and capture what it prints."""
-
-    def run(*args: str) -> Result:
-        capsys.readouterr()
-        code = app(["run", "fraud", *args], standalone_mode=False)
-        return Result(code or 0, capsys.readouterr().out)
-
-    return run
+def mlops(mlops_run):
+    return mlops_run
 
 
 def registry_state(home: Path) -> dict:
