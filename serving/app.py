@@ -355,6 +355,50 @@ def _json(content: object, status: int = 200) -> Response:
     )
 
 
+JSON_TYPES = {"boolean": "boolean", "integer": "integer", "long": "integer"}
+
+
+def payload_schema(model=None) -> dict:
+    """The request body `/predict` accepts, as OpenAPI documents it (MLflow's scoring formats); with a model,
+    its columns and their types. The handler checks every payload itself: this is for clients and for
+    schema-driven fuzzing (`tests/unit/test_serving_schema.py`)."""
+    value = {"type": ["number", "integer", "boolean", "null"]}
+    row: dict = {"type": "object"}
+    if model is not None:
+        columns = {
+            c: {"type": JSON_TYPES.get(model.column_types.get(c, ""), "number")} for c in model.columns
+        }
+        row = {"type": "object", "properties": columns, "required": list(columns)}
+    split = {
+        "type": "object",
+        "properties": {
+            "columns": {"type": "array", "items": {"type": "string"}},
+            "data": {"type": "array", "items": {"type": "array", "items": value}},
+        },
+        "required": ["columns", "data"],
+    }
+    return {
+        "oneOf": [
+            {"type": "object", "properties": {"dataframe_split": split}, "required": ["dataframe_split"]},
+            {
+                "type": "object",
+                "properties": {"dataframe_records": {"type": "array", "items": row}},
+                "required": ["dataframe_records"],
+            },
+            {
+                "type": "object",
+                "properties": {"instances": {"type": "array", "items": row}},
+                "required": ["instances"],
+            },
+            {
+                "type": "object",
+                "properties": {"inputs": {"type": "array", "items": row}},
+                "required": ["inputs"],
+            },
+        ]
+    }
+
+
 def create_app(follower: ChampionFollower, start_following: bool = True, token: str | None = None) -> FastAPI:
     """The service; with `token`, /predict and /invocations require `Authorization: Bearer <token>`."""
 
@@ -409,8 +453,15 @@ def create_app(follower: ChampionFollower, start_following: bool = True, token: 
         predictions = served.model.predict_matrix(matrix)
         return _json({"predictions": np.asarray(predictions).ravel(), "model_version": served.model.version})
 
-    app.add_api_route("/predict", predict, methods=["POST"])
-    app.add_api_route("/invocations", predict, methods=["POST"])
+    served = follower.served
+    body = {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": payload_schema(served.model if served else None)}},
+        }
+    }
+    app.add_api_route("/predict", predict, methods=["POST"], openapi_extra=body)
+    app.add_api_route("/invocations", predict, methods=["POST"], openapi_extra=body)
     return app
 
 

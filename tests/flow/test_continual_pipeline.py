@@ -53,12 +53,12 @@ def test_fine_tuning_from_the_champion_records_lineage_and_gates_on_earlier_wind
 
     version = c.search_model_versions(f"name = '{MODEL}' and run_id = '{run.info.run_id}'")[0]
     assert version.tags["lineage.parent"] == f"models:/{MODEL}/1"
-    assert version.tags["lineage.init"] == "champion" and version.tags["lineage.update"] == "continue"
+    assert version.tags["lineage.update"] == "continue"
     first = c.get_model_version(MODEL, "1")
-    assert first.tags["lineage.init"] == "scratch" and "lineage.parent" not in first.tags
+    assert "lineage.parent" not in first.tags and "| started from | scratch |" in first.description
     # the parent's training window, then this one's
     assert version.tags["lineage.trained_on"].startswith(first.tags["lineage.trained_on"] + ";")
-    assert f"Fine-tuned from models:/{MODEL}/1 on the training window" in version.description
+    assert f"| started from | `models:/{MODEL}/1`, boosting continued: " in version.description
 
 
 def test_refresh_from_a_pinned_version_keeps_its_tree_count(capsys, mlops_home):

@@ -5,8 +5,9 @@ Random payloads (seeded, reproducible) for each accepted format go to the real F
 them: an XGBoost booster and a pyfunc whose signature has long, integer and boolean columns. Every answer must
 be below 500 and, when it is an error, a JSON object whose `error` says what is wrong.
 
-The generator is a seeded `random.Random` (hypothesis is not a dependency of the project); a failure prints
-the seed, the case number and the payload, so it replays exactly.
+The generator is a seeded `random.Random` that knows the checks' layers; a failure prints the seed, the case
+number and the payload, so it replays exactly. `test_serving_schema.py` adds schemathesis (from the app's
+OpenAPI schema) and hypothesis (any JSON).
 """
 
 from __future__ import annotations
