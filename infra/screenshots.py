@@ -131,7 +131,7 @@ def local_stack(base: Path, timeout: float = 180.0) -> Iterator[Stack]:
 def temp_servers_stack(base: Path, timeout: float = 300.0) -> Iterator[Stack]:
     """What `make up` runs (`python -m infra.servers up`), in `base`: MLflow and Prefect with auth on fresh
     Postgres databases and free ports, and `mlops serve`; `down --purge` on exit."""
-    from infra.servers import drop_databases
+    from infra.servers import discard_stack
 
     env = client_env(
         MLOPS_ENV_FILE="",
@@ -160,16 +160,7 @@ def temp_servers_stack(base: Path, timeout: float = 300.0) -> Iterator[Stack]:
         env.update(read_env_file(settings.state_dir / "client.env"))
         yield Stack(settings.prefect_url, settings.mlflow_url, env, runner=True)
     finally:
-        subprocess.run(
-            [sys.executable, "-m", "infra.servers", "down", "--purge"],
-            env=env,
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            timeout=180,
-        )
-        for name in ("serve", "prefect", "mlflow"):  # whatever `down` could not stop
-            Managed(name, settings.state_dir).stop(timeout=10)
-        drop_databases(settings.databases())
+        discard_stack(settings, env)
 
 
 @contextlib.contextmanager

@@ -394,6 +394,21 @@ def drop_databases(urls: Iterable[str]) -> list[str]:
     return dropped
 
 
+def discard_stack(settings: Settings, env: Mapping[str, str]) -> None:
+    """Tear down a throwaway `up` (tests, the screenshot script): `down --purge` as a user would run it,
+    then whatever it could not stop, then its databases."""
+    subprocess.run(
+        [sys.executable, "-m", "infra.servers", "down", "--purge"],
+        env=dict(env),
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        timeout=180,
+    )
+    for name in ("serve", "prefect", "mlflow"):
+        Managed(name, settings.state_dir).stop(timeout=10)
+    drop_databases(settings.databases())
+
+
 # -- processes ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Managed:

@@ -45,7 +45,7 @@ import httpx
 import pytest
 from conftest import needs
 
-from infra.servers import QUIET, SECRETS, Managed, Settings, drop_databases, read_env_file
+from infra.servers import QUIET, SECRETS, Managed, Settings, discard_stack, read_env_file
 from usecases import spec_module
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -284,16 +284,7 @@ def stack(tmp_path_factory):
         yield stack
     finally:
         stack.step("tearing down")
-        subprocess.run(
-            [sys.executable, "-m", "infra.servers", "down", "--purge"],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            timeout=180,
-        )
-        for name in ("serve", "prefect", "mlflow"):  # whatever `down` could not stop
-            Managed(name, settings.state_dir).stop(timeout=10)
-        drop_databases(settings.databases())
+        discard_stack(settings, env)
         stack.step("servers stopped, databases dropped")
 
 
