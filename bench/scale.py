@@ -11,6 +11,8 @@ peak RSS of the driver and of the largest worker, the table's in-memory size (th
 average precision and the exit code. Then cost per row against 1x, and the 1 B-row extrapolation.
 
     uv run python bench/scale.py [--scales 1,2,4,8] [--local-max 4] [--executors dask,local] [--keep DIR]
+
+With --keep, the simulated tables stay under DIR and a later run reuses them (each size's summary.json).
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ STAGES = {
     "featurize": "features",
     "split": "split",
     "train": "train",
-    "train_baselines": "baselines",
+    "baseline": "baselines",
     "evaluate": "evaluate",
 }
 
@@ -112,6 +114,10 @@ class TreeSampler(threading.Thread):
 
 
 def simulate(scale: int, directory: Path, env: dict, base: dict) -> dict:
+    """The simulated table in `directory`; one kept from an earlier run (`--keep`) is read again as it is."""
+    summary = directory / "summary.json"
+    if summary.exists():
+        return json.loads(summary.read_text())
     directory.mkdir(parents=True, exist_ok=True)
     args = [str(base["customers"] * scale), str(base["terminals"] * scale), str(base["days"])]
     done = subprocess.run(
@@ -123,6 +129,7 @@ def simulate(scale: int, directory: Path, env: dict, base: dict) -> dict:
     )
     for line in done.stdout.splitlines():
         if line.startswith("SIM "):
+            summary.write_text(line[4:])
             return json.loads(line[4:])
     raise RuntimeError(f"simulation failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
 
@@ -242,7 +249,9 @@ def main() -> None:
     parser.add_argument("--local-max", type=int, default=4, help="largest scale run on the local executor")
     parser.add_argument("--executors", default="dask,local", help="which executors to run, in this order")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per run")
-    parser.add_argument("--keep", default=None, help="keep the simulated data under this directory")
+    parser.add_argument(
+        "--keep", default=None, help="keep the simulated data under this directory (and reuse what is there)"
+    )
     parser.add_argument("--base", default=None, help="CUSTOMERS,TERMINALS,DAYS at 1x (a smoke test)")
     args = parser.parse_args()
     base = dict(HANDBOOK)

@@ -15,7 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from champion.loading import spec_for
 from tasks import tracking
-from tasks.cluster import dask_client, resolve_executor
+from tasks.cluster import DaskSettings, dask_runner, resolve_executor, scratch_folder
 from tasks.score import DEFAULT_CHUNK_ROWS, ScoringResult, load_model, score_file
 from usecases import default_registered_model
 
@@ -43,8 +43,9 @@ def batch_scoring(
     if resolve_executor(executor) == "dask":  # workers read, check, featurize, score (tasks/distributed.py)
         from tasks.distributed import score_distributed
 
-        with dask_client() as client:
-            result = score_distributed(spec, model, input, output, client)
+        settings = DaskSettings.from_env()
+        with dask_runner(settings) as runner, scratch_folder(settings) as scratch:
+            result = score_distributed(spec, model, input, output, runner, scratch, settings)
     else:
         result = score_file(spec, model, input, output, chunk_rows, show_progress)
     s = result.seconds

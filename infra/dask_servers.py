@@ -74,7 +74,10 @@ def up(state_dir, managed_class, wait_until, port_open, timeout: float) -> dict[
         lambda: port_open("127.0.0.1", int(where.rsplit(":", 1)[1])), timeout, "Dask scheduler", scheduler
     )
     if worker.pid() is None:
-        print(f"  dask workers: started (pid {worker.start(worker_command(), {})}), log {worker.log_file}")
+        from tasks.cluster import worker_environment
+
+        pid = worker.start(worker_command(), worker_environment())
+        print(f"  dask workers: started (pid {pid}), log {worker.log_file}")
     else:
         print(f"  dask workers: already running (pid {worker.pid()})")
     expected = int(os.environ.get("MLOPS_DASK_WORKERS") or 2)

@@ -4,8 +4,12 @@
 MLOPS_EXECUTOR, else `local`) connects to the scheduler at MLOPS_DASK_ADDRESS, or starts a `LocalCluster` of
 process workers for the run and stops it afterwards: MLOPS_DASK_WORKERS (default 2), MLOPS_DASK_THREADS per
 worker (default 1), MLOPS_DASK_MEMORY_LIMIT per worker (Dask's, default "auto": the machine's memory shared
-out); MLOPS_DASK_CHUNK_DAYS, the feature time chunks' length (default: the use case's feature history). What
-runs there is `tasks/distributed.py`: Dask DataFrames, `dask.delayed` and `xgboost.dask`.
+out); MLOPS_DASK_PARTITION_ROWS, the rows a task holds — raw partitions and feature key shards (default
+100,000); MLOPS_DASK_CHUNK_DAYS, the feature time chunks' length for use cases without feature keys (default:
+the use case's feature history); MLOPS_DASK_SCRATCH, a folder this process and the workers share, where a run
+writes its features once for the stages after them (default: the system's temporary folder).
+What runs there is `tasks/distributed.py`: Dask DataFrames, `dask.delayed` and `xgboost.dask`, and Prefect
+tasks submitted through prefect-dask's `DaskTaskRunner` (`dask_runner`, `submit`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 EXECUTORS = ("local", "dask")
 ENV_EXECUTOR = "MLOPS_EXECUTOR"
@@ -23,6 +28,24 @@ ENV_WORKERS = "MLOPS_DASK_WORKERS"
 ENV_THREADS = "MLOPS_DASK_THREADS"
 ENV_MEMORY = "MLOPS_DASK_MEMORY_LIMIT"
 ENV_CHUNK_DAYS = "MLOPS_DASK_CHUNK_DAYS"
+ENV_PARTITION_ROWS = "MLOPS_DASK_PARTITION_ROWS"
+# Rows a task holds (raw partitions, feature key shards): a worker's peak follows its tasks' size, not the
+# table's (at 8x the handbook, 100,000 keeps each below the whole table; 250,000 did not).
+PARTITION_ROWS = 100_000
+# Dask settings of the workers: a shuffle's outgoing buffer (Dask's default, 1 GiB a worker, would alone
+# exceed the share of the table a worker is meant to hold).
+WORKER_CONFIG = {"distributed.p2p.comm.buffer": "128 MiB"}
+# The workers' environment: Arrow's allocator gives freed memory back (its default, mimalloc, keeps a worker's
+# high-water mark of every Parquet read and shuffle).
+WORKER_ENVIRON = {"ARROW_DEFAULT_MEMORY_POOL": "system"}
+ENV_SCRATCH = "MLOPS_DASK_SCRATCH"
+
+
+def worker_environment() -> dict[str, str]:
+    """`WORKER_CONFIG` and `WORKER_ENVIRON` as the environment of workers started elsewhere (`make up
+    DASK=1`, compose)."""
+    config = {"DASK_" + key.upper().replace(".", "__"): value for key, value in WORKER_CONFIG.items()}
+    return config | WORKER_ENVIRON
 
 
 class ExecutorError(ValueError):
@@ -65,6 +88,11 @@ class DaskSettings:
     memory_limit: str = "auto"
     # Feature time chunks, in days; None: as long as the use case's feature_history.
     chunk_days: int | None = None
+    # Rows a task holds: raw partitions and feature key shards.
+    partition_rows: int = PARTITION_ROWS
+    # Where the features are written once for the stages after them: a folder this process and every worker
+    # can read (None: the system's temporary folder, enough for a cluster on this machine).
+    scratch: str | None = None
 
     @classmethod
     def from_env(cls) -> DaskSettings:
@@ -74,7 +102,16 @@ class DaskSettings:
             threads=_positive_int(ENV_THREADS, 1),
             memory_limit=os.environ.get(ENV_MEMORY, "").strip() or "auto",
             chunk_days=_positive_int(ENV_CHUNK_DAYS, 0) or None,
+            partition_rows=_positive_int(ENV_PARTITION_ROWS, PARTITION_ROWS),
+            scratch=os.environ.get(ENV_SCRATCH, "").strip() or None,
         )
+
+    @property
+    def chunk(self):
+        """The feature time chunks' length as a `pd.Timedelta`; None: the use case's feature history."""
+        import pandas as pd
+
+        return pd.Timedelta(days=self.chunk_days) if self.chunk_days else None
 
     def describe(self) -> str:
         if self.address:
@@ -86,57 +123,89 @@ class DaskSettings:
 
 
 @contextmanager
-def dask_client(settings: DaskSettings | None = None) -> Iterator[object]:
-    """A `distributed.Client` on the configured cluster; closed, and a cluster it started stopped, on exit."""
+def dask_runner(settings: DaskSettings | None = None) -> Iterator[object]:
+    """prefect-dask's `DaskTaskRunner` on the configured cluster, started. Prefect tasks submitted to it
+    (`submit`) run on the workers as task runs of the flow run; its `client`, a `distributed.Client`, carries
+    the Dask DataFrame work. On exit the client closes, and a cluster it started stops."""
+    import dask
     import xgboost.dask  # noqa: F401  (registers XGBoost's Dask collective before the first training)
-    from distributed import Client, LocalCluster
+    from distributed import LocalCluster
+    from prefect_dask import DaskTaskRunner
 
     settings = settings or DaskSettings.from_env()
+    if settings.address:
+        runner = DaskTaskRunner(
+            address=settings.address, client_kwargs={"timeout": "30s", "set_as_default": False}
+        )
+    else:
+        # Process workers: the GIL does not serialise the pandas/GX work, and a worker that dies takes only
+        # its own tasks with it (the nanny restarts it; the scheduler reruns them elsewhere).
+        cluster = {
+            "n_workers": settings.workers,
+            "threads_per_worker": settings.threads,
+            "processes": True,
+            "memory_limit": settings.memory_limit,
+            "dashboard_address": os.environ.get("MLOPS_DASK_DASHBOARD") or None,
+            "silence_logs": logging.WARNING,
+        }
+        runner = DaskTaskRunner(
+            cluster_class=LocalCluster, cluster_kwargs=cluster, client_kwargs={"set_as_default": False}
+        )
     # The scheduler of a LocalCluster runs in this process: its INFO lines would flood the run's log.
-    # Shuffles (hashed value counts) announce themselves, and stopping workers kills them, at WARNING.
+    # Shuffles announce themselves, and stopping workers kills them, at WARNING; prefect-dask says where
+    # its cluster is at INFO (the run already said).
     levels = {
         "distributed": logging.WARNING,
         "distributed.shuffle": logging.ERROR,
         "distributed.nanny": logging.ERROR,
+        "prefect.task_runner.dask": logging.WARNING,
     }
     before = {name: logging.getLogger(name).level for name in levels}
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
     try:
-        with _client(settings, Client, LocalCluster) as client:
-            yield client
+        # The nannies hand the config to the workers they start, and set their environment before they do.
+        spawn = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_ENVIRON.items()}
+        with dask.config.set({**WORKER_CONFIG, **spawn}), runner:
+            try:
+                runner.client  # noqa: B018 - connects (or starts the cluster) now, so a failure names it
+            except OSError as exc:
+                raise ExecutorError(f"cannot reach the Dask scheduler at {settings.address}: {exc}") from exc
+            yield runner
     finally:
         for name, level in before.items():
             logging.getLogger(name).setLevel(level)
 
 
 @contextmanager
-def _client(settings: DaskSettings, Client, LocalCluster):  # noqa: N803 - the classes, imported lazily
-    if settings.address:
-        try:
-            client = Client(settings.address, timeout="30s", set_as_default=False)
-        except OSError as exc:
-            raise ExecutorError(f"cannot reach the Dask scheduler at {settings.address}: {exc}") from exc
-        try:
-            yield client
-        finally:
-            client.close()
-        return
-    # Process workers: the GIL does not serialise the pandas/GX work, and a worker that dies takes only its
-    # own tasks with it (the nanny restarts it; the scheduler reruns them elsewhere).
-    cluster = LocalCluster(
-        n_workers=settings.workers,
-        threads_per_worker=settings.threads,
-        processes=True,
-        memory_limit=settings.memory_limit,
-        dashboard_address=os.environ.get("MLOPS_DASK_DASHBOARD") or None,
-        silence_logs=logging.WARNING,
-    )
+def scratch_folder(settings: DaskSettings) -> Iterator[Path]:
+    """A folder of the run's own under `settings.scratch` (or the system's temp folder), removed after."""
+    import shutil
+    import tempfile
+
+    if settings.scratch:
+        Path(settings.scratch).mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="mlops-dask-", dir=settings.scratch))
     try:
-        client = Client(cluster, set_as_default=False)
-        try:
-            yield client
-        finally:
-            client.close()
+        yield folder
     finally:
-        cluster.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def submit(runner, task, **parameters):
+    """`task` as a task run of the current flow run: on the flow's own task runner (`runner` None), or on a
+    Dask worker through the run's `DaskTaskRunner` — there a `distributed.Future` of the task's result, which
+    Dask collections can take as input. A worker reports to the flow run's Prefect API; where that is
+    Prefect's temporary in-process server, its address goes along (else each worker would start its own)."""
+    if runner is None:
+        return task.submit(**parameters)
+    from prefect.context import get_run_context
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    def send():
+        return runner.client.submit(task, parameters=parameters, return_type="result")
+
+    if PREFECT_API_URL.value():
+        return send()
+    with temporary_settings({PREFECT_API_URL: str(get_run_context().client.api_url)}):
+        return send()

@@ -1,28 +1,32 @@
 """The data stages on a Dask cluster (`--executor dask`): the same checks, features, windows and model, with
-the table spread over the workers instead of held by one process.
+the table spread over the workers instead of held by one process. Every task holds about `partition_rows`
+rows (`tasks.cluster.DaskSettings`), so a worker's memory follows that, not the table's size.
 
-- ingest: Parquet or CSV — one file, a directory or a glob — as a Dask DataFrame, profiled in one pass on the
-  workers (rows, time span, labelled days, digest per partition) and not persisted: each later pass reads
-  its partitions again, so no process keeps the table;
+- ingest: Parquet or CSV — one file, a directory or a glob — as a Dask DataFrame in partitions of about
+  `partition_rows`, profiled in one pass on the workers (rows, time span, labelled days, digest per
+  partition) and not persisted: each later pass reads its partitions again, so no process keeps the table;
 - validate: the use case's GX suite runs on every partition in parallel (`tasks.validate.validate_frame`, on
   the workers) and the partition results are merged into one: counts and unexpected values summed, table-level
   expectations recomputed across partitions (row count, mean, min/max; uniqueness from a hashed
   `value_counts` over all partitions, so a duplicate split across two files is found);
-- features: the use case's own `build_features`, the one training, scoring and serving use, on time chunks.
-  Each chunk is computed with the `feature_history` before it (fraud: 37 days, the 30-day windows behind the
-  7-day label delay), as `tasks/score.py` scores a long file in chunks, and keeps only its own rows: a
-  chunk's rows see every row their windows reach, so the features equal the one-piece ones. Lazy: the
-  stages after it compute the chunks they need;
+- features: the use case's own `build_features`, the one training, scoring and serving use. On key shards
+  when the spec declares `feature_keys` (fraud: the rows shuffled by CUSTOMER_ID, built, the customer
+  features kept; then shuffled by TERMINAL_ID, built, the terminal features kept): a shard holds every row
+  of its keys, so the features equal the one-piece ones bit for bit. Otherwise on time chunks, each with the
+  `feature_history` before it, as `tasks/score.py` scores a long file. Computed once and written to Parquet
+  in the run's scratch folder, which the stages after it read;
 - split: the same windows (`tasks.split.split_frame` on the labelled days); test and the rows a test filter
   reads are collected, the training and validation windows stay on the workers, hashed over them;
 - train: `xgboost.dask` (`DaskDMatrix`, `xgb.dask.train`) with the spec's parameters, seed and early stopping
   on the validation window; baselines that do not scale (logistic regression) fit on a stratified sample of
   the training window, recorded on the MLflow run (`baselines.training_rows`), which also feeds the
-  monitoring profile's training distribution;
-- scoring (`score_distributed`): the same checks and features, partitions scored on the workers by one
-  pinned version, written here chunk by chunk into a file renamed at the end.
+  monitoring profile's training distribution; each baseline is a task run on a worker
+  (`tasks.train.train_baselines` through the run's `DaskTaskRunner`);
+- scoring (`score_distributed`): the same checks and features, each feature chunk scored on a worker by one
+  pinned version in a `score-chunk` task run, put back in time order, written here chunk by chunk into a
+  file renamed at the end.
 
-Supported for use cases whose features are time-chunkable (`UseCaseSpec.feature_history`), split by calendar
+Supported for use cases whose features declare `feature_keys` or a `feature_history`, split by calendar
 days, with no raw check view, model selection, target transform or offset, trained from scratch: anything
 else is refused before any work with a message naming what (run it with `--executor local`).
 """
@@ -30,6 +34,7 @@ else is refused before any work with a message naming what (run it with `--execu
 from __future__ import annotations
 
 import hashlib
+import tempfile
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,7 +44,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from tasks.cluster import ExecutorError
+from tasks.cluster import PARTITION_ROWS, DaskSettings, ExecutorError
 from tasks.ingest import READERS, DataReadError, input_files
 from tasks.stage import stage
 from tasks.tracking import run_logger
@@ -54,6 +59,8 @@ if TYPE_CHECKING:
 BASELINE_ROWS = 250_000
 # Partitions per worker for the raw table, so validation runs in parallel even from one file.
 PARTITIONS_PER_WORKER = 2
+# A CSV block of `partition_rows` rows: the handbook's transactions take ~70 bytes a line.
+CSV_BYTES_PER_ROW = 64
 # Expectations a table passes when every partition does (schema and types).
 PER_PARTITION = (
     "expect_column_to_exist",
@@ -65,8 +72,13 @@ PER_PARTITION = (
 def unsupported(spec: UseCaseSpec, params: TrainingParams) -> list[str]:
     """What keeps this run off the Dask executor (empty: nothing)."""
     reasons = []
-    if spec.feature_history is None:
-        reasons.append("its features declare no feature_history (they cannot be computed in time chunks)")
+    if spec.feature_history is None and not spec.feature_keys:
+        reasons.append(
+            "its features declare neither feature_keys nor a feature_history (they cannot be computed in "
+            "key shards or in time chunks)"
+        )
+    if spec.feature_keys and not spec.id_columns:
+        reasons.append("it declares feature_keys but no id_columns to put key shards' features back together")
     if spec.split.unit != "days":
         reasons.append(f"it splits by {spec.split.unit}, not calendar days")
     if spec.raw_check_view is not None:
@@ -83,15 +95,28 @@ def unsupported(spec: UseCaseSpec, params: TrainingParams) -> list[str]:
 # ---------------------------------------------------------------------------------------------- ingest
 
 
-def read_frame(path: str | Path, time_column: str) -> dd.DataFrame:
-    """A Dask DataFrame over the input's files (not yet read); the time column parsed if it is text."""
+def read_frame(path: str | Path, time_column: str, partition_rows: int = PARTITION_ROWS) -> dd.DataFrame:
+    """A Dask DataFrame over the input's files (not yet read), in partitions of about `partition_rows` rows
+    (a Parquet file's row count from its footer; CSV in blocks of about that many short lines); the time
+    column parsed if it is text."""
+    import math
+
     import dask.dataframe as dd
 
     files = input_files(path)
     kind = "csv" if READERS[files[0].suffix.lower()] is pd.read_csv else "parquet"
     names = [str(f) for f in files]
     try:
-        frame = dd.read_parquet(names) if kind == "parquet" else dd.read_csv(names, blocksize="64MB")
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            largest = max(pq.ParquetFile(name).metadata.num_rows for name in names)
+            frame = dd.read_parquet(names)
+            pieces = math.ceil(largest / partition_rows)
+            if pieces > 1:  # each file's partition cut in `pieces` (a file is read whole, then cut)
+                frame = frame.repartition(npartitions=frame.npartitions * pieces)
+        else:
+            frame = dd.read_csv(names, blocksize=partition_rows * CSV_BYTES_PER_ROW)
     except Exception as exc:  # any reader failure is an unreadable input
         raise DataReadError(f"{path}: cannot be read as {kind}: {exc}") from exc
     if time_column in frame.columns and not pd.api.types.is_datetime64_any_dtype(frame[time_column].dtype):
@@ -116,22 +141,27 @@ def _profile_partition(frame: pd.DataFrame, time_column: str, target: str) -> di
 
 
 @stage
-def ingest_distributed(client, spec: UseCaseSpec, params: TrainingParams, workers: int) -> dd.DataFrame:
+def ingest_distributed(
+    client, spec: UseCaseSpec, params: TrainingParams, workers: int, partition_rows: int = PARTITION_ROWS
+) -> dd.DataFrame:
     """The input as a Dask DataFrame over its files (or the embedded source's table spread over partitions),
     profiled in one pass on the workers: rows, time span, labelled days and a digest per partition. Not
     persisted: each later pass reads its partitions again, so no worker keeps the table."""
+    import math
+
     import dask.dataframe as dd
     from dask import delayed
 
     log = run_logger()
     with client.as_current():
         if params.data:
-            frame = read_frame(params.data, spec.time_column)
+            frame = read_frame(params.data, spec.time_column, partition_rows)
             source = str(params.data)
         else:  # the embedded default (a simulator): made in this process, then spread over partitions
             local = spec.load(params)
             source = local.attrs.get("source", "unknown")
-            frame = dd.from_pandas(local, npartitions=max(workers * PARTITIONS_PER_WORKER, 1), sort=False)
+            parts = max(workers * PARTITIONS_PER_WORKER, math.ceil(len(local) / partition_rows))
+            frame = dd.from_pandas(local, npartitions=parts, sort=False)
             del local
         if frame.npartitions < workers * PARTITIONS_PER_WORKER:
             frame = frame.repartition(npartitions=workers * PARTITIONS_PER_WORKER)
@@ -299,9 +329,11 @@ def validate_partitions(frame: dd.DataFrame, suite_factory: Callable, client):
         parts = [p for p, n in zip(parts, lengths, strict=True) if n] or parts[:1]
     checks = [delayed(_check_partition)(p, suite_factory) for p in parts]
     repeated = [_repeated(frame, c) for c in unique_columns]
-    with client.as_current():  # submitted together: partitions read (or features computed) once for both
-        pending = client.compute(checks), client.compute(repeated)
-        outputs, counts = client.gather(pending[0]), client.gather(pending[1])
+    with client.as_current():
+        # One after the other, each reading the partitions again: submitted together, every partition read
+        # would wait in memory for the uniqueness shuffle to take it, so a worker would hold its whole share.
+        outputs = client.gather(client.compute(checks))
+        counts = client.gather(client.compute(repeated))
     duplicates = dict(zip(unique_columns, counts, strict=True))
     outputs = [o for o in outputs if o is not None]
     if not outputs:  # every partition empty: the suite on the empty table says what that fails
@@ -369,29 +401,89 @@ def chunk_edges(first: pd.Timestamp, last: pd.Timestamp, chunk: pd.Timedelta) ->
     return [start + i * chunk for i in range(count + 1)]
 
 
-@stage
-def featurize_distributed(
-    raw: dd.DataFrame, spec: UseCaseSpec, client, chunk: pd.Timedelta | None = None, labelled: bool = True
+def _key_shard(
+    part: pd.DataFrame,
+    build: Callable,
+    raw_columns: Sequence[str],
+    id_columns: Sequence[str],
+    carried: Sequence[str],
+    keep: Sequence[str],
+    target: str | None,
+) -> pd.DataFrame:
+    """On a worker: `build` on one key shard (every row of its keys, over the whole time span). The features
+    of that key come out right; those of keys sharded earlier (`carried`, missing the rows of other shards
+    here) are taken from the input, aligned by id; `keep`: the columns the next shard (or the table) gets."""
+    fresh = build(part[list(raw_columns)])
+    pending = [c for c in keep if c not in fresh.columns or c in carried]
+    if pending:
+        ids = list(id_columns)
+        where = (pd.MultiIndex.from_frame(part[ids]) if len(ids) > 1 else pd.Index(part[ids[0]])).get_indexer(
+            pd.MultiIndex.from_frame(fresh[ids]) if len(ids) > 1 else pd.Index(fresh[ids[0]])
+        )
+        for column in pending:
+            fresh[column] = part[column].to_numpy()[where]
+    if target is not None and target in fresh.columns:  # as `tasks.split.with_known_target`: training only
+        fresh = fresh.loc[fresh[target].notna().to_numpy()]
+    return fresh[list(keep)].reset_index(drop=True)
+
+
+def features_on_key_shards(
+    raw: dd.DataFrame, spec: UseCaseSpec, meta: pd.DataFrame, shards: int, labelled: bool
 ) -> dd.DataFrame:
-    """The spec's `build_features` on time chunks, each with `feature_history` before it, as a lazy Dask
-    DataFrame (one partition per chunk): the stages after it compute the chunks they need on the workers."""
+    """The spec's `build_features` on key shards, one key after another (`UseCaseSpec.feature_keys`): the
+    rows shuffled by the key into `shards` partitions, each built whole, keeping that key's features (and
+    the row-local ones); then shuffled by the next key. Lazy; a task holds about 1/`shards` of the rows."""
+    raw_columns = list(raw.columns)
+    passthrough = [c for c in raw_columns if c not in meta.columns]  # what the next shard's build reads
+    table, carried = raw, []
+    keys = list(spec.feature_keys)
+    for k, key in enumerate(keys):
+        last = k == len(keys) - 1
+        keep = list(meta.columns) + ([] if last else passthrough)
+        stage_meta = meta if last else pd.concat([meta, raw._meta[passthrough]], axis=1)
+        table = table.shuffle(key, npartitions=shards).map_partitions(
+            _key_shard,
+            spec.build_features,
+            raw_columns,
+            spec.id_columns,
+            tuple(carried),
+            tuple(keep),
+            spec.target if labelled and last else None,  # scoring keeps rows whose label is not known yet
+            meta=stage_meta,
+            enforce_metadata=False,
+            token=f"features-shard-{key}",
+        )
+        carried += spec.feature_keys[key]
+    return table
+
+
+def features_on_time_chunks(
+    raw: dd.DataFrame,
+    spec: UseCaseSpec,
+    meta: pd.DataFrame,
+    chunk: pd.Timedelta | None,
+    labelled: bool,
+    client,
+) -> tuple[dd.DataFrame, int]:
+    """The spec's `build_features` on time chunks, each with `feature_history` before it (one partition per
+    chunk, in time order), and the number of chunks. Lazy."""
     import dask.dataframe as dd
     from dask import delayed
 
-    log = run_logger()
     history = pd.Timedelta(spec.feature_history)
     # A chunk as long as the history: computing it reads at most twice its rows, whatever the table's size.
     chunk = pd.Timedelta(chunk) if chunk is not None else max(history, pd.Timedelta(days=1))
     time_column = spec.time_column
-    attrs = getattr(raw, "attrs", {})
     parts = raw.to_delayed()
-    spans = attrs.get("spans")
+    spans = getattr(raw, "attrs", {}).get("spans")
     if spans is None:  # a frame not from ingest_distributed (tests): one pass for the partitions' spans
         with client.as_current():
             spans = client.gather(client.compute([delayed(_span)(p, time_column) for p in parts]))
     present = [(p, lo, hi) for p, (lo, hi) in zip(parts, spans, strict=True) if lo is not None]
     if not present:
-        raise DataReadError(f"{attrs.get('source', 'the input')}: no row has a {time_column}")
+        raise DataReadError(
+            f"{getattr(raw, 'attrs', {}).get('source', 'the input')}: no row has a {time_column}"
+        )
     edges = chunk_edges(min(lo for _, lo, _ in present), max(hi for _, _, hi in present), chunk)
     token = uuid.uuid4().hex[:8]
     outputs = []
@@ -415,18 +507,65 @@ def featurize_distributed(
                 dask_key_name=f"features-chunk-{k}-{token}",
             )
         )
+    return dd.from_delayed(outputs, meta=meta, verify_meta=False), len(outputs)
+
+
+@stage
+def featurize_distributed(
+    raw: dd.DataFrame, spec: UseCaseSpec, client, scratch: Path, settings: DaskSettings, labelled: bool = True
+) -> dd.DataFrame:
+    """The spec's `build_features` on the workers: on key shards when the spec declares `feature_keys` (about
+    `settings.partition_rows` rows a task), else on time chunks with `feature_history` (`settings.chunk`
+    long). Computed once and written to Parquet under `scratch`, which the stages after it read (each would
+    otherwise compute the features, shuffles and all, again)."""
+    import math
+
+    import dask.dataframe as dd
+    from dask import delayed
+
+    log = run_logger()
+    attrs = getattr(raw, "attrs", {})
     with client.as_current():
         sample = raw.partitions[0].head(2_000, compute=False)
         meta = client.compute(delayed(spec.build_features)(sample)).result().iloc[:0]
-    table = dd.from_delayed(outputs, meta=meta, verify_meta=False)
-    table.attrs = {**attrs, "lengths": None, "chunks": len(outputs), "edges": edges}
-    log.info(
-        "features: %d time chunks of %s, each computed with the %s before it, on the workers",
-        len(outputs),
-        chunk,
-        history,
-    )
-    return table
+    if spec.feature_keys:
+        rows = attrs.get("rows")
+        if rows is None:  # a frame not from ingest_distributed (tests): one pass for its length
+            with client.as_current():
+                rows = int(client.compute(raw.map_partitions(len).sum()).result())
+        workers = max(len(client.scheduler_info()["workers"]), 1)
+        shards = max(PARTITIONS_PER_WORKER * workers, math.ceil(rows / settings.partition_rows))
+        table = features_on_key_shards(raw, spec, meta, shards, labelled)
+        layout = {"shards": shards, "ordered": False}
+        how = f"{shards} key shards by {', '.join(spec.feature_keys)} in turn (~{rows // shards:,} rows each)"
+    else:
+        table, chunks = features_on_time_chunks(raw, spec, meta, settings.chunk, labelled, client)
+        layout = {"chunks": chunks, "ordered": True}
+        how = f"{chunks} time chunks, each with the {pd.Timedelta(spec.feature_history)} before it"
+    folder = Path(tempfile.mkdtemp(prefix="features-", dir=scratch))
+    with client.as_current():
+        client.compute(
+            table.to_parquet(
+                folder, write_index=False, compute=False, name_function=lambda i: f"part-{i:06d}.parquet"
+            )
+        ).result()
+    files = sorted(
+        str(f) for f in folder.glob("part-*.parquet")
+    )  # in partition order (time chunks: time order)
+    written = dd.read_parquet(files)
+    written.attrs = {**attrs, "lengths": _parquet_rows(files), "files": files, **layout}
+    log.info("features: %s, on the workers; written once to %s", how, folder)
+    return written
+
+
+def _part_name(i: int) -> str:
+    return f"part-{i:06d}.parquet"
+
+
+def _parquet_rows(files: Sequence[str]) -> list[int]:
+    import pyarrow.parquet as pq
+
+    return [pq.ParquetFile(f).metadata.num_rows for f in files]
 
 
 def _span(frame: pd.DataFrame, time_column: str):
@@ -653,36 +792,49 @@ def log_datasets(run_id: str, spec: UseCaseSpec, raw: dd.DataFrame, splits: Spli
 # ---------------------------------------------------------------------------------------------- scoring
 
 
-def _score_chunk(features: pd.DataFrame, model, id_columns: Sequence[str], score_column: str, version_column):
-    """On a worker: one chunk's ids, scores and the pinned version."""
-    out = features[list(id_columns)].reset_index(drop=True)
-    out[score_column] = model.predict(features) if len(features) else np.zeros(0)
-    out[version_column] = model.version
+@stage(task_run_name="score-chunk")
+def score_chunk(features: str, model, keep: list[str], score_column: str) -> pd.DataFrame:
+    """On a worker: one chunk of features (a Parquet file): its `keep` columns (ids, time), its scores and the
+    pinned version."""
+    from tasks.score import VERSION_COLUMN
+
+    frame = pd.read_parquet(features)
+    out = frame[keep].reset_index(drop=True)
+    out[score_column] = model.predict(frame) if len(frame) else np.zeros(0)
+    out[VERSION_COLUMN] = model.version
     return out
 
 
-@stage
-def score_distributed(spec: UseCaseSpec, model, input_path: str, output_path: str, client, chunk=None):
+def score_distributed(
+    spec: UseCaseSpec, model, input_path: str, output_path: str, runner, scratch: Path, settings: DaskSettings
+):
     """`tasks.score.score_file` on a Dask cluster: the input (a file, directory or glob, in any order) read
-    by the workers, checked partition by partition with the scoring suites, featurized in time chunks with
-    the use case's `build_features`, scored on the workers by the one pinned version (sent to each worker
-    once), and written here chunk by chunk into a temporary file renamed at the end (as `score_file`)."""
+    by the workers, checked partition by partition with the scoring suites, featurized with the use case's
+    `build_features` (key shards or time chunks, written under `scratch`), each chunk scored by the one
+    pinned version (sent to each worker once) in a `score-chunk` task run on the run's `DaskTaskRunner`, put
+    in time order, and written here chunk by chunk into a temporary file renamed at the end (as
+    `score_file`). Not a task itself: the chunks' task runs sit directly in the flow run (a task's context,
+    sent along with each, would carry the runner)."""
     import time
 
+    import dask.dataframe as dd
     from dask import delayed
 
+    from tasks.cluster import submit
     from tasks.score import VERSION_COLUMN, AtomicTableWriter, ScoringResult
     from tasks.validate import keep_report
 
+    client = runner.client
     started = time.perf_counter()
-    # "model": features and scores, computed together on the workers chunk by chunk
+    # "model": the scoring tasks and putting their output in time order, on the workers
     seconds = dict.fromkeys(("read", "validate", "model", "write"), 0.0)
     raw_suite, feature_suite = spec.scoring_suites
+    time_column, ids = spec.time_column, list(spec.id_columns)
     writer = AtomicTableWriter(output_path)
     try:
         t0 = time.perf_counter()
         with client.as_current():
-            frame = read_frame(input_path, spec.time_column)
+            frame = read_frame(input_path, spec.time_column, settings.partition_rows)
             profiles = client.gather(
                 client.compute(
                     [
@@ -703,29 +855,35 @@ def score_distributed(spec: UseCaseSpec, model, input_path: str, output_path: st
         seconds["read"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         keep_report(validate_partitions(frame, raw_suite, client), rows_in, None)
-        table = featurize_distributed.fn(frame, spec, client, chunk, labelled=False)
+        table = featurize_distributed.fn(frame, spec, client, scratch, settings, labelled=False)
         keep_report(validate_partitions(table, feature_suite, client), rows_in, None)
         seconds["validate"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         with client.as_current():
             pinned = client.scatter(model, broadcast=True)  # one copy per worker, not one per chunk
-            scored = client.compute(
-                [
-                    delayed(_score_chunk)(part, pinned, spec.id_columns, spec.score_column, VERSION_COLUMN)
-                    for part in table.to_delayed()
-                ]
-            )
-            for future in scored:  # in time order; this process holds one chunk's scores at a time
-                t1 = time.perf_counter()
-                writer.write(future.result())
-                seconds["write"] += time.perf_counter() - t1
-                future.release()
-        seconds["model"] = time.perf_counter() - t0 - seconds["write"]
-        empty = pd.DataFrame(
-            {c: pd.Series(dtype="int64") for c in spec.id_columns}
-            | {spec.score_column: pd.Series(dtype="float64"), VERSION_COLUMN: pd.Series(dtype="object")}
+        keep, score = [*ids, time_column], spec.score_column
+        scored = [
+            submit(runner, score_chunk, features=path, model=pinned, keep=keep, score_column=score)
+            for path in table.attrs["files"]
+        ]
+        meta = pd.DataFrame(
+            {c: pd.Series(dtype="int64") for c in ids}
+            | {time_column: pd.Series(dtype="datetime64[ns]"), spec.score_column: pd.Series(dtype="float64")}
+            | {VERSION_COLUMN: pd.Series(dtype="object")}
         )
-        writer.commit(empty)
+        scores = dd.from_delayed(scored, meta=meta, verify_meta=False)
+        if not table.attrs.get("ordered"):  # key shards: the thin score table sorted back into time order
+            scores = scores.sort_values([time_column, *ids])
+        with client.as_current():
+            pieces = client.compute(scores.to_delayed())
+        for future in pieces:  # in time order; this process holds one chunk's scores at a time
+            part = future.result()
+            t1 = time.perf_counter()
+            writer.write(part.drop(columns=[time_column]).reset_index(drop=True))
+            seconds["write"] += time.perf_counter() - t1
+            future.release()
+        seconds["model"] = time.perf_counter() - t0 - seconds["write"]
+        writer.commit(meta.drop(columns=[time_column]))
     except BaseException:
         writer.abort()
         raise

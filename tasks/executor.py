@@ -11,7 +11,7 @@ from __future__ import annotations
 from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
-from tasks.cluster import DaskSettings, ExecutorError, dask_client, resolve_executor
+from tasks.cluster import DaskSettings, ExecutorError, dask_runner, resolve_executor, scratch_folder
 
 if TYPE_CHECKING:
     from usecases.spec import TrainingParams, UseCaseSpec
@@ -65,7 +65,12 @@ class LocalStages:
     def train_baselines(self, splits):
         from tasks.train import train_baselines
 
-        return train_baselines(splits, self.spec.baselines, self.spec.schema)
+        return train_baselines(splits, self.spec.baselines, self.spec.schema, self.runner)
+
+    @property
+    def runner(self):
+        """Where the run's parallel tasks go (`tasks.cluster.submit`): None, the flow's own task runner."""
+        return None
 
     def in_memory(self, table):
         """The table as `evaluate_earlier` reads it."""
@@ -91,17 +96,25 @@ class DaskStages(LocalStages):
         super().__init__(spec, params, run_id, refusal if reasons else None)
         self.settings = settings
         self._exit = ExitStack()
-        self._client = None
+        self._runner = None
+        self.scratch = None  # the run's folder for what the workers write (features), with the runner
         self.windows = None  # tasks.distributed.DistributedWindows, after split
 
     @property
-    def client(self):
-        if self._client is None:
+    def runner(self):
+        """prefect-dask's `DaskTaskRunner` on the cluster: the run's parallel tasks run on the workers."""
+        if self._runner is None:
             from tasks.tracking import run_logger
 
             run_logger().info("executor dask: %s", self.settings.describe())
-            self._client = self._exit.enter_context(dask_client(self.settings))
-        return self._client
+            self._runner = self._exit.enter_context(dask_runner(self.settings))
+            self.scratch = self._exit.enter_context(scratch_folder(self.settings))
+        return self._runner
+
+    @property
+    def client(self):
+        """The runner's `distributed.Client`, for the Dask DataFrame work."""
+        return self.runner.client
 
     def workers(self) -> int:
         return max(len(self.client.scheduler_info()["workers"]), 1)
@@ -111,7 +124,8 @@ class DaskStages(LocalStages):
 
         if self.refusal:
             raise ExecutorError(self.refusal)
-        return ingest_distributed(self.client, self.spec, self.params, self.workers())
+        rows = self.settings.partition_rows
+        return ingest_distributed(self.client, self.spec, self.params, self.workers(), rows)
 
     def validate(self, frame, suite_factory):
         from tasks.distributed import validate_distributed
@@ -119,13 +133,9 @@ class DaskStages(LocalStages):
         return validate_distributed(frame, suite_factory, self.run_id, self.client)
 
     def featurize(self, raw):
-        import pandas as pd
-
         from tasks.distributed import featurize_distributed
 
-        days = self.settings.chunk_days
-        chunk = pd.Timedelta(days=days) if days else None
-        return featurize_distributed(raw, self.spec, self.client, chunk)
+        return featurize_distributed(raw, self.spec, self.client, self.scratch, self.settings)
 
     def split(self, table):
         from tasks.distributed import split_distributed
@@ -152,7 +162,7 @@ class DaskStages(LocalStages):
 
     def close(self) -> None:
         self._exit.close()
-        self._client = None
+        self._runner = None
 
 
 def stages_for(spec: UseCaseSpec, params: TrainingParams, run_id: str) -> LocalStages:

@@ -494,9 +494,22 @@ def _log_selection(run_id: str, selection: dict) -> None:
     )
 
 
-@stage
-def train_baselines(splits: Splits, baselines: Sequence[Baseline], schema: Schema) -> list[FittedBaseline]:
-    features = list(schema.features)
-    return [
-        FittedBaseline(b.name, b.description, b.fit(splits.train, features, schema.target)) for b in baselines
-    ]
+@stage(task_run_name="baseline-{baseline.name}")
+def fit_baseline(baseline: Baseline, train: pd.DataFrame, schema: Schema) -> FittedBaseline:
+    """One baseline fitted on the training window (or the sample of it the Dask executor keeps)."""
+    return FittedBaseline(
+        baseline.name, baseline.description, baseline.fit(train, list(schema.features), schema.target)
+    )
+
+
+def train_baselines(
+    splits: Splits, baselines: Sequence[Baseline], schema: Schema, runner=None
+) -> list[FittedBaseline]:
+    """Every baseline at once, each a task run through the task runner (`tasks.cluster.submit`): the flow's
+    threads, or the Dask workers when `runner` is the run's `DaskTaskRunner`."""
+    from tasks.cluster import submit
+
+    # On Dask the training rows go to the cluster once, not once per baseline.
+    train = splits.train if runner is None else runner.client.scatter(splits.train)
+    futures = [submit(runner, fit_baseline, baseline=b, train=train, schema=schema) for b in baselines]
+    return [future.result() for future in futures]

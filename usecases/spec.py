@@ -295,6 +295,11 @@ class UseCaseSpec:
     # rows older than this do not change a row's features, so batch scoring can process a time-ordered
     # input in chunks carrying only this much history. None: the input is scored in one piece.
     feature_history: timedelta | None = None
+    # Features that read only the rows sharing one key, per key column (fraud: the customer's spending on
+    # CUSTOMER_ID, the terminal's risk on TERMINAL_ID); a feature not listed reads only its own row. With it
+    # the Dask executor computes features on key shards (every row of some keys, the whole time span) rather
+    # than on time chunks carrying `feature_history`, so no task holds more than a share of the table.
+    feature_keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # Batch scoring: the suite an input to score must pass (on `raw_check_view` of it, like the raw suite).
     # None: the raw suite. Set it when the raw suite also asks what only training needs (years of history).
     score_suite: Callable[[], object] | None = None

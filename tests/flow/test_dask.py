@@ -60,26 +60,52 @@ def gate_report(home, run) -> dict:
         return {g["name"]: g for g in json.load(handle)["gates"]}
 
 
-def test_features_on_time_chunks_equal_the_local_features_row_for_row(on_cluster):
-    """Several input partitions, chunks shorter than the 37-day history (a chunk's history spans chunks)."""
+def local_and_distributed(on_cluster, spec, scratch, settings):
+    """The fraud features of one simulated table built in one piece, and on the cluster from five partitions
+    in no time order (shards and chunks must gather their rows from all of them), both in time order."""
     import dask.dataframe as dd
 
     from tasks.distributed import featurize_distributed
+
+    raw = simulate_transactions(n_customers=150, n_terminals=300, n_days=80, seed=3)
+    shuffled = raw.sample(frac=1.0, random_state=0).reset_index(drop=True)
+    frame = on_cluster.persist(dd.from_pandas(shuffled, npartitions=5, sort=False))
+    table = featurize_distributed.fn(frame, spec, on_cluster, scratch, settings, labelled=False)
+    assert sum(table.attrs["lengths"]) == len(raw)  # written once to the scratch folder, read from there
+    assert all(f.startswith(str(scratch)) for f in table.attrs["files"])
+    distributed = on_cluster.compute(table).result()
+    distributed = distributed.sort_values(["TX_DATETIME", "TRANSACTION_ID"]).reset_index(drop=True)
+    local = spec.build_features(raw)
+    assert len(distributed) == len(local) == len(raw)
+    assert list(distributed.columns) == list(local.columns)
+    pd.testing.assert_series_equal(distributed["TRANSACTION_ID"], local["TRANSACTION_ID"])
+    pd.testing.assert_series_equal(distributed["TX_DATETIME"], local["TX_DATETIME"])
+    return table, distributed, local
+
+
+def test_features_on_key_shards_equal_the_local_features_row_for_row(on_cluster, tmp_path):
+    """Customer features from customer shards, terminal features from terminal shards: bit for bit."""
+    from tasks.cluster import DaskSettings
     from usecases.fraud.spec import Params, build_spec
 
     spec = build_spec(Params())
-    raw = simulate_transactions(n_customers=150, n_terminals=300, n_days=80, seed=3)
-    # Partitions in no time order: chunks must gather their rows (and history) from all of them.
-    shuffled = raw.sample(frac=1.0, random_state=0).reset_index(drop=True)
-    frame = on_cluster.persist(dd.from_pandas(shuffled, npartitions=5, sort=False))
-    table = featurize_distributed.fn(frame, spec, on_cluster, chunk=pd.Timedelta(days=9))
-    assert table.attrs["chunks"] >= 8
-    distributed = on_cluster.compute(table).result().reset_index(drop=True)
+    settings = DaskSettings(partition_rows=2_000)
+    table, distributed, local = local_and_distributed(on_cluster, spec, tmp_path, settings)
+    assert table.attrs["shards"] >= 10 and not table.attrs["ordered"]
+    pd.testing.assert_frame_equal(distributed, local)
 
-    local = spec.build_features(raw)
-    assert len(distributed) == len(local) == len(raw)
-    pd.testing.assert_series_equal(distributed["TRANSACTION_ID"], local["TRANSACTION_ID"])
-    pd.testing.assert_series_equal(distributed["TX_DATETIME"], local["TX_DATETIME"])
+
+def test_features_on_time_chunks_equal_the_local_features_row_for_row(on_cluster, tmp_path):
+    """A use case without feature keys: chunks shorter than the 37-day history (it spans chunks)."""
+    import dataclasses
+
+    from tasks.cluster import DaskSettings
+    from usecases.fraud.spec import Params, build_spec
+
+    spec = dataclasses.replace(build_spec(Params()), feature_keys={})
+    settings = DaskSettings(chunk_days=9)
+    table, distributed, local = local_and_distributed(on_cluster, spec, tmp_path, settings)
+    assert table.attrs["chunks"] >= 8 and table.attrs["ordered"]
     for name in FEATURES:
         if "AVG_AMOUNT" in name:  # cumulative sums restart where a chunk's history starts: last-bit rounding
             np.testing.assert_allclose(distributed[name], local[name], rtol=1e-12, atol=1e-9, err_msg=name)
@@ -110,14 +136,19 @@ def test_validation_merges_partitions_and_finds_a_duplicate_split_across_them(on
     assert observed == expected  # counts, examples, row count and the fraud-rate mean, as on the whole table
 
 
-def test_dask_run_promotes_on_the_local_runs_windows(mlops, mlops_home, on_cluster, tmp_path, capsys):
+def test_dask_run_promotes_on_the_local_runs_windows(
+    mlops, mlops_home, on_cluster, tmp_path, capsys, monkeypatch
+):
     """Local first (v1, champion), then the Dask executor on the same data: same windows and test rows, so the
     champion re-scored on the Dask run's test window scores exactly what it scored on its own."""
     assert mlops(*SMALL_FRAUD_RUN, "--executor", "local").exit_code == 0
     local = latest_run(mlops_home)
 
+    scratch = tmp_path / "scratch"
+    monkeypatch.setenv("MLOPS_DASK_SCRATCH", str(scratch))
     result = mlops(*SMALL_FRAUD_RUN, "--executor", "dask")
     assert result.exit_code in (0, 3), result.output
+    assert scratch.is_dir() and list(scratch.iterdir()) == []  # used, and the run's folder gone with it
     dask_run = latest_run(mlops_home)
     assert dask_run.data.params["param.executor"] == "dask"
     for window in ("train", "validation", "test"):
@@ -249,7 +280,7 @@ def test_stock_is_refused_on_dask_with_the_reason(mlops, mlops_home, capsys):
 
 
 class Killer(threading.Thread):
-    """Kills the worker process running a feature chunk, once, as soon as one is running."""
+    """Kills the worker process running a feature task, once, as soon as one is running."""
 
     def __init__(self, client, prefix: str):
         super().__init__(daemon=True)
@@ -261,10 +292,11 @@ class Killer(threading.Thread):
         prefix = self.prefix
 
         def running(dask_scheduler):
-            return [
+            return [  # a DataFrame task's key is (name, partition)
                 (str(key), ts.processing_on.address)
                 for key, ts in dask_scheduler.tasks.items()
-                if str(key).startswith(prefix) and ts.processing_on is not None
+                if str(key[0] if isinstance(key, tuple) else key).startswith(prefix)
+                and ts.processing_on is not None
             ]
 
         while not self.stop.is_set():
@@ -281,10 +313,10 @@ class Killer(threading.Thread):
 def test_worker_killed_mid_features_the_run_completes_or_fails_cleanly(
     mlops, mlops_home, on_cluster, monkeypatch
 ):
-    # One-day chunks with 37 days of history each: a feature stage long enough to be caught running.
-    monkeypatch.setenv("MLOPS_DASK_CHUNK_DAYS", "1")
+    # Shards of 500 rows: a feature stage of many tasks, long enough to be caught running.
+    monkeypatch.setenv("MLOPS_DASK_PARTITION_ROWS", "500")
     pids_before = set(on_cluster.run(os.getpid).values())
-    killer = Killer(on_cluster, "features-chunk-")
+    killer = Killer(on_cluster, "features-shard-")
     killer.start()
     try:
         result = mlops(*SMALL_FRAUD_RUN, "--executor", "dask")

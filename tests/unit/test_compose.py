@@ -274,6 +274,26 @@ def test_dask_cluster_is_a_profile_the_runner_reaches_and_workers_read_the_data(
         v for v in services["runner"]["volumes"] if v.endswith(":/data:ro")
     ]
     assert worker["depends_on"] == {"dask-scheduler": {"condition": "service_healthy"}}
+    # The features a run writes once are read by the workers and the runner: one shared scratch volume.
+    scratch = environment(services["runner"])["MLOPS_DASK_SCRATCH"]
+    assert (
+        f"dask-scratch:{scratch}" in worker["volumes"]
+        and f"dask-scratch:{scratch}" in services["runner"]["volumes"]
+    )
+    assert "dask-scratch" in compose["volumes"]
+
+
+def test_compose_workers_run_with_the_settings_local_clusters_get():
+    """`tasks.cluster.WORKER_CONFIG` and `WORKER_ENVIRON` (the shuffle buffer, Arrow's allocator) reach the
+    compose workers as environment, and `make up DASK=1`'s through `worker_environment`."""
+    from tasks.cluster import WORKER_CONFIG, WORKER_ENVIRON, worker_environment
+
+    compose = yaml.safe_load(COMPOSE.read_text())
+    env = environment(compose["services"]["dask-worker"])
+    expected = worker_environment()
+    assert {k: env.get(k) for k in expected} == expected
+    assert expected["DASK_DISTRIBUTED__P2P__COMM__BUFFER"] == WORKER_CONFIG["distributed.p2p.comm.buffer"]
+    assert WORKER_ENVIRON.items() <= expected.items()
 
 
 def test_ports_are_published_on_loopback_only(compose):

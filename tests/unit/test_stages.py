@@ -129,7 +129,7 @@ def test_train_balances_classes_only_when_asked(splits):
 
 
 def test_baselines_are_fitted_on_the_training_window(splits):
-    from tasks.train import train_baselines
+    from tasks.train import fit_baseline
 
     seen = {}
 
@@ -138,7 +138,7 @@ def test_baselines_are_fitted_on_the_training_window(splits):
         rate = train[target].mean()
         return lambda frame: np.full(len(frame), rate)
 
-    (fitted,) = train_baselines.fn(splits, (Baseline("rate", fit, "the training positive rate"),), SCHEMA)
+    fitted = fit_baseline.fn(Baseline("rate", fit, "the training positive rate"), splits.train, SCHEMA)
     assert seen == {"rows": len(splits.train), "features": list(FEATURES), "target": "y"}
     assert fitted.predict(splits.test)[0] == pytest.approx(splits.train.y.mean())
 

@@ -184,6 +184,10 @@ def build_spec(params: Params):
         id_columns=("TRANSACTION_ID",),
         score_column="fraud_score",
         feature_history=timedelta(days=max(WINDOWS) + params.delay_days),
+        feature_keys={
+            "CUSTOMER_ID": tuple(f for f in FEATURES if f.startswith("CUSTOMER_ID_")),
+            "TERMINAL_ID": tuple(f for f in FEATURES if f.startswith("TERMINAL_ID_")),
+        },
         split=SplitSpec(
             train=params.train_days,
             validation=params.validation_days,
