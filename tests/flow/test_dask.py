@@ -323,7 +323,8 @@ def test_worker_killed_mid_features_the_run_completes_or_fails_cleanly(
     finally:
         killer.stop.set()
         killer.join(timeout=10)
-    assert killer.killed is not None, "no feature chunk was seen running"
+    print(f"worker fault: killed {killer.killed}; the run exited {result.exit_code}")  # the outcome, under -s
+    assert killer.killed is not None, "no feature task was seen running"
     assert killer.killed[1] in pids_before
     client = registry_client(mlops_home)
     if result.exit_code == 0:  # Dask recomputed the lost chunks (and their inputs) on the surviving worker
