@@ -108,9 +108,7 @@ def read_frame(path: str | Path, time_column: str, partition_rows: int = PARTITI
     names = [str(f) for f in files]
     try:
         if kind == "parquet":
-            import pyarrow.parquet as pq
-
-            largest = max(pq.ParquetFile(name).metadata.num_rows for name in names)
+            largest = max(_parquet_rows(names))
             frame = dd.read_parquet(names)
             pieces = math.ceil(largest / partition_rows)
             if pieces > 1:  # each file's partition cut in `pieces` (a file is read whole, then cut)
@@ -150,7 +148,6 @@ def ingest_distributed(
     import math
 
     import dask.dataframe as dd
-    from dask import delayed
 
     log = run_logger()
     with client.as_current():
@@ -165,24 +162,35 @@ def ingest_distributed(
             del local
         if frame.npartitions < workers * PARTITIONS_PER_WORKER:
             frame = frame.repartition(npartitions=workers * PARTITIONS_PER_WORKER)
-        profiles = [delayed(_profile_partition)(p, spec.time_column, spec.target) for p in frame.to_delayed()]
-        try:
-            profiles = client.gather(client.compute(profiles))
-        except Exception as exc:
-            raise DataReadError(f"{source}: cannot be read: {type(exc).__name__}: {exc}") from exc
+    try:
+        frame = profile_frame(frame, spec, source, client)
+    except DataReadError:
+        raise
+    except Exception as exc:
+        raise DataReadError(f"{source}: cannot be read: {type(exc).__name__}: {exc}") from exc
+    log.info("ingest: %s rows in %d partitions (%s)", f"{frame.attrs['rows']:,}", frame.npartitions, source)
+    return frame
+
+
+def profile_frame(frame: dd.DataFrame, spec: UseCaseSpec, source: str, client) -> dd.DataFrame:
+    """`frame` with what later stages need to know of it in `attrs`, from one read of every partition on the
+    workers: rows (an empty table is refused), time spans, labelled days and a digest per partition."""
+    from dask import delayed
+
+    parts = [delayed(_profile_partition)(p, spec.time_column, spec.target) for p in frame.to_delayed()]
+    with client.as_current():
+        profiles = client.gather(client.compute(parts))
     rows = sum(p["rows"] for p in profiles)
     if not rows:
         raise DataReadError(f"{source}: the table has no rows")
-    days = np.unique(np.concatenate([np.asarray(p["days"], dtype="datetime64[ns]") for p in profiles]))
     frame.attrs = {
         "source": source,
         "rows": rows,
         "lengths": [p["rows"] for p in profiles],
         "spans": [p["span"] for p in profiles],
-        "days": days,
+        "days": np.unique(np.concatenate([np.asarray(p["days"], dtype="datetime64[ns]") for p in profiles])),
         "digests": [p["digest"] for p in profiles],
     }
-    log.info("ingest: %s rows in %d partitions (%s)", f"{rows:,}", len(profiles), source)
     return frame
 
 
@@ -416,15 +424,17 @@ def _key_shard(
     fresh = build(part[list(raw_columns)])
     pending = [c for c in keep if c not in fresh.columns or c in carried]
     if pending:
-        ids = list(id_columns)
-        where = (pd.MultiIndex.from_frame(part[ids]) if len(ids) > 1 else pd.Index(part[ids[0]])).get_indexer(
-            pd.MultiIndex.from_frame(fresh[ids]) if len(ids) > 1 else pd.Index(fresh[ids[0]])
-        )
+        where = _ids(part, id_columns).get_indexer(_ids(fresh, id_columns))
         for column in pending:
             fresh[column] = part[column].to_numpy()[where]
     if target is not None and target in fresh.columns:  # as `tasks.split.with_known_target`: training only
         fresh = fresh.loc[fresh[target].notna().to_numpy()]
     return fresh[list(keep)].reset_index(drop=True)
+
+
+def _ids(frame: pd.DataFrame, id_columns: Sequence[str]) -> pd.Index:
+    ids = list(id_columns)
+    return pd.MultiIndex.from_frame(frame[ids]) if len(ids) > 1 else pd.Index(frame[ids[0]])
 
 
 def features_on_key_shards(
@@ -474,16 +484,15 @@ def features_on_time_chunks(
     # A chunk as long as the history: computing it reads at most twice its rows, whatever the table's size.
     chunk = pd.Timedelta(chunk) if chunk is not None else max(history, pd.Timedelta(days=1))
     time_column = spec.time_column
+    attrs = getattr(raw, "attrs", {})
     parts = raw.to_delayed()
-    spans = getattr(raw, "attrs", {}).get("spans")
+    spans = attrs.get("spans")
     if spans is None:  # a frame not from ingest_distributed (tests): one pass for the partitions' spans
         with client.as_current():
             spans = client.gather(client.compute([delayed(_span)(p, time_column) for p in parts]))
     present = [(p, lo, hi) for p, (lo, hi) in zip(parts, spans, strict=True) if lo is not None]
     if not present:
-        raise DataReadError(
-            f"{getattr(raw, 'attrs', {}).get('source', 'the input')}: no row has a {time_column}"
-        )
+        raise DataReadError(f"{attrs.get('source', 'the input')}: no row has a {time_column}")
     edges = chunk_edges(min(lo for _, lo, _ in present), max(hi for _, _, hi in present), chunk)
     token = uuid.uuid4().hex[:8]
     outputs = []
@@ -545,13 +554,9 @@ def featurize_distributed(
     folder = Path(tempfile.mkdtemp(prefix="features-", dir=scratch))
     with client.as_current():
         client.compute(
-            table.to_parquet(
-                folder, write_index=False, compute=False, name_function=lambda i: f"part-{i:06d}.parquet"
-            )
+            table.to_parquet(folder, write_index=False, compute=False, name_function=_part_name)
         ).result()
-    files = sorted(
-        str(f) for f in folder.glob("part-*.parquet")
-    )  # in partition order (time chunks: time order)
+    files = sorted(str(f) for f in folder.glob("part-*.parquet"))  # partition order (time chunks: time order)
     written = dd.read_parquet(files)
     written.attrs = {**attrs, "lengths": _parquet_rows(files), "files": files, **layout}
     log.info("features: %s, on the workers; written once to %s", how, folder)
@@ -559,7 +564,7 @@ def featurize_distributed(
 
 
 def _part_name(i: int) -> str:
-    return f"part-{i:06d}.parquet"
+    return f"part-{i:06d}.parquet"  # zero-padded, so the names sort in partition order
 
 
 def _parquet_rows(files: Sequence[str]) -> list[int]:
@@ -818,7 +823,6 @@ def score_distributed(
     import time
 
     import dask.dataframe as dd
-    from dask import delayed
 
     from tasks.cluster import submit
     from tasks.score import VERSION_COLUMN, AtomicTableWriter, ScoringResult
@@ -835,23 +839,8 @@ def score_distributed(
         t0 = time.perf_counter()
         with client.as_current():
             frame = read_frame(input_path, spec.time_column, settings.partition_rows)
-            profiles = client.gather(
-                client.compute(
-                    [
-                        delayed(_profile_partition)(p, spec.time_column, spec.target)
-                        for p in frame.to_delayed()
-                    ]
-                )
-            )
-        rows_in = sum(p["rows"] for p in profiles)
-        if not rows_in:
-            raise DataReadError(f"{input_path}: the table has no rows")
-        frame.attrs = {
-            "source": str(input_path),
-            "rows": rows_in,
-            "lengths": [p["rows"] for p in profiles],
-            "spans": [p["span"] for p in profiles],
-        }
+        frame = profile_frame(frame, spec, str(input_path), client)
+        rows_in = frame.attrs["rows"]
         seconds["read"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         keep_report(validate_partitions(frame, raw_suite, client), rows_in, None)

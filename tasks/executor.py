@@ -96,8 +96,7 @@ class DaskStages(LocalStages):
         super().__init__(spec, params, run_id, refusal if reasons else None)
         self.settings = settings
         self._exit = ExitStack()
-        self._runner = None
-        self.scratch = None  # the run's folder for what the workers write (features), with the runner
+        self._runner = self._scratch = None
         self.windows = None  # tasks.distributed.DistributedWindows, after split
 
     @property
@@ -108,8 +107,14 @@ class DaskStages(LocalStages):
 
             run_logger().info("executor dask: %s", self.settings.describe())
             self._runner = self._exit.enter_context(dask_runner(self.settings))
-            self.scratch = self._exit.enter_context(scratch_folder(self.settings))
+            self._scratch = self._exit.enter_context(scratch_folder(self.settings))
         return self._runner
+
+    @property
+    def scratch(self):
+        """The run's folder for what the workers write (features); opened with the runner."""
+        self.runner  # noqa: B018 - opens the runner, and the folder with it, on first use
+        return self._scratch
 
     @property
     def client(self):
