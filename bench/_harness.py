@@ -33,17 +33,19 @@ code = app(["run", use_case, *sys.argv[2:]], standalone_mode=False) or 0
 finished = time.perf_counter()
 mlflow.set_tracking_uri(tracking.tracking_uri())
 run = mlflow.search_runs(experiment_names=[use_case], max_results=1, output_format="list")[0]
-stages = {}
+stages, intervals = {}, []
 with get_client(sync_client=True) as client:
     flow_run_id = run.data.tags["prefect.flow_run_id"]
     for t in client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [flow_run_id]})):
         name = t.name.rsplit("-", 1)[0]
         seconds = (t.end_time - t.start_time).total_seconds() if t.end_time and t.start_time else 0.0
         stages[name] = stages.get(name, 0.0) + seconds
+        if t.end_time and t.start_time:
+            intervals.append([name, t.start_time.timestamp(), t.end_time.timestamp()])
 print("BENCH " + json.dumps({
     "exit_code": code, "seconds": finished - imported, "seconds_with_imports": finished - started,
     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    "metrics": run.data.metrics, "params": run.data.params, "stages": stages,
+    "metrics": run.data.metrics, "params": run.data.params, "stages": stages, "intervals": intervals,
     "decision": run.data.tags.get("decision"), "summary": run.data.tags.get("decision.summary", ""),
 }))
 """

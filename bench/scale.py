@@ -8,7 +8,8 @@ fresh MLflow store; psutil samples the run's process tree (the driver and every 
 
 Printed per run: wall time, rows/s, microseconds per row overall and per stage (from the Prefect task runs),
 peak RSS of the driver and of the largest worker, the table's in-memory size (the raw frame in pandas), test
-average precision and the exit code. Then cost per row against 1x, and the 1 B-row extrapolation.
+average precision and the exit code; then the driver's and the largest worker's peak while each stage ran
+(where a process's memory goes); then cost per row against 1x, and the 1 B-row extrapolation.
 
     uv run python bench/scale.py [--scales 1,2,4,8] [--local-max 4] [--executors dask,local] [--keep DIR]
 
@@ -71,7 +72,8 @@ STAGES = {
 
 
 class TreeSampler(threading.Thread):
-    """Peak RSS of a process and of each of its descendants, sampled until stopped."""
+    """Peak RSS of a process and of each of its descendants, sampled until stopped; and a timeline of the
+    driver's and the largest worker's RSS, to tell which stage the peaks fall in."""
 
     def __init__(self, pid: int, every: float = 0.2):
         super().__init__(daemon=True)
@@ -79,6 +81,7 @@ class TreeSampler(threading.Thread):
         self.every = every
         self.peaks: dict[int, tuple[str, int]] = {}
         self.peak_total = 0
+        self.timeline: list[tuple[float, int, int]] = []  # (epoch seconds, driver RSS, largest worker RSS)
         self.done = threading.Event()
 
     def role(self, process: psutil.Process) -> str:
@@ -96,7 +99,7 @@ class TreeSampler(threading.Thread):
                 processes = [self.root, *self.root.children(recursive=True)]
             except psutil.Error:
                 return
-            total = 0
+            total, now = 0, {"driver": 0, "worker": 0}
             for process in processes:
                 try:
                     rss = process.memory_info().rss
@@ -104,13 +107,41 @@ class TreeSampler(threading.Thread):
                     continue
                 total += rss
                 role, peak = self.peaks.get(process.pid, (None, 0))
-                self.peaks[process.pid] = (role or self.role(process), max(peak, rss))
+                role = role or self.role(process)
+                self.peaks[process.pid] = (role, max(peak, rss))
+                if role in now:
+                    now[role] = max(now[role], rss)
             self.peak_total = max(self.peak_total, total)
+            self.timeline.append((time.time(), now["driver"], now["worker"]))
             time.sleep(self.every)
 
     def peak(self, role: str) -> float:
         values = [rss for r, rss in self.peaks.values() if r == role]
         return max(values) / 2**20 if values else 0.0
+
+    def stage_peaks(self, intervals: list[list]) -> dict[str, tuple[float, float]]:
+        """Stage column -> (driver MB, largest worker MB) at their highest while one of its task runs ran."""
+        out: dict[str, tuple[float, float]] = {}
+        for name, start, end in intervals:
+            key = STAGES.get(name.removesuffix("_distributed"), "rest")
+            inside = [(d, w) for t, d, w in self.timeline if start <= t <= end]
+            if inside:
+                driver, worker = out.get(key, (0.0, 0.0))
+                out[key] = (
+                    max(driver, max(d for d, _ in inside) / 2**20),
+                    max(worker, max(w for _, w in inside) / 2**20),
+                )
+        return out
+
+    def peak_during(self, intervals: list[list]) -> dict[str, str]:
+        """Role -> the task runs running when its highest sample was taken ("between tasks": none)."""
+        out = {}
+        for role, column in (("driver", 1), ("worker", 2)):
+            if self.timeline and max(sample[column] for sample in self.timeline):
+                at = max(self.timeline, key=lambda sample: sample[column])[0]
+                names = sorted({name for name, start, end in intervals if start <= at <= end})
+                out[role] = ", ".join(names) or "between tasks"
+        return out
 
 
 def simulate(scale: int, directory: Path, env: dict, base: dict) -> dict:
@@ -181,6 +212,8 @@ def run(executor: str, data: Path, env: dict, timeout: float) -> dict:
         "wall_with_imports": wall,
         "stages": stages,
         "driver_mb": sampler.peak("driver"),
+        "stage_mb": sampler.stage_peaks(result.get("intervals", [])),
+        "peak_during": sampler.peak_during(result.get("intervals", [])),
         "worker_mb": sampler.peak("worker"),
         "workers_seen": sum(1 for r, _ in sampler.peaks.values() if r == "worker"),
         "total_mb": sampler.peak_total / 2**20,
@@ -212,6 +245,16 @@ def print_table(results: list[dict]) -> None:
             f"{r['worker_mb']:9.0f} {r['table_mb']:8.0f} {r['ap']:6.3f} {r['exit_code']}"
         )
     print("(stages: microseconds per row; peaks: RSS sampled every 0.2 s; table: the raw frame in pandas)")
+    print("\npeak MB while each stage ran, driver / largest worker (local: the driver only):")
+    print(f"{'scale':>5} {'exec':>5} " + " ".join(f"{c[:11]:>11}" for c in columns))
+    for r in results:
+        if "error" in r:
+            continue
+        peaks = (r["stage_mb"].get(c) for c in columns)
+        cells = [f"{p[0]:.0f} / {p[1]:.0f}" if p else "" for p in peaks]
+        print(f"{r['scale']:>4}x {r['executor']:>5} " + " ".join(f"{c:>11}" for c in cells))
+        during = "; ".join(f"{role} during {names}" for role, names in r["peak_during"].items())
+        print(f"      highest: {during}")
 
 
 def summarise(results: list[dict]) -> None:

@@ -32,9 +32,10 @@ ENV_PARTITION_ROWS = "MLOPS_DASK_PARTITION_ROWS"
 # Rows a task holds (raw partitions, feature key shards): a worker's peak follows its tasks' size, not the
 # table's (at 8x the handbook, 100,000 keeps each below the whole table; 250,000 did not).
 PARTITION_ROWS = 100_000
-# Dask settings of the workers: a shuffle's outgoing buffer (Dask's default, 1 GiB a worker, would alone
-# exceed the share of the table a worker is meant to hold).
-WORKER_CONFIG = {"distributed.p2p.comm.buffer": "128 MiB"}
+# Dask settings of the workers: a shuffle's outgoing buffer and what it keeps in memory before writing to
+# disk (Dask's defaults, 1 GiB and 100 MiB a worker, would alone come near the share of the table a worker
+# is meant to hold).
+WORKER_CONFIG = {"distributed.p2p.comm.buffer": "128 MiB", "distributed.p2p.storage.buffer": "32 MiB"}
 # The workers' environment: Arrow's allocator gives freed memory back (its default, mimalloc, keeps a worker's
 # high-water mark of every Parquet read and shuffle).
 WORKER_ENVIRON = {"ARROW_DEFAULT_MEMORY_POOL": "system"}

@@ -17,9 +17,9 @@ rows (`tasks.cluster.DaskSettings`), so a worker's memory follows that, not the 
   in the run's scratch folder, which the stages after it read;
 - split: the same windows (`tasks.split.split_frame` on the labelled days); test and the rows a test filter
   reads are collected, the training and validation windows stay on the workers, hashed over them;
-- train: `xgboost.dask` (`DaskDMatrix`, `xgb.dask.train`) with the spec's parameters, seed and early stopping
-  on the validation window; baselines that do not scale (logistic regression) fit on a stratified sample of
-  the training window, recorded on the MLflow run (`baselines.training_rows`), which also feeds the
+- train: `xgboost.dask` (`DaskQuantileDMatrix`, `xgb.dask.train`) with the spec's parameters, seed and early
+  stopping on the validation window; baselines that do not scale (logistic regression) fit on a stratified
+  sample of the training window, recorded on the MLflow run (`baselines.training_rows`), which also feeds the
   monitoring profile's training distribution; each baseline is a task run on a worker
   (`tasks.train.train_baselines` through the run's `DaskTaskRunner`);
 - scoring (`score_distributed`): the same checks and features, each feature chunk scored on a worker by one
@@ -197,16 +197,33 @@ def profile_frame(frame: dd.DataFrame, spec: UseCaseSpec, source: str, client) -
 # ---------------------------------------------------------------------------------------------- validate
 
 
-def _check_partition(frame: pd.DataFrame, suite_factory: Callable):
-    """On a worker: the suite on one partition, with what merging needs (rows, non-null counts); None when
-    the partition is empty."""
+def _check_partition(frame: pd.DataFrame, suite_factory: Callable, unique_columns: Sequence[str] = ()):
+    """On a worker: the suite on one partition, with what merging needs (rows, non-null counts, each
+    uniqueness column's range and in-partition repeats); None when the partition is empty."""
     from tasks.validate import validate_frame
 
     if not len(frame):
         return None
     report = validate_frame(frame, suite_factory())
     counts = {str(c): int(frame[c].notna().sum()) for c in frame.columns}
-    return report.result, {"rows": len(frame), "nonnull": counts}
+    unique = {c: _unique_side(frame[c]) for c in unique_columns}
+    return report.result, {"rows": len(frame), "nonnull": counts, "unique": unique}
+
+
+def _unique_side(values: pd.Series) -> dict:
+    """A partition's side of a uniqueness check: its value range and the values it repeats itself."""
+    present = values.dropna()
+    counts = present.value_counts()
+    return {"range": (present.min(), present.max()) if len(present) else None, "repeated": counts[counts > 1]}
+
+
+def _disjoint(ranges: Sequence[tuple | None]) -> bool:
+    """Whether no two partitions' [min, max] ranges can share a value: then no value repeats across them."""
+    try:
+        spans = sorted(r for r in ranges if r is not None)
+        return all(earlier[1] < later[0] for earlier, later in zip(spans, spans[1:], strict=False))
+    except TypeError:  # values that do not order: cannot tell
+        return False
 
 
 def _repeated(frame: dd.DataFrame, column: str):
@@ -335,15 +352,25 @@ def validate_partitions(frame: dd.DataFrame, suite_factory: Callable, client):
     parts = frame.to_delayed()
     if lengths is not None:
         parts = [p for p, n in zip(parts, lengths, strict=True) if n] or parts[:1]
-    checks = [delayed(_check_partition)(p, suite_factory) for p in parts]
-    repeated = [_repeated(frame, c) for c in unique_columns]
+    checks = [delayed(_check_partition)(p, suite_factory, unique_columns) for p in parts]
     with client.as_current():
-        # One after the other, each reading the partitions again: submitted together, every partition read
-        # would wait in memory for the uniqueness shuffle to take it, so a worker would hold its whole share.
-        outputs = client.gather(client.compute(checks))
-        counts = client.gather(client.compute(repeated))
-    duplicates = dict(zip(unique_columns, counts, strict=True))
-    outputs = [o for o in outputs if o is not None]
+        outputs = [o for o in client.gather(client.compute(checks)) if o is not None]
+    # Uniqueness across partitions. Ids usually grow with time, so the partitions' ranges do not overlap and
+    # each partition's own repeats are all there are; otherwise a hash shuffle of the counts (its buffers
+    # were the workers' largest allocation in this stage), after the checks: submitted together, every
+    # partition read would wait in memory for the shuffle to take it.
+    duplicates, method = {}, {}
+    for column in unique_columns:
+        sides = [stats["unique"][column] for _, stats in outputs]
+        if _disjoint([side["range"] for side in sides]):
+            repeats = [side["repeated"] for side in sides if len(side["repeated"])]
+            duplicates[column] = pd.concat(repeats) if repeats else pd.Series([], dtype="int64")
+            method[column] = "partition ranges disjoint"
+    shuffled = [c for c in unique_columns if c not in duplicates]
+    with client.as_current():
+        counts = client.gather(client.compute([_repeated(frame, c) for c in shuffled]))
+    duplicates.update(zip(shuffled, counts, strict=True))
+    method.update(dict.fromkeys(shuffled, "hash shuffle of the counts"))
     if not outputs:  # every partition empty: the suite on the empty table says what that fails
         from tasks.validate import validate_frame
 
@@ -369,7 +396,12 @@ def validate_partitions(frame: dd.DataFrame, suite_factory: Callable, client):
         },
     }
     rows = sum(s["rows"] for s in stats)
-    merged["meta"] = {**(merged.get("meta") or {}), "partitions": len(parts), "rows": rows}
+    merged["meta"] = {
+        **(merged.get("meta") or {}),
+        "partitions": len(parts),
+        "rows": rows,
+        "uniqueness": method,  # how each uniqueness column was checked across partitions
+    }
     dtypes = {str(name): str(dtype) for name, dtype in frame.dtypes.items()}
     return report_from_result(merged, suite, dtypes)
 
@@ -749,8 +781,9 @@ def train_distributed(splits: Splits, windows: DistributedWindows, spec: UseCase
         len(features),
     )
     with client.as_current():
-        dtrain = xgb.dask.DaskDMatrix(client, train[features], train[target])
-        dval = xgb.dask.DaskDMatrix(client, validation[features], validation[target])
+        # Quantised as they are read (the hist method's bins): no float copy of the workers' share beside it.
+        dtrain = xgb.dask.DaskQuantileDMatrix(client, train[features], train[target])
+        dval = xgb.dask.DaskQuantileDMatrix(client, validation[features], validation[target], ref=dtrain)
         output = xgb.dask.train(
             client,
             full_params,

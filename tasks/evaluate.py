@@ -61,19 +61,23 @@ def binary_metrics(y: np.ndarray, scores: np.ndarray, threshold: float) -> dict[
     from sklearn import metrics as skm
 
     predicted = (scores >= threshold).astype(int)
-    tn, fp, fn, tp = skm.confusion_matrix(y, predicted, labels=[0, 1]).ravel()
+    tn, fp, fn, tp = (float(v) for v in skm.confusion_matrix(y, predicted, labels=[0, 1]).ravel())
     both_classes = len(np.unique(y)) == 2
+
+    def ratio(num: float, den: float) -> float:  # sklearn's zero_division=0, from the counts in hand
+        return num / den if den else 0.0
+
     return {
         "roc_auc": float(skm.roc_auc_score(y, scores)) if both_classes else float("nan"),
         "average_precision": float(skm.average_precision_score(y, scores)) if both_classes else float("nan"),
-        "precision": float(skm.precision_score(y, predicted, zero_division=0)),
-        "recall": float(skm.recall_score(y, predicted, zero_division=0)),
-        "f1": float(skm.f1_score(y, predicted, zero_division=0)),
+        "precision": ratio(tp, tp + fp),
+        "recall": ratio(tp, tp + fn),
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
         "threshold": float(threshold),
-        "tn": float(tn),
-        "fp": float(fp),
-        "fn": float(fn),
-        "tp": float(tp),
+        "tn": tn,
+        "fp": fp,
+        "fn": fn,
+        "tp": tp,
     }
 
 

@@ -20,7 +20,7 @@ offset and transform are kept, and no model selection runs (the parent's structu
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -194,58 +194,50 @@ _MAXIMIZE = ("auc", "aucpr", "pre", "map", "ndcg")
 
 
 def select_params(
-    train: pd.DataFrame,
-    features: Sequence[str],
-    target: str,
-    problem: str,
-    params: dict,
-    search: Mapping[str, Sequence],
-    folds: int,
-    num_boost_round: int,
-    early_stopping_rounds: int,
-    balance_classes: bool,
-    seed: int,
-    *,
-    time_column: str,
-    gap: int,
-    unit: str = "days",
-    target_transform: str = "identity",
-    offset_features: Sequence[str] = (),
+    train: pd.DataFrame, model: ModelSpec, schema: Schema, split: SplitSpec, seed: int
 ) -> tuple[dict, dict]:
     """Walk-forward model selection inside the training window.
 
-    Every combination of `search` (a grid over booster parameters) is fitted on `folds` rolling-origin folds
-    (expanding training part, `gap` steps, then a validation block; `tasks.split.rolling_origin_folds`), with
-    early stopping on each fold's block, and scored by the booster's eval metric at its best round, averaged
-    over folds. Returns the chosen parameter values and a JSON-able record of every combination.
+    Every combination of `model.search` (a grid over booster parameters) is fitted on `model.folds`
+    rolling-origin folds (expanding training part, `gap` steps, then a validation block;
+    `tasks.split.rolling_origin_folds`), with early stopping on each fold's block, and scored by the booster's
+    eval metric at its best round, averaged over folds. Each (combination, fold) is a task run on the flow's
+    task runner (`fold-<k>-<combination>`), so they fit at once. Returns the chosen parameter values and a
+    JSON-able record of every combination.
     """
-    cut = rolling_origin_folds(train, time_column, folds, gap, unit)
-    names = list(search)
-    base = {"tree_method": "hist", "seed": seed, **OBJECTIVES[problem], **params}
-    metric = str(base["eval_metric"])
+    cut = rolling_origin_folds(train, schema.time_column, model.folds, split.gap, split.unit)
+    names = list(model.search)
+    metric = str({**OBJECTIVES[schema.problem], **model.params}["eval_metric"])
     maximize = metric.split("@")[0] in _MAXIMIZE
-    trials = []
-    for values in itertools.product(*(search[n] for n in names)):
-        chosen = dict(zip(names, values, strict=True))
-        scores, rounds = [], []
-        for fit_part, val_part in cut:
-            fitted = fit_candidate(
+    combinations = [
+        dict(zip(names, values, strict=True))
+        for values in itertools.product(*(model.search[n] for n in names))
+    ]
+    submitted = [
+        [
+            score_fold.submit(
                 Splits(fit_part, val_part, val_part, {}),
-                features,
-                target,
-                problem,
-                {**params, **chosen},
-                num_boost_round,
-                early_stopping_rounds,
-                balance_classes,
+                model,
+                schema,
+                {**model.params, **chosen},
                 seed,
-                target_transform=target_transform,
-                offset_features=offset_features,
+                fold=k,
+                label=",".join(f"{n}={v}" for n, v in chosen.items()),
             )
-            scores.append(fitted.validation_score)
-            rounds.append(fitted.best_iteration + 1)
+            for k, (fit_part, val_part) in enumerate(cut)
+        ]
+        for chosen in combinations
+    ]
+    trials = []
+    for chosen, futures in zip(combinations, submitted, strict=True):
+        scores, rounds = zip(*(future.result() for future in futures), strict=True)
         trials.append(
-            {"params": chosen, "fold_scores": scores, "fold_rounds": rounds, "mean": float(np.mean(scores))}
+            {
+                "params": chosen,
+                "fold_scores": list(scores),
+                "fold_rounds": list(rounds),
+                "mean": float(np.mean(scores)),
+            }
         )
     best = (max if maximize else min)(trials, key=lambda t: t["mean"])
     record = {
@@ -253,8 +245,8 @@ def select_params(
         "greater_is_better": maximize,
         "folds": [
             {
-                "train": [str(f[time_column].min()), str(f[time_column].max()), len(f)],
-                "validation": [str(v[time_column].min()), str(v[time_column].max()), len(v)],
+                "train": [str(f[schema.time_column].min()), str(f[schema.time_column].max()), len(f)],
+                "validation": [str(v[schema.time_column].min()), str(v[schema.time_column].max()), len(v)],
             }
             for f, v in cut
         ],
@@ -263,6 +255,28 @@ def select_params(
         "selected_mean": best["mean"],
     }
     return dict(best["params"]), record
+
+
+@stage(task_run_name="fold-{fold}-{label}")
+def score_fold(
+    window: Splits, model: ModelSpec, schema: Schema, params: dict, seed: int, fold: int, label: str
+) -> tuple[float, int]:
+    """One combination of the walk-forward search on one fold (`window`: its training part and validation
+    block): the eval metric at the best round, and the rounds to it."""
+    fitted = fit_candidate(
+        window,
+        schema.features,
+        schema.target,
+        schema.problem,
+        params,
+        model.num_boost_round,
+        model.early_stopping_rounds,
+        model.balance_classes,
+        seed,
+        target_transform=model.target_transform,
+        offset_features=model.offset_features,
+    )
+    return fitted.validation_score, fitted.best_iteration + 1
 
 
 # Parent parameters that shape refitted leaves: a loaded booster has forgotten them (defaults would apply).
@@ -418,20 +432,7 @@ def train(
     shape = dict(target_transform=model.target_transform, offset_features=model.offset_features)
     selection = None
     if model.search and model.folds > 0:
-        chosen, selection = select_params(
-            splits.train,
-            schema.features,
-            schema.target,
-            schema.problem,
-            params,
-            dict(model.search),
-            model.folds,
-            **common,
-            time_column=schema.time_column,
-            gap=split.gap,
-            unit=split.unit,
-            **shape,
-        )
+        chosen, selection = select_params(splits.train, model, schema, split, seed)
         params = {**params, **chosen}
         log.info(
             "walk-forward selection over %d folds: %s (mean validation %s %.6g); tried %s",

@@ -224,6 +224,9 @@ class Metrics:
     greater_is_better: bool
     # Decided on the validation window (e.g. a decision threshold), passed to `compute` as `context`.
     calibrate: Callable[[pd.DataFrame, np.ndarray], dict[str, float]] | None = None
+    # The columns `compute` reads (those present are passed). Slices hand it each group's rows of only these:
+    # a copy of every column per group is what held memory on a large test window. Empty: every column.
+    reads: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -134,6 +134,43 @@ def test_validation_merges_partitions_and_finds_a_duplicate_split_across_them(on
     observed = {(o.expectation, o.column): o.observed for o in merged.outcomes}
     expected = {(o.expectation, o.column): o.observed for o in whole.outcomes}
     assert observed == expected  # counts, examples, row count and the fraud-rate mean, as on the whole table
+    assert merged.result["meta"]["uniqueness"] == {"TRANSACTION_ID": "hash shuffle of the counts"}
+
+
+@pytest.mark.parametrize(
+    ("where", "method"),
+    [("inside", "partition ranges disjoint"), ("boundary", "hash shuffle of the counts"), (None, None)],
+)
+def test_ids_growing_with_time_are_checked_by_partition_ranges_without_missing_a_repeat(
+    on_cluster, where, method
+):
+    """Ids in time order: the partitions' ranges are disjoint, so each partition's own repeats are all there
+    are. A repeat across a boundary makes two ranges touch, and the shuffle decides; either way the counts
+    are the whole table's."""
+    import dask.dataframe as dd
+
+    from data_checks import fraud as checks
+    from tasks.distributed import validate_partitions
+    from tasks.validate import validate_frame
+
+    raw = simulate_transactions(n_customers=100, n_terminals=200, n_days=30, seed=5)
+    assert raw["TRANSACTION_ID"].is_monotonic_increasing
+    frame = dd.from_pandas(raw, npartitions=4, sort=False)
+    first_of_third = int(frame.divisions[2])  # a row index: from_pandas cuts the RangeIndex
+    if where == "inside":
+        raw.loc[5, "TRANSACTION_ID"] = raw.loc[6, "TRANSACTION_ID"]
+    elif where == "boundary":
+        raw.loc[first_of_third, "TRANSACTION_ID"] = raw.loc[first_of_third - 1, "TRANSACTION_ID"]
+    frame = on_cluster.persist(dd.from_pandas(raw, npartitions=4, sort=False))
+
+    merged = validate_partitions(frame, checks.raw_suite, on_cluster)
+    whole = validate_frame(raw, checks.raw_suite())
+    key = ("expect_column_values_to_be_unique", "TRANSACTION_ID")
+    outcome = {(o.expectation, o.column): o for o in merged.outcomes}[key]
+    expected = {(o.expectation, o.column): o for o in whole.outcomes}[key]
+    assert (outcome.success, outcome.observed) == (expected.success, expected.observed)
+    assert outcome.success is (where is None)
+    assert merged.result["meta"]["uniqueness"]["TRANSACTION_ID"] == (method or "partition ranges disjoint")
 
 
 def test_dask_run_promotes_on_the_local_runs_windows(

@@ -51,6 +51,15 @@ def artifact_json(run_id: str, path: str) -> dict:
     )
 
 
+def fold_task_runs(flow_run_id: str) -> dict[str, str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter
+
+    with get_client(sync_client=True) as prefect:
+        runs = prefect.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [flow_run_id]}))
+    return {r.name: r.state.name for r in runs if r.name.startswith("fold-")}
+
+
 @pytest.fixture(scope="module")
 def bars() -> pd.DataFrame:
     return sp500.load().reset_index()
@@ -102,6 +111,10 @@ def test_volatility_beats_the_baselines_and_is_promoted(volatility_home, promote
     # walk-forward model selection inside the training window, recorded
     selection = artifact_json(run.info.run_id, "model_selection.json")
     assert len(selection["folds"]) == 3 and len(selection["trials"]) == 4
+    # each (combination, fold) a task run of the flow run, on its task runner
+    folds = fold_task_runs(run.data.tags["prefect.flow_run_id"])
+    assert len(folds) == 12 and all(state == "Completed" for state in folds.values()), folds
+    assert "fold-2-max_depth=3,min_child_weight=100" in folds
     assert run.data.params["selected.max_depth"] == str(selection["selected"]["max_depth"])
     assert m["cv_mae"] == pytest.approx(selection["selected_mean"])
 

@@ -79,6 +79,73 @@ def test_disparity_comes_from_fairlearn_between_groups(data):
     assert "selection_rate" in report.disparity["group"]
 
 
+def test_disparity_from_counts_equals_metricframe_on_every_row():
+    """The disparity hands fairlearn (group, label, decision) counts as weights, not the rows: the values
+    must be MetricFrame's on the rows themselves, three groups of unequal size and recall."""
+    from fairlearn.metrics import MetricFrame, selection_rate
+    from sklearn.metrics import recall_score
+
+    rng = np.random.default_rng(3)
+    n = 6000
+    group = rng.choice(["p", "q", "r"], n, p=[0.5, 0.3, 0.2])
+    y = (rng.random(n) < 0.1).astype(int)
+    scores = np.clip(y * np.select([group == "p", group == "q"], [0.6, 0.3], 0.1) + rng.random(n) * 0.5, 0, 1)
+    test = pd.DataFrame({"id": np.arange(n), "t": pd.Timestamp("2024-01-01"), "x": 0.0, "g": group, "y": y})
+    evaluation = Evaluation(Scored({}, {"threshold": 0.5}, scores), {})
+    report = slice_report(
+        (Slice("group", lambda frame, train: frame["g"].to_numpy()),),
+        Splits(test.head(10), test.head(10), test, {}),
+        evaluation,
+        None,
+        _metrics(),
+        SCHEMA,
+        GateSpec(slice_min_rows=1, slice_min_positives=1),
+    )
+    reference = MetricFrame(
+        metrics={
+            "recall": lambda t, p: recall_score(t, p, zero_division=0),
+            "selection_rate": selection_rate,
+        },
+        y_true=y,
+        y_pred=(scores >= 0.5).astype(int),
+        sensitive_features=group,
+    )
+    for metric in ("recall", "selection_rate"):
+        got = report.disparity["group"][metric]
+        assert got["ratio"] == pytest.approx(reference.ratio(method="between_groups")[metric])
+        assert got["difference"] == pytest.approx(reference.difference(method="between_groups")[metric])
+        assert got["groups"] == pytest.approx(reference.by_group[metric].to_dict())
+    assert report.disparity["group"]["recall"]["min_group"] == "r"
+
+
+def test_group_names_are_cleaned_once_and_merge_when_they_clean_alike(data):
+    splits, evaluation, champion = data
+    raw = np.where(splits.test.g.to_numpy() == "a", "east side", "east_side")  # both clean to east_side
+    labels = (
+        Slice("merged", lambda frame, train: raw),
+        Slice("missing", lambda frame, train: np.where(frame.g == "a", None, "known").astype(object)),
+    )
+    report = slice_report(labels, splits, evaluation, champion, _metrics(), SCHEMA, GateSpec())
+    assert report.skipped["merged"] == "one group only in the test window (east_side)"
+    assert set(report.groups["missing"]) == {"nan", "known"}  # a missing label is a group of its own
+    assert report.groups["missing"]["nan"]["support"] == {"rows": 1000, "positives": 100}
+
+
+def test_each_group_gets_only_the_columns_the_metrics_read(data):
+    splits, evaluation, champion = data
+    seen = []
+
+    def compute(frame, scores, context):
+        seen.append(tuple(frame.columns))
+        return {"positives": float(frame.y.sum()), "rows": float(len(scores))}
+
+    metrics = Metrics(compute=compute, primary="positives", greater_is_better=True, reads=("y", "absent"))
+    report = slice_report(SLICES, splits, evaluation, champion, metrics, SCHEMA, GateSpec())
+    assert set(seen) == {("y",)}  # the declared column present, nothing else; a missing one is skipped
+    assert len(seen) == 2 * 3  # two groups x (candidate, one baseline, champion)
+    assert report.groups["group"]["b"]["champion"] == {"positives": 100.0, "rows": 1000.0}
+
+
 def test_slice_gate_refuses_the_group_the_candidate_lost_and_passes_an_equal_one(data):
     splits, evaluation, champion = data
     spec = GateSpec(slice_margin=0.1, slice_min_rows=500, slice_min_positives=50)

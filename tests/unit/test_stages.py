@@ -184,6 +184,22 @@ def _register(splits, run_id, fingerprint: str):
     return register.fn(logged, "stages-model", "a test model", "card", tags, run_id)
 
 
+@pytest.mark.parametrize("threshold", [0.5, 2.0, -1.0])  # some positives, none predicted, all predicted
+def test_binary_metrics_at_the_threshold_match_sklearn_zero_division_included(threshold):
+    from sklearn import metrics as skm
+
+    from tasks.evaluate import binary_metrics
+
+    rng = np.random.default_rng(5)
+    y = (rng.random(500) < 0.2).astype(int)
+    scores = np.clip(y * 0.4 + rng.random(500) * 0.7, 0, 1)
+    got = binary_metrics(y, scores, threshold)
+    predicted = (scores >= threshold).astype(int)
+    for name, fn in (("precision", skm.precision_score), ("recall", skm.recall_score), ("f1", skm.f1_score)):
+        assert got[name] == pytest.approx(fn(y, predicted, zero_division=0)), name
+    assert got["tp"] + got["fp"] == predicted.sum() and got["tp"] + got["fn"] == y.sum()
+
+
 def test_register_creates_a_version_with_its_tags_and_reuses_an_identical_one(splits, run_id):
     from mlflow import MlflowClient
 

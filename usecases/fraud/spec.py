@@ -155,7 +155,7 @@ def build_spec(params: Params):
     from tasks.monitor import MonitorThresholds
     from tasks.split import SplitSpec
     from usecases.fraud.features import FEATURES, WINDOWS, build_features
-    from usecases.fraud.metrics import handbook_test_filter
+    from usecases.fraud.metrics import KNOWN_BEFORE_TRAINING, handbook_test_filter
     from usecases.spec import Baseline, Metrics, ModelSpec, Slice, UseCaseSpec
 
     # The handbook's known set starts with the training window: these days of data precede the test window.
@@ -215,6 +215,7 @@ def build_spec(params: Params):
             primary="average_precision",
             greater_is_better=True,
             calibrate=lambda frame, scores: best_f1_threshold(frame, scores, TARGET),
+            reads=(TARGET, TIME, "CUSTOMER_ID", KNOWN_BEFORE_TRAINING),
         ),
         gates=GateSpec(
             absolute=(

@@ -306,6 +306,7 @@ def build_spec(params: Params):
             compute=volatility_metrics if volatility else return_metrics,
             primary="mae",
             greater_is_better=False,
+            reads=(TARGETS["volatility"],) if volatility else (TARGETS["return"], "close", "next_close"),
         ),
         gates=GateSpec(baseline=gates, **params.gate_options()),
         tags={"target": params.target, "horizon_days": str(h)},
