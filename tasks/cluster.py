@@ -193,6 +193,24 @@ def scratch_folder(settings: DaskSettings) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _trim_memory() -> int:
+    """On a worker: collect garbage and hand freed heap back to the system (glibc keeps it otherwise)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc: nothing to trim
+        return 0
+
+
+def release_memory(client) -> None:
+    """After a stage: what its tasks freed leaves the workers' resident memory, so the next stage starts
+    from what the workers really hold (Dask's documented manual trim)."""
+    client.run(_trim_memory)
+
+
 def submit(runner, task, **parameters):
     """`task` as a task run of the current flow run: on the flow's own task runner (`runner` None), or on a
     Dask worker through the run's `DaskTaskRunner` — there a `distributed.Future` of the task's result, which

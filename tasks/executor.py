@@ -11,7 +11,14 @@ from __future__ import annotations
 from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
-from tasks.cluster import DaskSettings, ExecutorError, dask_runner, resolve_executor, scratch_folder
+from tasks.cluster import (
+    DaskSettings,
+    ExecutorError,
+    dask_runner,
+    release_memory,
+    resolve_executor,
+    scratch_folder,
+)
 
 if TYPE_CHECKING:
     from usecases.spec import TrainingParams, UseCaseSpec
@@ -135,17 +142,22 @@ class DaskStages(LocalStages):
     def validate(self, frame, suite_factory):
         from tasks.distributed import validate_distributed
 
-        return validate_distributed(frame, suite_factory, self.run_id, self.client)
+        report = validate_distributed(frame, suite_factory, self.run_id, self.client)
+        release_memory(self.client)
+        return report
 
     def featurize(self, raw):
         from tasks.distributed import featurize_distributed
 
-        return featurize_distributed(raw, self.spec, self.client, self.scratch, self.settings)
+        table = featurize_distributed(raw, self.spec, self.client, self.scratch, self.settings)
+        release_memory(self.client)
+        return table
 
     def split(self, table):
         from tasks.distributed import split_distributed
 
         splits, self.windows = split_distributed(table, self.spec, self.params.seed, self.run_id, self.client)
+        release_memory(self.client)
         return splits
 
     def log_datasets(self, raw, splits):
@@ -158,7 +170,9 @@ class DaskStages(LocalStages):
 
         if parent is not None:  # `unsupported` refused --init already; a parent here is a bug
             raise ExecutorError("fine-tuning runs on the local executor")
-        return train_distributed(splits, self.windows, self.spec, self.params.seed, self.client)
+        candidate = train_distributed(splits, self.windows, self.spec, self.params.seed, self.client)
+        release_memory(self.client)
+        return candidate
 
     def in_memory(self, table):
         from tasks.distributed import in_memory_table
