@@ -257,14 +257,12 @@ def select_params(
     return dict(best["params"]), record
 
 
-@stage(task_run_name="fold-{fold}-{label}")
-def score_fold(
-    window: Splits, model: ModelSpec, schema: Schema, params: dict, seed: int, fold: int, label: str
-) -> tuple[float, int]:
-    """One combination of the walk-forward search on one fold (`window`: its training part and validation
-    block): the eval metric at the best round, and the rounds to it."""
-    fitted = fit_candidate(
-        window,
+def fit_from_spec(
+    splits: Splits, model: ModelSpec, schema: Schema, params: dict, seed: int, log=None
+) -> Candidate:
+    """`fit_candidate` with `params` and the rest of the model spec: the final fit and every fold's."""
+    return fit_candidate(
+        splits,
         schema.features,
         schema.target,
         schema.problem,
@@ -273,9 +271,19 @@ def score_fold(
         model.early_stopping_rounds,
         model.balance_classes,
         seed,
+        log,
         target_transform=model.target_transform,
         offset_features=model.offset_features,
     )
+
+
+@stage(task_run_name="fold-{fold}-{label}")
+def score_fold(
+    window: Splits, model: ModelSpec, schema: Schema, params: dict, seed: int, fold: int, label: str
+) -> tuple[float, int]:
+    """One combination of the walk-forward search on one fold (`window`: its training part and validation
+    block): the eval metric at the best round, and the rounds to it."""
+    fitted = fit_from_spec(window, model, schema, params, seed)
     return fitted.validation_score, fitted.best_iteration + 1
 
 
@@ -423,13 +431,6 @@ def train(
             log_curve(run_id, candidate)
         return candidate
     params = dict(model.params)
-    common = dict(
-        num_boost_round=model.num_boost_round,
-        early_stopping_rounds=model.early_stopping_rounds,
-        balance_classes=model.balance_classes,
-        seed=seed,
-    )
-    shape = dict(target_transform=model.target_transform, offset_features=model.offset_features)
     selection = None
     if model.search and model.folds > 0:
         chosen, selection = select_params(splits.train, model, schema, split, seed)
@@ -445,9 +446,7 @@ def train(
         if run_id is not None:
             _log_selection(run_id, selection)
     log.info("training XGBoost on %d rows, %d features", len(splits.train), len(schema.features))
-    candidate = fit_candidate(
-        splits, schema.features, schema.target, schema.problem, params, **common, log=log, **shape
-    )
+    candidate = fit_from_spec(splits, model, schema, params, seed, log)
     if selection is not None:
         candidate = replace(candidate, selection=selection)
     candidate = replace(candidate, trained_on=_train_window(splits))
