@@ -10,7 +10,7 @@ export GX_ANALYTICS_ENABLED ?= false
 export MLFLOW_ENABLE_TELEMETRY ?= false
 export DO_NOT_TRACK ?= true
 
-.PHONY: install run test test-fast lint bench clean
+.PHONY: install run test test-fast lint bench docs clean
 
 # The environment follows the committed uv.lock exactly (`--locked` fails if it is out of date).
 install:
@@ -20,9 +20,11 @@ install:
 run: install  ## the fraud pipeline end to end on embedded defaults (simulated data, SQLite MLflow, local Prefect)
 	$(UV) run mlops run fraud $(ARGS)
 
-test: install  ## lint, then every test
+test: install  ## lint, the docs build (strict), the layering (import-linter), then every test
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
+	NO_MKDOCS_2_WARNING=1 $(UV) run mkdocs build --strict --site-dir site
+	$(UV) run lint-imports
 	$(UV) run pytest -q
 
 test-fast: install  ## the unit tests only (no servers, no flows): the inner loop
@@ -31,12 +33,16 @@ test-fast: install  ## the unit tests only (no servers, no flows): the inner loo
 lint: install
 	$(UV) run ruff check --fix .
 	$(UV) run ruff format .
+	$(UV) run lint-imports
 
 bench: install  ## figures: wall clock as a user sees it, fraud and stock pipelines, monitoring
 	$(UV) run python bench/wall_clock.py
 	$(UV) run python bench/pipeline.py
 	$(UV) run python bench/stock.py
 	$(UV) run python bench/monitoring.py
+
+docs: install  ## the docs site on http://127.0.0.1:8000 (MkDocs), rebuilt on every change; `make test` builds it
+	NO_MKDOCS_2_WARNING=1 $(UV) run mkdocs serve
 
 clean:
 	rm -rf .mlops .venv

@@ -26,12 +26,12 @@ from cli.main import app
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter
 import mlflow
-from tasks import tracking
+from champion import store
 imported = time.perf_counter()
 use_case = sys.argv[1]
 code = app(["run", use_case, *sys.argv[2:]], standalone_mode=False) or 0
 finished = time.perf_counter()
-mlflow.set_tracking_uri(tracking.tracking_uri())
+mlflow.set_tracking_uri(store.tracking_uri())
 run = mlflow.search_runs(experiment_names=[use_case], max_results=1, output_format="list")[0]
 stages, intervals = {}, []
 with get_client(sync_client=True) as client:
@@ -59,7 +59,18 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def prefect_server():
-    """A Prefect server in a temporary home for the benchmark; yields (environment for runs, boot seconds)."""
+    """A Prefect server in a temporary home for the benchmark; yields (environment for runs, boot seconds).
+
+    With MLOPS_BENCH_PREFECT_API_URL set (the smoke tests: one server for every benchmark), that server is
+    used instead and the boot time is 0."""
+    shared = os.environ.get("MLOPS_BENCH_PREFECT_API_URL")
+    if shared:
+        with tempfile.TemporaryDirectory() as tmp:
+            env = {**os.environ, "PREFECT_API_URL": shared, "PREFECT_LOGGING_LEVEL": "WARNING"}
+            env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", MLOPS_BENCH_TMP=tmp)
+            env.pop("MLFLOW_TRACKING_URI", None)
+            yield env, 0.0
+        return
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "prefect"
         port = free_port()

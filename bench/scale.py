@@ -12,8 +12,12 @@ average precision and the exit code; then the driver's and the largest worker's 
 (where a process's memory goes); then cost per row against 1x, and the 1 B-row extrapolation.
 
     uv run python bench/scale.py [--scales 1,2,4,8] [--local-max 4] [--executors dask,local] [--keep DIR]
+                                 [--out PATH] [--smoke]
 
 With --keep, the simulated tables stay under DIR and a later run reuses them (each size's summary.json).
+The figures also go to bench/results/scale.json (`--out`). `--smoke`: 1x of a tiny world (300 customers,
+600 terminals, 70 days) on the Dask executor with one worker, absolute gates off, the JSON to a temporary
+folder.
 """
 
 from __future__ import annotations
@@ -31,9 +35,10 @@ from pathlib import Path
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.append(str(Path(__file__).resolve().parent))  # after the project: bench/serving.py is no `serving`
 
 from _harness import ROOT, RUNNER, prefect_server  # noqa: E402
+from _results import SMOKE_FRAUD_OPTIONS, add_arguments, document, output_path, table, write  # noqa: E402
 
 HANDBOOK = {"customers": 5000, "terminals": 10000, "days": 183}
 ROWS_PER_FILE = 1_000_000
@@ -165,18 +170,20 @@ def simulate(scale: int, directory: Path, env: dict, base: dict) -> dict:
     raise RuntimeError(f"simulation failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
 
 
-def run(executor: str, data: Path, env: dict, timeout: float) -> dict:
+def run(
+    executor: str, data: Path, env: dict, timeout: float, options: list[str] = (), workers: int = 2
+) -> dict:
     fresh = {
         **env,
         "MLOPS_HOME": tempfile.mkdtemp(dir=env["MLOPS_BENCH_TMP"]),
         "MLOPS_EXECUTOR": executor,  # what `--executor` defaults to
-        "MLOPS_DASK_WORKERS": "2",
+        "MLOPS_DASK_WORKERS": str(workers),
         "MLOPS_DASK_THREADS": "1",
     }
     fresh.pop("MLOPS_DASK_ADDRESS", None)  # the run starts its own LocalCluster: its workers are measured
     started = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, "-c", RUNNER, "fraud", "--data", str(data)],
+        [sys.executable, "-c", RUNNER, "fraud", "--data", str(data), *options],
         env=fresh,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -286,7 +293,121 @@ def summarise(results: list[dict]) -> None:
             )
 
 
-def main() -> None:
+def tables(results: list[dict], base: dict, workers: int = 2) -> dict:
+    """The docs' tables: the curve, the largest scale's peak per stage, cost per row, 1 B rows."""
+    ok = [r for r in results if "error" not in r]
+    stages = ["ingest", "validate", "features", "split", "train"]
+    per_row = {"format": ".1f"}
+    mb = {"format": ",.0f"}
+    curve = [
+        [
+            f"{r['scale']}x",
+            r["rows"],
+            r["executor"],
+            r["wall_with_imports"],
+            1e6 * r["wall_with_imports"] / r["rows"],
+            *(1e6 * r["stages"].get(c, 0.0) / r["rows"] for c in stages),
+            r["driver_mb"],
+            r["worker_mb"] if r["executor"] == "dask" else None,
+            r["table_mb"],
+            r["ap"],
+            r["exit_code"],
+        ]
+        for r in ok
+    ]
+    rest = []
+    for r in ok:
+        others = sum(v for k, v in r["stages"].items() if k not in stages)
+        rest.append(f"{r['scale']}x {r['executor']}: {1e6 * others / r['rows']:.1f}")
+    out = {
+        "curve": table(
+            "Scale curve: local executor and Dask, 1x to 8x the handbook's size",
+            [
+                "scale",
+                "rows",
+                "executor",
+                {"name": "wall s", "format": ".0f"},
+                {"name": "µs/row", **per_row},
+                *({"name": c, **per_row} for c in stages),
+                {"name": "driver peak MB", **mb},
+                {"name": "largest worker MB", **mb},
+                {"name": "table MB", **mb},
+                {"name": "test AP", "format": ".3f"},
+                "exit",
+            ],
+            curve,
+            units="stages in microseconds per row of the table; peaks in MB of resident memory",
+            method=(
+                f"the simulator at {base['customers']:,} customers, {base['terminals']:,} terminals and "
+                f"{base['days']} days times each scale in customers and terminals, as a directory of "
+                "Parquet files of 1 M rows; `mlops run fraud --data DIR` per executor in a fresh process "
+                f"(Dask: a LocalCluster of {workers} process worker(s) x 1 thread, started by the run); "
+                "psutil samples the run's process tree every 0.2 s; wall time is the whole process, "
+                'start-up included; "table" is the raw table in pandas'
+            ),
+            excluded="the Prefect server's start (one server for the benchmark)",
+            notes=[
+                f"the rest of each run (baselines, evaluation, champion, registry), µs/row: {'; '.join(rest)}"
+            ]
+            if rest
+            else [],
+        ),  # fmt: skip
+    }
+    if ok:
+        top = max(r["scale"] for r in ok)
+        columns = [*stages, "baselines", "evaluate", "rest"]
+        rows, notes = [], []
+        for r in (r for r in ok if r["scale"] == top):
+            roles = (("Dask driver", 0), ("Dask, largest worker", 1)) if r["executor"] == "dask" else (
+                ("local process", 0),)  # fmt: skip
+            for label, i in roles:
+                whole = r["driver_mb"] if i == 0 else r["worker_mb"]
+                rows.append([label, *((r["stage_mb"].get(c) or (None, None))[i] for c in columns), whole])
+            for role, names in r["peak_during"].items():
+                notes.append(f"{r['executor']} {role}: highest during {names}")
+        out["stage_peaks"] = table(
+            f"{top}x, peak MB while each stage ran",
+            ["peak MB", *({"name": c, **mb} for c in columns), {"name": "whole run", **mb}],
+            rows,
+            method="the highest sample of each process while one of the stage's task runs ran",
+            notes=notes,
+        )
+        cost_rows = []
+        scales = sorted({r["scale"] for r in ok})
+        for executor in ("dask", "local"):
+            runs = {r["scale"]: r for r in ok if r["executor"] == executor}
+            if runs:
+                first = runs[min(runs)]
+                unit = first["wall_with_imports"] / first["rows"]
+                relative = [
+                    runs[s]["wall_with_imports"] / runs[s]["rows"] / unit if s in runs else None
+                    for s in scales
+                ]
+                cost_rows.append([executor, *relative])
+        out["cost"] = table(
+            "Cost per row against the smallest scale",
+            ["executor", *({"name": f"{s}x", "format": ".2f"} for s in scales)],
+            cost_rows,
+        )
+        dask = [r for r in ok if r["executor"] == "dask"]
+        if dask:
+            biggest = max(dask, key=lambda r: r["scale"])
+            core_us = 2 * 1e6 * biggest["wall_with_imports"] / biggest["rows"]  # 2 workers x 1 thread
+            core_hours = core_us * 1e-6 * 1e9 / 3600
+            out["extrapolation"] = table(
+                "1 B rows on a cluster, from the largest Dask run",
+                ["cores", {"name": "minutes", "format": ".0f"}, {"name": "core-hours", "format": ".0f"},
+                 {"name": "core-µs per row", "format": ".0f"}],
+                [[cores, core_hours * 60 / cores, core_hours, core_us] for cores in (64, 256, 1024)],
+                method=(
+                    f"the {biggest['scale']}x Dask run's cost per row on 2 cores, assuming the data-parallel "
+                    "stages scale linearly"
+                ),
+            )  # fmt: skip
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="Fraud pipeline scale curve, local and Dask executors.")
     parser.add_argument("--scales", default="1,2,4,8", help="multiples of the handbook's size")
     parser.add_argument("--local-max", type=int, default=4, help="largest scale run on the local executor")
@@ -296,8 +417,16 @@ def main() -> None:
         "--keep", default=None, help="keep the simulated data under this directory (and reuse what is there)"
     )
     parser.add_argument("--base", default=None, help="CUSTOMERS,TERMINALS,DAYS at 1x (a smoke test)")
-    args = parser.parse_args()
+    add_arguments(parser, "scale")
+    args = parser.parse_args(argv)
+    out = output_path(args, "scale")
     base = dict(HANDBOOK)
+    options: list[str] = []
+    if args.smoke:  # the smallest run that takes the Dask path (the local one is pipeline.py's)
+        args.base = args.base or "300,600,70"
+        args.scales = "1"
+        args.executors = "dask"
+        options = SMOKE_FRAUD_OPTIONS
     if args.base:
         base = dict(zip(("customers", "terminals", "days"), map(int, args.base.split(",")), strict=True))
     scales = [int(s) for s in args.scales.split(",")]
@@ -322,7 +451,7 @@ def main() -> None:
                 if executor == "local" and scale > args.local_max:
                     print(f"  local {scale}x: not run (--local-max {args.local_max})", flush=True)
                     continue
-                result = run(executor, data, env, args.timeout)
+                result = run(executor, data, env, args.timeout, options, workers=1 if args.smoke else 2)
                 result.update(scale=scale, rows=sim["rows"], table_mb=sim["bytes"] / 2**20)
                 results.append(result)
                 print("  " + json.dumps(result), flush=True)
@@ -332,6 +461,10 @@ def main() -> None:
     print_table(results)
     print()
     summarise(results)
+    command = "uv run python bench/scale.py" + (" --smoke" if args.smoke else f" --scales {args.scales}")
+    doc = document("scale", command, tables(results, base, 1 if args.smoke else 2), smoke=args.smoke)
+    write(out, doc)
+    return doc
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
 """Batch-scoring benchmark on the full Fraud Detection Handbook file (1,754,155 transactions).
 
-    uv run python bench/scoring.py [--home DIR] [--data PATH] [--chunk-rows N]
+    uv run python bench/scoring.py [--home DIR] [--data PATH] [--chunk-rows N] [--out PATH] [--smoke]
 
 Trains a champion on the handbook file first if the registry in --home has none (`mlops run fraud --data`),
 then prints rows/s end to end (read → validate → features → validate → score → write) for chunked and
 one-piece scoring, and rows/s for the model step alone (in-place XGBoost prediction on the feature matrix,
-best of 5), next to MLflow's generic pyfunc `predict` on the same frame.
+best of 5), next to MLflow's generic pyfunc `predict` on the same frame. The figures also go to
+bench/results/scoring.json (`--out`), which the docs render.
+
+`--smoke`: a tiny simulated file, a champion trained on it (absolute gates off), one repeat, the JSON to a
+temporary folder.
 """
 
 from __future__ import annotations
@@ -18,40 +22,56 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HANDBOOK = ROOT.parent / "shared/data/fraud-handbook/transactions.parquet"
 MODEL = "fraud-detector"
 sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT / "bench"))  # after the project: bench/serving.py is no `serving`
 for _name, _value in {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "GX_ANALYTICS_ENABLED": "false",
     "MLFLOW_ENABLE_TELEMETRY": "false",
     "DO_NOT_TRACK": "true",
     "PREFECT_LOGGING_LEVEL": "WARNING",
+    "MLOPS_PREFECT_SERVER": "ephemeral",  # one temporary Prefect server for this process, none left behind
 }.items():
     os.environ.setdefault(_name, _value)
 
+from _results import (  # noqa: E402
+    HANDBOOK,
+    SMOKE_FRAUD_OPTIONS,
+    add_arguments,
+    document,
+    output_path,
+    smoke_fraud_data,
+    table,
+    write,
+)
 
-def ensure_champion(home: Path, data: Path) -> str:
-    """The champion's version in `home`, training one on `data` with the pipeline if there is none."""
+
+def ensure_champion(home: Path, data: Path, options: list[str] | tuple[str, ...] = ()) -> str:
+    """The champion's version in `home`, training one on `data` with the pipeline if there is none
+    (`mlops run fraud --data DATA OPTIONS`, in this process)."""
     os.environ["MLOPS_HOME"] = str(home)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     from mlflow import MlflowClient
 
-    from tasks import tracking
+    from champion import store
 
-    tracking.configure()
+    store.configure()
     try:
         return str(MlflowClient().get_model_version_by_alias(MODEL, "champion").version)
     except Exception:
         pass
     print(f"no champion in {home}: training one on {data} (mlops run fraud --data ...)", flush=True)
-    from flows.training import training_flow
-    from usecases.fraud.spec import Params
+    from cli.main import app
 
     started = time.perf_counter()
-    outcome = training_flow("fraud")(Params(data=str(data)))
-    print(f"  trained in {time.perf_counter() - started:.0f} s: {outcome.decision.summary}", flush=True)
-    return str(MlflowClient().get_model_version_by_alias(MODEL, "champion").version)
+    code = app(["run", "fraud", "--data", str(data), *options], standalone_mode=False) or 0
+    print(f"  mlops run fraud: exit {code} in {time.perf_counter() - started:.0f} s", flush=True)
+    store.configure()
+    try:
+        return str(MlflowClient().get_model_version_by_alias(MODEL, "champion").version)
+    except Exception as error:
+        raise SystemExit(f"no champion after `mlops run fraud` (exit {code}): {error}") from error
 
 
 def best_of(repeat: int, fn) -> float:
@@ -63,17 +83,28 @@ def best_of(repeat: int, fn) -> float:
     return min(times)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--home", type=Path, default=ROOT / ".mlops" / "bench", help="MLOPS_HOME to use")
-    parser.add_argument("--data", type=Path, default=HANDBOOK)
-    parser.add_argument("--chunk-rows", type=int, default=1_000_000)
-    args = parser.parse_args()
-    if not args.data.exists():
-        sys.exit(f"no data at {args.data}")
-    version = ensure_champion(args.home.resolve(), args.data)
+    parser.add_argument("--data", type=Path, default=None, help="default: the handbook file")
+    parser.add_argument("--chunk-rows", type=int, default=None, help="default 1,000,000 (smoke: 20,000)")
+    add_arguments(parser, "scoring")
+    args = parser.parse_args(argv)
+    out = output_path(args, "scoring")
+    repeat = 1 if args.smoke else 5
+    train_options: list[str] = []
+    if args.smoke:
+        data = args.data or smoke_fraud_data(Path(tempfile.gettempdir()) / "mlops-bench-smoke")
+        train_options = SMOKE_FRAUD_OPTIONS
+        chunk_rows = args.chunk_rows or 20_000
+    else:
+        data = args.data or HANDBOOK
+        chunk_rows = args.chunk_rows or 1_000_000
+    if not data.exists():
+        sys.exit(f"no data at {data}")
+    version = ensure_champion(args.home.resolve(), data, train_options)
 
     import mlflow
     import numpy as np
@@ -82,29 +113,36 @@ def main() -> None:
     from champion.loading import load_scoring_model, spec_for
     from flows.scoring import batch_scoring
 
-    print(f"\n{MODEL} v{version} on {args.data.name}; {os.cpu_count()} CPUs", flush=True)
+    print(f"\n{MODEL} v{version} on {data.name}; {os.cpu_count()} CPUs", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, chunk_rows in ((f"chunked ({args.chunk_rows:,} rows)", args.chunk_rows), ("one piece", 0)):
-            out = Path(tmp) / "scores.parquet"
-            result = batch_scoring("fraud", str(args.data), str(out), chunk_rows=chunk_rows or None)
+        for label, rows_per_chunk in ((f"chunks of {chunk_rows:,} rows", chunk_rows), ("in one piece", 0)):
+            result = batch_scoring(
+                "fraud", str(data), str(Path(tmp) / "scores.parquet"), chunk_rows=rows_per_chunk or None
+            )
             rows.append((label, result))
 
     model = load_scoring_model(MODEL, version=version)
     spec = spec_for("fraud", model)
-    raw = pd.read_parquet(args.data)
+    raw = pd.read_parquet(data)
     features = spec.build_features(raw)
     matrix = features[list(model.columns)].to_numpy(np.float32)
     n = len(features)
-    inplace = best_of(5, lambda: model.predict_matrix(matrix))
+    inplace = best_of(repeat, lambda: model.predict_matrix(matrix))
     cpu = time.process_time()
     model.predict_matrix(matrix)
     cpu = time.process_time() - cpu  # CPU seconds over all threads: what the machine's load cannot inflate
-    with_frame = best_of(5, lambda: model.predict(features))
+    with_frame = best_of(repeat, lambda: model.predict(features))
     pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL}/{version}")
     frame = features[list(model.columns)]
-    generic = best_of(3, lambda: pyfunc.predict(frame))
-    trees = model._model.num_boosted_rounds() if model.flavor == "xgboost" else "?"
+    generic = best_of(min(repeat, 3), lambda: pyfunc.predict(frame))
+    trees = model._model.num_boosted_rounds() if model.flavor == "xgboost" else None
+    depth = None
+    if model.flavor == "xgboost":
+        import json
+
+        config = json.loads(model._model.save_config())["learner"]["gradient_booster"]
+        depth = config.get("tree_train_param", {}).get("max_depth")
 
     print(f"\nend to end ({n:,} rows; read, validate, features, validate, score, write):")
     print(f"  {'mode':<28}{'rows/s':>12}{'total s':>9}{'model rows/s':>14}  seconds per step")
@@ -114,7 +152,7 @@ def main() -> None:
             f"  {label:<28}{r.rows_per_second:>12,.0f}{r.seconds['total']:>9.1f}"
             f"{r.model_rows_per_second:>14,.0f}  {steps}"
         )
-    print(f"\nmodel step alone ({trees} trees, best of 5):")
+    print(f"\nmodel step alone ({trees} trees, best of {repeat}):")
     print(f"  {'in-place predict on float32 matrix':<44}{n / inplace:>14,.0f} rows/s  ({inplace:.3f} s)")
     print(f"  {'same, incl. frame -> matrix':<44}{n / with_frame:>14,.0f} rows/s  ({with_frame:.3f} s)")
     label = f"in-place, per CPU second (x{os.cpu_count()} cores)"
@@ -122,6 +160,36 @@ def main() -> None:
     print(
         f"  {'mlflow pyfunc predict (schema enforcement)':<44}{n / generic:>14,.0f} rows/s  ({generic:.3f} s)"
     )
+
+    in_run = sorted(r.model_rows_per_second for _, r in rows)
+    batch = table(
+        "Batch scoring",
+        ["batch scoring", {"name": "rows/s", "format": ",.0f"}],
+        [
+            *[
+                [f"end to end, {label} (read, validate, features, validate, score, write)", r.rows_per_second]
+                for label, r in rows
+            ],
+            [
+                "model step (in-place XGBoost prediction), as timed inside the run",
+                f"{in_run[0]:,.0f} – {in_run[-1]:,.0f}",
+            ],
+            [f"model step alone, best of {repeat}", n / inplace],
+            ["model step including the frame → matrix conversion", n / with_frame],
+            ["MLflow's generic `pyfunc.predict` on the same frame, for comparison", n / generic],
+        ],
+        units="rows per second of wall time",
+        method=(
+            f"`{MODEL}` v{version} ({trees if trees is not None else '?'} trees"
+            + (f", depth {depth}" if depth else "")
+            + f") scoring `{data.name}` ({n:,} rows) on {os.cpu_count()} CPUs; the model step alone is "
+            f"the best of {repeat}"
+        ),
+    )
+    command = "uv run python bench/scoring.py" + (" --smoke" if args.smoke else "")
+    doc = document("scoring", command, {"batch": batch}, smoke=args.smoke)
+    write(out, doc)
+    return doc
 
 
 if __name__ == "__main__":

@@ -1,11 +1,16 @@
 """Serving benchmark: `mlops serve-model` next to `mlflow models serve`, same model version, same run.
 
     uv run python bench/serving.py [--home DIR] [--single 500] [--batches 100] [--batch-rows 1000]
+                                   [--out PATH] [--smoke]
 
 Uses (or trains, see bench/scoring.py) the fraud champion in --home, starts both servers on free ports,
 warms them up, then alternates requests between them so both see the same machine load: one-row requests
 (`dataframe_records`) and 1,000-row batches (`dataframe_split`), real handbook features. Prints p50 / p99
-latency (client-side, keep-alive connection) and checks that both answer the same predictions.
+latency (client-side, keep-alive connection) and checks that both answer the same predictions. The figures
+also go to bench/results/serving.json (`--out`), which the docs render.
+
+`--smoke`: the smoke champion of bench/scoring.py (tiny simulated data), a few requests, 100-row batches, the
+JSON to a temporary folder.
 """
 
 from __future__ import annotations
@@ -16,13 +21,25 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT / "bench"))  # after the project: bench/serving.py is no `serving`
 
-from bench.scoring import HANDBOOK, MODEL, ensure_champion  # noqa: E402
+from _results import (  # noqa: E402
+    HANDBOOK,
+    SMOKE_FRAUD_OPTIONS,
+    add_arguments,
+    document,
+    output_path,
+    smoke_fraud_data,
+    table,
+    write,
+)
+from scoring import MODEL, ensure_champion  # noqa: E402
 
 
 def free_port() -> int:
@@ -54,19 +71,30 @@ def percentiles(samples: list[float]) -> tuple[float, float, float]:
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), float(ms.mean())
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--home", type=Path, default=ROOT / ".mlops" / "bench")
-    parser.add_argument("--data", type=Path, default=HANDBOOK)
-    parser.add_argument("--single", type=int, default=500, help="one-row requests per server")
-    parser.add_argument("--batches", type=int, default=100, help="batch requests per server")
-    parser.add_argument("--batch-rows", type=int, default=1000)
+    parser.add_argument("--data", type=Path, default=None, help="default: the handbook file")
+    parser.add_argument("--single", type=int, default=None, help="one-row requests per server (500)")
+    parser.add_argument("--batches", type=int, default=None, help="batch requests per server (100)")
+    parser.add_argument("--batch-rows", type=int, default=None, help="rows per batch request (1000)")
     parser.add_argument("--poll-seconds", type=float, default=10.0, help="serve-model's registry polling")
-    args = parser.parse_args()
+    add_arguments(parser, "serving")
+    args = parser.parse_args(argv)
+    out = output_path(args, "serving")
+    smoke = args.smoke
+    single_n = args.single or (20 if smoke else 500)
+    batches_n = args.batches or (5 if smoke else 100)
+    batch_rows = args.batch_rows or (100 if smoke else 1000)
+    warmups = (2, 1) if smoke else (50, 10)
+    if smoke:
+        data = args.data or smoke_fraud_data(Path(tempfile.gettempdir()) / "mlops-bench-smoke")
+    else:
+        data = args.data or HANDBOOK
     home = args.home.resolve()
-    version = ensure_champion(home, args.data)
+    version = ensure_champion(home, data, SMOKE_FRAUD_OPTIONS if smoke else ())
 
     import httpx
     import numpy as np
@@ -76,7 +104,7 @@ def main() -> None:
 
     model = load_scoring_model(MODEL, version=version)
     spec = spec_for("fraud", model)
-    raw = pd.read_parquet(args.data)
+    raw = pd.read_parquet(data)
     raw = raw[raw["TX_DATETIME"] >= raw["TX_DATETIME"].max() - pd.Timedelta(days=45)]
     features = spec.build_features(raw)[list(model.columns)].tail(50_000).reset_index(drop=True)
     records = json.loads(features.to_json(orient="records"))
@@ -113,17 +141,16 @@ def main() -> None:
         )
         for name, (command, _, _) in servers.items()
     }
+    clients: dict = {}
     try:
         for name, (_, url, _) in servers.items():
             wait_until_up(f"{url}/health" if name.startswith("mlops") else f"{url}/ping", processes[name])
         clients = {name: httpx.Client(base_url=url, timeout=60) for name, (_, url, _) in servers.items()}
-        single = [
-            {"dataframe_records": [records[int(i)]]} for i in rng.integers(0, len(records), args.single)
-        ]
+        single = [{"dataframe_records": [records[int(i)]]} for i in rng.integers(0, len(records), single_n)]
         batches = []
-        for _ in range(args.batches):
-            start = int(rng.integers(0, len(records) - args.batch_rows))
-            part = features.iloc[start : start + args.batch_rows]
+        for _ in range(batches_n):
+            start = int(rng.integers(0, len(records) - batch_rows))
+            part = features.iloc[start : start + batch_rows]
             batches.append(
                 {
                     "dataframe_split": {
@@ -141,7 +168,10 @@ def main() -> None:
             np.testing.assert_allclose(answers[0], answers[1], rtol=1e-5, atol=1e-7)
 
         results = {}
-        for kind, payloads, warmup in (("1 row", single, 50), (f"{args.batch_rows:,} rows", batches, 10)):
+        for kind, payloads, warmup in (
+            ("1 row", single, warmups[0]),
+            (f"{batch_rows:,} rows", batches, warmups[1]),
+        ):
             bodies = [json.dumps(p).encode() for p in payloads]
             for name, (_, _, path) in servers.items():
                 for body in bodies[:warmup]:
@@ -163,12 +193,35 @@ def main() -> None:
             f"  {'request':<14}{'server':<22}{'p50 ms':>9}{'p99 ms':>9}{'mean ms':>9}{'n':>6}{'rows/s':>12}"
         )
         for (kind, name), ((p50, p99, mean), n) in results.items():
-            rows = 1 if kind == "1 row" else args.batch_rows
+            rows = 1 if kind == "1 row" else batch_rows
             print(
                 f"  {kind:<14}{name:<22}{p50:>9.2f}{p99:>9.2f}{mean:>9.2f}{n:>6}"
                 f"{rows / (mean / 1000):>12,.0f}"
             )
+        latency = table(
+            "Serving latency",
+            [
+                "request",
+                "server",
+                {"name": "p50 ms", "format": ".1f"},
+                {"name": "p99 ms", "format": ".1f"},
+            ],
+            [[kind, name, p50, p99] for (kind, name), ((p50, p99, _), _) in results.items()],
+            units="milliseconds, client side",
+            method=(
+                f"`{MODEL}` v{version}, the same version in both servers, in the same run; sequential "
+                f"keep-alive requests alternating between the servers ({single_n} one-row requests and "
+                f"{batches_n} batches of {batch_rows:,} rows each, after {warmups[0]} / {warmups[1]} warm-up "
+                f"requests); both with `OMP_WAIT_POLICY=PASSIVE`; {os.cpu_count()} CPUs"
+            ),
+        )
+        command = "uv run python bench/serving.py" + (" --smoke" if smoke else "")
+        doc = document("serving", command, {"latency": latency}, smoke=smoke)
+        write(out, doc)
+        return doc
     finally:
+        for client in clients.values():
+            client.close()
         for process in processes.values():
             process.terminate()
         for process in processes.values():

@@ -11,10 +11,15 @@ Side by side in one run, each as a fresh process the way a person starts it:
 Everything is wall clock of the whole process (interpreter start, imports, server connection, work, exit).
 Nothing is excluded except the data file's first read into the page cache (a warm-up read happens first).
 
-    uv run python bench/wall_clock.py [--data PATH] [--repeat 2] [--before REV]
+    uv run python bench/wall_clock.py [--data PATH] [--repeat 2] [--before REV] [--out PATH] [--smoke]
 
 With `--before REV` (e.g. the commit before the foundation rework), the same figures for that revision's code
 are measured in the same run, from a temporary git worktree with this environment's packages.
+
+The figures also go to bench/results/wall_clock.json (`--out`). `--smoke`: a tiny simulated file (absolute
+gates off), the first run only and one hand-written run, one import timed once, the JSON to a temporary
+folder; with MLOPS_BENCH_PREFECT_API_URL set (the smoke tests) the runs use that Prefect server instead of
+starting the local one.
 """
 
 from __future__ import annotations
@@ -28,8 +33,20 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HANDBOOK = ROOT.parent / "shared/data/fraud-handbook/transactions.parquet"
 BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT / "bench"))  # after the project: bench/serving.py is no `serving`
+
+from _results import (  # noqa: E402
+    HANDBOOK,
+    SMOKE_FRAUD_OPTIONS,
+    add_arguments,
+    document,
+    output_path,
+    smoke_fraud_data,
+    table,
+    write,
+)
 
 # What each command imports before it does its work (measured in a fresh interpreter each).
 IMPORTS = {
@@ -58,12 +75,22 @@ def timed(command: list[str], env: dict, check: bool = True, cwd: Path = ROOT) -
     return seconds
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(HANDBOOK))
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--data", default=None, help="default: the handbook file")
+    parser.add_argument("--repeat", type=int, default=None, help="later runs and hand-written runs (2)")
     parser.add_argument("--before", default=None, help="Also measure this git revision's code.")
-    args = parser.parse_args()
+    add_arguments(parser, "wall_clock")
+    args = parser.parse_args(argv)
+    out = output_path(args, "wall_clock")
+    gates: list[str] = []
+    if args.smoke:
+        args.data = args.data or str(smoke_fraud_data(Path(tempfile.gettempdir()) / "mlops-bench-smoke"))
+        args.repeat = args.repeat or 1
+        gates = SMOKE_FRAUD_OPTIONS
+    args.data = args.data or str(HANDBOOK)
+    args.repeat = args.repeat or 2
+    tries = 1 if args.smoke else 2
     if not Path(args.data).exists():
         sys.exit(f"benchmark data not found: {args.data}")
     Path(args.data).read_bytes()  # page cache warm for every contender alike
@@ -77,16 +104,20 @@ def main() -> None:
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
             DO_NOT_TRACK="true",
         )
+        shared = os.environ.get("MLOPS_BENCH_PREFECT_API_URL")
+        if args.smoke and shared:  # the smoke tests' one Prefect server: no local server started here
+            env["PREFECT_API_URL"] = shared
         mlops = [str(BIN / "mlops")]
-        run = [*mlops, "run", "fraud", "--data", args.data]
+        run = [*mlops, "run", "fraud", "--data", args.data, *gates]
         hand = [sys.executable, "bench/handwritten.py", args.data]
         old = _Before(args.before, env, tmp) if args.before else None
         try:
             # Everything interleaved, so the load of a shared machine hits every contender alike.
             imports, imports_before = {}, {}
-            for name, code in IMPORTS.items():
+            # smoke: the cheapest import only (the code path is the same for every command)
+            for name, code in ({"mlops --help": IMPORTS["mlops --help"]} if args.smoke else IMPORTS).items():
                 now, was = [], []
-                for _ in range(2):
+                for _ in range(tries):
                     now.append(timed([sys.executable, "-c", code], env))
                     if old:
                         was.append(old.timed([sys.executable, "-c", IMPORTS_BEFORE[name]]))
@@ -96,7 +127,8 @@ def main() -> None:
             first = timed(run, env)  # starts the local Prefect server
             runs, hands, runs_before = [], [], []
             for _ in range(args.repeat):
-                runs.append(timed(run, env))
+                if not args.smoke:  # smoke: the first run is the one `mlops run` measured
+                    runs.append(timed(run, env))
                 hands.append(timed(hand, {**env, "MLOPS_BENCH_TMP": tmp}))
                 if old:
                     runs_before.append(
@@ -109,7 +141,7 @@ def main() -> None:
             if old:
                 old.close()
 
-    best_run, best_hand = min(runs), min(hands)
+    best_run, best_hand = min(runs or [first]), min(hands)
     print(f"data: {args.data}; best of {args.repeat}; wall clock of the whole process, start-up included\n")
     print(f"{'':48}{'seconds':>10}")
     print(f"{'mlops run fraud, first run (starts Prefect)':48}{first:10.1f}")
@@ -134,6 +166,62 @@ def main() -> None:
         print(f"{'mlops run fraud (best)':48}{min(runs_before):10.1f}   all: {every}")
         print(f"{'ratio to the hand-written script':48}{min(runs_before) / best_hand:10.2f}")
         print(f"{'mlops status fraud (empty registry)':48}{status_before:10.1f}")
+
+    rev = args.before
+    before = [rev] if rev else []  # a third column only when an earlier revision was measured
+
+    def also(value):
+        return [value] if rev else []
+
+    wall = table(
+        "What a user waits for",
+        [
+            "command",
+            {"name": "seconds", "format": ".1f"},
+            *({"name": f"before ({r})", "format": ".1f"} for r in before),
+        ],
+        [
+            ["`mlops run fraud`, first run (starts the local Prefect server)", first, *also(None)],
+            [
+                f"`mlops run fraud`, later runs (best of {args.repeat})",
+                best_run,
+                *also(rev and min(runs_before)),
+            ],
+            [f"hand-written script (best of {args.repeat})", best_hand, *also(None)],
+            [
+                "ratio, later run / hand-written (target ≤ 1.5)",
+                best_run / best_hand,
+                *also(rev and min(runs_before) / best_hand),
+            ],
+            ["`mlops status fraud`, empty registry", status_empty, *also(status_before)],
+            ["`mlops status fraud`, one model", status, *also(None)],
+            ["`mlops --help`", helps, *also(None)],
+        ],
+        method=(
+            "wall clock of the whole process (interpreter start, imports, server connection, work, exit) on "
+            f"`{Path(args.data).name}`, every contender interleaved in one run"
+            + (
+                f"; `before` is revision {rev}, from a worktree with this environment's packages"
+                if rev
+                else ""
+            )
+        ),
+        excluded="nothing but the data file's first read into the page cache",
+    )
+    imports_table = table(
+        "Import time before a command works",
+        [
+            "command",
+            {"name": "seconds", "format": ".2f"},
+            *({"name": f"before ({r})", "format": ".2f"} for r in before),
+        ],
+        [[f"`{name}`", seconds, *also(imports_before[name])] for name, seconds in imports.items()],
+        method=f"a fresh interpreter importing what the command loads, best of {tries}",
+    )
+    command = "uv run python bench/wall_clock.py" + (" --smoke" if args.smoke else "")
+    doc = document("wall_clock", command, {"wall": wall, "imports": imports_table}, smoke=args.smoke)
+    write(out, doc)
+    return doc
 
 
 class _Before:

@@ -15,14 +15,24 @@ from __future__ import annotations
 
 from contextlib import suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import mlflow
+import mlflow.artifacts
 from mlflow import MlflowClient
+from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 
+from champion import store
 from champion.lock import champion_lock
-from champion.promotion import CHAMPION, FINGERPRINT_TAG, current_champion, move_champion, read_history
-from tasks import tracking
-from tasks.card import GATES_TAG, refused_gates
+from champion.promotion import _now, current_champion, move_champion, read_history
+from usecases.vocabulary import (
+    CHAMPION,
+    FINGERPRINT_TAG,
+    GATES_TAG,
+    MODEL_ROLLED_BACK,
+    model_resource,
+    refused_gates,
+)
 
 REGISTRATION_GATES = ("absolute.", "baseline.")  # a version that failed these never reached the registry
 
@@ -58,9 +68,6 @@ def _gates(client: MlflowClient, version) -> dict[str, str]:
     if per_gate:  # registered before the `gates` summary tag
         return per_gate
     with suppress(Exception):  # no run, no artifact, no access: the summary below still says it
-        import mlflow.artifacts
-        from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
-
         MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.set(False)  # a progress bar would garble `status --json`
         report = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/gate_report.json")
         return {
@@ -168,8 +175,6 @@ def refused_candidates(client: MlflowClient, name: str, limit: int = 5) -> list[
 def _iso(millis: int | None) -> str | None:
     if millis is None:
         return None
-    from datetime import UTC, datetime
-
     return datetime.fromtimestamp(millis / 1000, UTC).isoformat(timespec="seconds")
 
 
@@ -195,7 +200,7 @@ class Rollback:
 
 def rollback(name: str, to: str | None = None, reason: str = "", by: str | None = None) -> Rollback:
     """Move `name@champion` back to `to` (default: the current champion's previous champion)."""
-    by = by or tracking.user()
+    by = by or store.user()
     reason = reason or "manual rollback"
     client = MlflowClient()
     with champion_lock(name, holder=f"rollback by {by}"):
@@ -220,8 +225,6 @@ def rollback(name: str, to: str | None = None, reason: str = "", by: str | None 
         problems = gate_problems(to, dict(target.tags))
         if problems:
             raise RollbackRefused(f"refusing to make {name} v{to} champion: " + "; ".join(problems))
-        from champion.promotion import _now
-
         now = _now()
         move_champion(
             client,
@@ -248,15 +251,16 @@ def rollback(name: str, to: str | None = None, reason: str = "", by: str | None 
 
 def _emit_rollback_event(name: str, version: str, previous: str, reason: str, by: str) -> None:
     """`mlops.model.rolled-back`, when a Prefect API is configured (model servers refresh on it)."""
+    # lazy: Prefect only once a rollback is made; `mlops status` imports this module and must not load it
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():
         return
     with suppress(Exception):
-        from prefect.events import emit_event
+        from prefect.events import emit_event  # lazy: as above
 
         emit_event(
-            event="mlops.model.rolled-back",
-            resource={"prefect.resource.id": f"mlflow.registered-model.{name}"},
+            event=MODEL_ROLLED_BACK,
+            resource={"prefect.resource.id": model_resource(name)},
             payload={"version": version, "previous_version": previous, "reason": reason, "by": by},
         )

@@ -17,6 +17,11 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.models import Model
+from pydantic import ValidationError
+
+from usecases import spec_module
+from usecases.vocabulary import CHAMPION, PARAM_PREFIX, recorded_params
 
 
 class ModelNotFoundError(LookupError):
@@ -64,7 +69,7 @@ def resolve_version(name: str, version: str | int | None = None, alias: str | No
     try:
         if version is not None:
             return client.get_model_version(name, str(version))
-        return client.get_model_version_by_alias(name, alias or "champion")
+        return client.get_model_version_by_alias(name, alias or CHAMPION)
     except mlflow.exceptions.MlflowException as exc:
         what = f"version {version}" if version is not None else f"alias @{alias or 'champion'}"
         raise ModelNotFoundError(f"registered model {name!r} has no {what}: {exc.message}") from exc
@@ -72,8 +77,7 @@ def resolve_version(name: str, version: str | int | None = None, alias: str | No
 
 def load_scoring_model(name: str, version: str | int | None = None, alias: str | None = None) -> ScoringModel:
     """Load one registry version (by number, or where `alias` points now), pinned to that version."""
-    import xgboost as xgb
-    from mlflow.models import Model
+    import xgboost as xgb  # lazy: xgboost only to load a model; importers using the errors or params skip it
 
     mv = resolve_version(name, version, alias)
     uri = f"models:/{name}/{mv.version}"
@@ -98,31 +102,45 @@ def load_scoring_model(name: str, version: str | int | None = None, alias: str |
     )
 
 
-def training_params(module, run_id: str | None):
-    """The use case's `Params` as the version's training run recorded them (`param.<name>`); defaults for
-    anything not recorded."""
+class TrainingParamsUnreadable(ModelNotFoundError):
+    """A version's training parameters cannot be read back, so its features cannot be rebuilt as trained."""
+
+
+def training_params(module, name: str, version: str, run_id: str | None):
+    """The use case's `Params` as version `version` of `name`'s training run recorded them (`param.<name>`).
+
+    A field the run did not record (added to `Params` after the version was trained) takes its default. A run
+    that cannot be read, or records no parameters, or records values `Params` refuses, is an error: scoring,
+    monitoring and compaction must not rebuild features with parameters the version was not trained with.
+    """
+    where = f"{name} v{version}"
     if not run_id:
-        return module.Params()
+        raise TrainingParamsUnreadable(f"{where} names no training run: its training parameters are unknown")
     try:
-        recorded = MlflowClient().get_run(run_id).data.params
-    except Exception:  # run deleted or unreachable: the use case's defaults
-        return module.Params()
-    values = {}
-    for name in module.Params.model_fields:
-        value = recorded.get(f"param.{name}")
-        if value is not None and value != "None":
-            values[name] = value
+        logged = MlflowClient().get_run(run_id).data.params
+    except mlflow.exceptions.MlflowException as exc:
+        raise TrainingParamsUnreadable(
+            f"{where}: its training run {run_id} cannot be read ({exc.message}); its training parameters "
+            "are unknown"
+        ) from exc
+    recorded = recorded_params(logged)
+    if not recorded:
+        raise TrainingParamsUnreadable(
+            f"{where}: its training run {run_id} records no training parameters ({PARAM_PREFIX}*)"
+        )
+    known = {k: v for k, v in recorded.items() if k in module.Params.model_fields}
     try:
-        return module.Params.model_validate(values)
-    except Exception:
-        return module.Params()
+        return module.Params.model_validate(known)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise TrainingParamsUnreadable(
+            f"{where}: its training run {run_id} records parameters the use case refuses ({problems})"
+        ) from exc
 
 
 def spec_for(use_case: str, model: ScoringModel):
     """The use case's spec with the parameters `model` was trained with: one feature path for training,
     scoring, serving and monitoring."""
-    from usecases import spec_module
-
     module = spec_module(use_case)
-    params = training_params(module, model.run_id)
+    params = training_params(module, model.name, model.version, model.run_id)
     return module.build_spec(params)

@@ -36,6 +36,11 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import mlflow
+from mlflow import MlflowClient
+
+from champion import store
+
 DEFAULT_TIMEOUT = 900.0
 POLL_SECONDS = 0.2
 LEASE_SECONDS = 60.0  # a Prefect slot's lease: how long a crashed holder keeps it (the server's minimum)
@@ -45,22 +50,12 @@ class RegistryLockTimeout(TimeoutError):
     """Another run held the champion lock for longer than the timeout."""
 
 
-def _logger():
-    from tasks.tracking import run_logger
-
-    return run_logger()
-
-
 def lock_uri() -> str:
     """Where the lock lives: MLOPS_REGISTRY_LOCK_URI, else the MLflow registry URI."""
     override = os.environ.get("MLOPS_REGISTRY_LOCK_URI")
     if override:
         return override
-    import mlflow
-
-    from tasks import tracking
-
-    tracking.configure()
+    store.configure()
     return mlflow.get_registry_uri()
 
 
@@ -111,7 +106,7 @@ def champion_lock(name: str, timeout: float | None = None, holder: str = "") -> 
         manager = _prefect_lock(name, timeout)
     with manager as description:
         waited = time.monotonic() - started
-        _logger().info("champion lock on %s acquired (%s, waited %.1f s)", name, description, waited)
+        store.run_logger().info("champion lock on %s acquired (%s, waited %.1f s)", name, description, waited)
         yield description
 
 
@@ -128,7 +123,9 @@ def _file_lock(path: Path, timeout: float, holder: str) -> Iterator[str]:
                 break
             except BlockingIOError:
                 if not announced:
-                    _logger().info("waiting for the champion lock %s, held by %s", path, _read_holder(path))
+                    store.run_logger().info(
+                        "waiting for the champion lock %s, held by %s", path, _read_holder(path)
+                    )
                     announced = True
                 if time.monotonic() > deadline:
                     raise RegistryLockTimeout(
@@ -163,7 +160,7 @@ def _postgres_dsn(uri: str) -> str:
 
 @contextmanager
 def _postgres_lock(uri: str, name: str, timeout: float) -> Iterator[str]:
-    import psycopg2
+    import psycopg2  # lazy: an optional dependency, only for a Postgres registry
 
     key = lock_key(name)
     connection = psycopg2.connect(_postgres_dsn(uri), application_name=f"mlops champion lock {name}"[:63])
@@ -177,7 +174,9 @@ def _postgres_lock(uri: str, name: str, timeout: float) -> Iterator[str]:
                 if cursor.fetchone()[0]:
                     break
                 if not announced:
-                    _logger().info("waiting for the champion lock of %s (advisory lock %d)", name, key)
+                    store.run_logger().info(
+                        "waiting for the champion lock of %s (advisory lock %d)", name, key
+                    )
                     announced = True
                 if time.monotonic() > deadline:
                     raise RegistryLockTimeout(
@@ -195,6 +194,7 @@ def _postgres_lock(uri: str, name: str, timeout: float) -> Iterator[str]:
 
 @contextmanager
 def _prefect_lock(name: str, timeout: float) -> Iterator[str]:
+    # lazy: Prefect only for a remote registry; `mlops status` imports this module and must not load it
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.concurrency.sync import concurrency
@@ -227,16 +227,12 @@ def ensure_store(experiment_name: str) -> str:
     Two first runs at once on a fresh MLOPS_HOME would otherwise both run MLflow's schema migrations on the
     same SQLite file and one would fail. Returns the experiment id.
     """
-    from mlflow import MlflowClient
-
-    from tasks import tracking
-
-    uri = tracking.tracking_uri()
+    uri = store.tracking_uri()
     if lock_kind(uri) != "file" or not urlparse(uri).scheme.startswith("sqlite"):
-        return tracking.experiment_id(experiment_name)
+        return store.experiment_id(experiment_name)
     path = lock_file(uri, "schema")
     path.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(path, DEFAULT_TIMEOUT, "schema creation"):
-        experiment = tracking.experiment_id(experiment_name)
+        experiment = store.experiment_id(experiment_name)
         MlflowClient().search_registered_models(max_results=1)  # the registry store's tables too
     return experiment

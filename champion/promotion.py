@@ -2,9 +2,9 @@
 
 The alias is the only thing consumers load (`models:/<name>@champion`), so moving it is the single step that
 changes what is served. It is a compare-and-set: if the champion changed after this run re-scored it, the
-comparison is stale and the alias is left alone. The training flow calls it (as the `promote` stage,
-`tasks/promote.py`) inside `champion.lock.champion_lock`, together with the champion's re-scoring and the
-gate, so concurrent runs take turns. Every move is recorded: on the version (`promoted_at`,
+comparison is stale and the alias is left alone. The flows call it (through the `promote` stage,
+`tasks/promote.py`, which retries) inside `champion.lock.champion_lock`, together with the champion's
+re-scoring and the gate, so concurrent runs take turns. Every move is recorded: on the version (`promoted_at`,
 `previous_champion`, `promoted_by_run`, `promotion`) and as a numbered `champion.history.<n>` entry on the
 registered model.
 """
@@ -20,11 +20,8 @@ from datetime import UTC, datetime
 import mlflow
 from mlflow import MlflowClient
 
-from tasks.tracking import run_logger
-
-CHAMPION = "champion"
-# On a version: a hash of its data, code and parameters; an identical rerun reuses it (tasks/register.py).
-FINGERPRINT_TAG = "lineage.fingerprint"
+from champion.store import run_logger
+from usecases.vocabulary import CHAMPION, HISTORY_PREFIX, PROMOTION_TAG
 
 
 class StaleChampionError(RuntimeError):
@@ -79,9 +76,6 @@ def promote(name: str, version: str, compared_with: str | None, run_id: str) -> 
 
 # --- the alias move and its history, shared by promotion and rollback ------------------------------------
 
-PROMOTION_TAG = "promotion"  # on a version: the outcome of the last attempt to promote it
-HISTORY_PREFIX = "champion.history."  # on the registered model: one tag per alias move, numbered
-
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
@@ -117,13 +111,14 @@ def move_champion(
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)
         client.set_registered_model_alias(name, CHAMPION, version)
-    except Exception:
-        if current_champion(client, name) == version:
-            raise  # the alias did move though the call failed: keep the record of it, so a retry sees it
-        _restore_tags(client, name, version, tags, before)
-        with suppress(Exception):
-            client.delete_registered_model_tag(name, history_key)
-        raise
+    except Exception as exc:
+        if current_champion(client, name) != version:
+            _restore_tags(client, name, version, tags, before)
+            with suppress(Exception):
+                client.delete_registered_model_tag(name, history_key)
+            raise
+        # The write landed and only its answer was lost: the move happened, with its record already written.
+        run_logger().warning("%s@%s moved to v%s though the call reported %r", name, CHAMPION, version, exc)
     with suppress(Exception):  # a display of the history: the tags above are the record
         describe_history(client, name)
     return previous

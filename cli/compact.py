@@ -7,11 +7,18 @@ case, model or version; the teacher's data no longer yields its windows); 1 anyt
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from cli.servers import use_prefect_server
+from usecases import SPEC_MODULES
+from usecases.spec import CompactGates, CompactPlan
+
+# Imports inside functions: each command loads only what it uses, so `mlops --help` and the light commands
+# start fast, and Prefect is imported only after `use_prefect_server()` has chosen its API.
 
 EXIT_PROMOTED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_PROMOTED = 0, 1, 2, 3
 console = Console(stderr=False)
@@ -76,8 +83,6 @@ def compact(
     dry_run: bool = typer.Option(False, "--dry-run", help="Build, measure and gate; register nothing."),
 ) -> None:
     """Distil, prune and compile the champion into `<name>-compact`; register and promote it if it passes."""
-    from usecases import SPEC_MODULES
-
     if use_case not in SPEC_MODULES:
         console.print(f"[bold red]unknown use case[/] {use_case!r}; known: {', '.join(sorted(SPEC_MODULES))}")
         raise typer.Exit(EXIT_BAD_INPUT)
@@ -90,11 +95,9 @@ def compact(
         "prune_depths": _numbers(prune_depths, int, "--prune-depths"),
     }
     use_prefect_server()  # before Prefect is imported: it reads its settings once
-    from dataclasses import replace
-
     from champion.loading import ModelNotFoundError
     from flows.compaction import compaction
-    from tasks.compact import CompactGates, CompactPlan, TeacherDataChanged
+    from tasks.compaction.teacher import TeacherDataChanged
     from tasks.ingest import DataReadError
     from tasks.split import SplitError
 

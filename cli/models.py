@@ -8,13 +8,25 @@ anything else.
 
 from __future__ import annotations
 
+import inspect
 import json
+import logging
+import os
+import sys
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from champion import store
+from cli.run import options_from
 from cli.servers import reflow, use_prefect_server
+from usecases import SPEC_MODULES, default_registered_model
+from usecases.spec import MonitorParams
+
+# Imports inside functions: each command loads only what it uses, so `mlops --help` and the light commands
+# start fast, and Prefect is imported only after `use_prefect_server()` has chosen its API.
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_ATTENTION = 0, 1, 2, 4
 console = Console(stderr=False)
@@ -23,8 +35,6 @@ _MODEL_HELP = "Registered model (default: the use case's own)."
 
 
 def _check_use_case(use_case: str) -> None:
-    from usecases import SPEC_MODULES
-
     if use_case not in SPEC_MODULES:
         console.print(f"[bold red]unknown use case[/] {use_case!r}; known: {', '.join(sorted(SPEC_MODULES))}")
         raise typer.Exit(EXIT_BAD_INPUT)
@@ -35,9 +45,8 @@ def _model_name(use_case: str, model: str | None) -> str:
     if model:
         return model
     from champion.lifecycle import registered_models
-    from tasks import tracking
 
-    tracking.configure()
+    store.configure()
     names = registered_models(use_case)
     if len(names) > 1:
         console.print(
@@ -46,8 +55,6 @@ def _model_name(use_case: str, model: str | None) -> str:
         raise typer.Exit(EXIT_BAD_INPUT)
     if names:
         return names[0]
-    from usecases import default_registered_model
-
     return default_registered_model(use_case)
 
 
@@ -69,8 +76,6 @@ def score(
     ),
 ) -> None:
     """Score a file with the champion (or --version/--alias): id columns, score, model_version."""
-    import sys
-
     _check_use_case(use_case)
     if version is not None and alias is not None:
         console.print("[bold red]input rejected[/]: give --version or --alias, not both")
@@ -79,7 +84,7 @@ def score(
 
     use_prefect_server()
     from flows.scoring import batch_scoring
-    from tasks.cluster import ExecutorError
+    from tasks.dask.cluster import ExecutorError
     from tasks.ingest import DataReadError
     from tasks.score import InputOrderError
     from tasks.validate import DataValidationError
@@ -142,9 +147,6 @@ def serve_model(
     ),
 ) -> None:
     """Serve predictions from the champion over HTTP, following the alias without restarts."""
-    import logging
-    import os
-
     # Before XGBoost loads OpenMP: idle prediction threads sleep instead of spinning, so they do not steal
     # the CPU the event loop needs between requests (p99 of one-row requests: ~20 ms -> ~2 ms on 2 cores).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -160,7 +162,7 @@ def serve_model(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     name = _model_name(use_case, model)
     if compact and not name.endswith("-compact"):
-        name = f"{name}-compact"  # the compact model's registry name (tasks/compact.py)
+        name = f"{name}-compact"  # the compact model's registry name (tasks/compaction/)
     source = f"the token in {token_file}" if token_file else TOKEN_ENV
     console.print(
         f"serving {name}@{alias} on http://{host}:{port} (POST /predict, GET /health); "
@@ -178,9 +180,8 @@ def status(
 ) -> None:
     """Champion version, when and why it was promoted, earlier champions, the latest refused candidates."""
     from champion.lifecycle import model_status, registered_models
-    from tasks import tracking
 
-    tracking.configure()
+    store.configure()
     if use_case is not None:
         _check_use_case(use_case)
     names = [model] if model else registered_models(use_case)
@@ -278,10 +279,9 @@ def rollback(
     """Move champion back (default: the previous one), recording why; refuses ungated versions."""
     from champion.lifecycle import RollbackRefused
     from champion.lifecycle import rollback as do_rollback
-    from tasks import tracking
 
     _check_use_case(use_case)
-    tracking.configure()
+    store.configure()
     name = _model_name(use_case, model)
     try:
         done = do_rollback(name, to=to, reason=reason)
@@ -302,10 +302,6 @@ def monitor(use_case: str, **options) -> None:
     Exit 0 healthy, 4 drift or degraded (an `mlops.model.degraded` event was sent), 2 unreadable or
     invalid input, 1 anything else. The report is an MLflow run in experiment `<use case>-monitoring`.
     """
-    from pydantic import ValidationError
-
-    from usecases.spec import MonitorParams
-
     _check_use_case(use_case)
     try:
         params = MonitorParams(**options)
@@ -321,7 +317,7 @@ def monitor(use_case: str, **options) -> None:
     from champion.loading import ModelNotFoundError
     from flows.monitoring import monitoring
     from tasks.ingest import DataReadError
-    from tasks.profile import ProfileUnavailable
+    from tasks.monitoring.reference import ProfileUnavailable
     from tasks.validate import DataValidationError
 
     try:
@@ -362,11 +358,6 @@ def _print_monitoring(outcome) -> None:
 
 
 def _monitor_command():
-    import inspect
-
-    from cli.run import options_from
-    from usecases.spec import MonitorParams
-
     def command(use_case: str, **options) -> None:
         monitor(use_case, **options)
 

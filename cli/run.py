@@ -14,11 +14,15 @@ import inspect
 from typing import Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from cli.servers import use_prefect_server
 from usecases import SPEC_MODULES, spec_module
+
+# Imports inside functions: each command loads only what it uses, so `mlops --help` and the light commands
+# start fast, and Prefect is imported only after `use_prefect_server()` has chosen its API.
 
 EXIT_PROMOTED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_PROMOTED = 0, 1, 2, 3
 
@@ -58,8 +62,6 @@ def _make_run_command(use_case: str):
     module = spec_module(use_case)
 
     def command(**options: Any) -> None:
-        from pydantic import ValidationError
-
         try:
             params = module.Params(**options)
         except ValidationError as exc:  # an option out of its bounds: bad input, like bad data
@@ -89,12 +91,10 @@ for _name in SPEC_MODULES:
 def run_use_case(use_case: str, params) -> int:
     """Run the use case's training flow and map its outcome to an exit code, printing a summary."""
     use_prefect_server()  # before Prefect is imported: it reads its settings once
-    from pydantic import ValidationError
-
     from champion.loading import ModelNotFoundError
     from flows.form import to_form
     from flows.training import TRAINING_FLOWS
-    from tasks.cluster import ExecutorError
+    from tasks.dask.cluster import ExecutorError
     from tasks.ingest import DataReadError
     from tasks.lineage import ParentMismatchError
     from tasks.split import SplitError

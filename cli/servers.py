@@ -11,12 +11,19 @@ starts (`infra/prefect_local.py`; `mlops server status|stop`). The deployments a
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+
+from usecases import SPEC_MODULES
+from usecases.vocabulary import DATA_ARRIVED, MODEL_DEGRADED, MODEL_PROMOTED
+
+# Imports inside functions: each command loads only what it uses, so `mlops --help` and the light commands
+# start fast, and Prefect is imported only after `use_prefect_server()` has chosen its API.
 
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -96,8 +103,6 @@ UseCases = Annotated[
 
 
 def _known_use_cases() -> list[str]:
-    from usecases import SPEC_MODULES
-
     return list(SPEC_MODULES)
 
 
@@ -137,8 +142,6 @@ def _require_prefect_server() -> str:
 
 def _check_prefect_auth(api: str) -> None:
     """Refuse early, and say why, when the server wants an auth string this process does not have."""
-    import base64
-
     import httpx
     from prefect.settings import PREFECT_API_AUTH_STRING
 
@@ -171,8 +174,6 @@ def _plans(use_cases: list[str] | None):
 
 
 def _trigger_note(trigger, plan) -> str:
-    from infra.deployments import DATA_ARRIVED, MODEL_DEGRADED, MODEL_PROMOTED
-
     events = set(trigger.expect)
     if DATA_ARRIVED in events:
         return f"{DATA_ARRIVED} for {plan.use_case} (mlops notify-data {plan.use_case} PATH)"
@@ -246,7 +247,8 @@ def deploy(
     if work_pool:
         console.print(f"Run them: `prefect worker start --pool {work_pool}` (in this project's environment).")
         return
-    from infra.servers import Managed, Settings
+    from infra.servers.processes import Managed
+    from infra.servers.settings import Settings
 
     runner = Managed("serve", Settings.from_env().state_dir).pid()
     if runner is not None:  # `make up` started one: it already picks these up

@@ -8,7 +8,7 @@
 One MLflow run per flow run (experiment `<use case>-compaction`) records the teacher, the gates, every
 candidate's measurements and verdict (`compact_report.json`) and, for the chosen one, its monitoring profile.
 Nothing is registered unless a candidate passes every gate; `<name>-compact@champion` moves only as a
-compare-and-set under its own champion lock, like the teacher's.
+compare-and-set under its own champion lock, like the teacher's. The stages are in `tasks/compaction/`.
 """
 
 from __future__ import annotations
@@ -19,36 +19,33 @@ from dataclasses import dataclass
 from mlflow import MlflowClient
 from prefect import flow
 
+from champion import store
 from champion.loading import training_params
 from champion.lock import champion_lock
-from champion.promotion import Promotion, current_champion, mark_not_promoted, promote
-from tasks import tracking
-from tasks.compact import (
+from champion.promotion import Promotion, current_champion
+from flows.form import flows_as_attributes
+from tasks.compaction.candidates import CompactCandidate, build_candidates
+from tasks.compaction.compile import Compiled, compile_compact, scratch_dir
+from tasks.compaction.gates import Judgement, gate_candidates, teacher_gate
+from tasks.compaction.measure import Measured, measure
+from tasks.compaction.records import (
     CompactDecision,
-    CompactGates,
-    CompactPlan,
-    Measured,
-    Teacher,
-    build_candidates,
-    compact_name,
-    compile_compact,
-    gate_candidates,
-    load_teacher,
-    measure,
+    CompactionRun,
     model_card,
-    rebuild_windows,
+    model_description,
     report_compaction,
-    scratch_dir,
     start_run,
-    teacher_gate,
     version_tags,
     with_compiled,
 )
+from tasks.compaction.teacher import Teacher, load_teacher, rebuild_windows
 from tasks.evaluate import Evaluation
 from tasks.gate import GateVerdict
-from tasks.profile import record_profile
-from tasks.register import Registration, log_candidate, register
+from tasks.monitoring.reference import record_profile
+from tasks.promote import promote_or_refuse
+from tasks.register import LoggedCandidate, Registration, log_candidate, register
 from usecases import SPEC_MODULES, default_registered_model, spec_module
+from usecases.spec import CompactGates, CompactPlan
 
 
 @dataclass(frozen=True)
@@ -85,51 +82,48 @@ def compaction(
     dry_run: bool = False,
 ) -> CompactionOutcome:
     gates, plan = gates or CompactGates(), plan or CompactPlan()
-    tracking.configure()
+    store.configure()
     teacher = load_teacher(registered_model or default_registered_model(use_case), version, alias)
     module = spec_module(use_case)
-    params = training_params(module, teacher.run_id)  # the teacher's own: same data, features, windows
+    # the teacher's own parameters: same data, features, windows
+    params = training_params(module, teacher.name, teacher.version, teacher.run_id)
     spec = module.build_spec(params)
-    name = compact_name(teacher.name)
-    run_id = start_run(use_case, teacher, name, gates, plan)
+    run = start_run(use_case, teacher, gates, plan)
     status, scratch = "FAILED", scratch_dir()
     try:
         splits = rebuild_windows(spec, params, teacher)
         candidates = build_candidates(teacher, splits, spec.schema, plan)
         teacher_m, measured = measure(teacher, candidates, splits, spec.metrics, plan.latency_calls)
-        judged, chosen = gate_candidates(gates, spec.gates, spec.metrics, teacher_m, measured)
+        judgement = gate_candidates(gates, spec.gates, spec.metrics, teacher_m, measured)
 
-        compiled = verdict = registration = promotion = None
-        if chosen is not None:
-            candidate, (m, verdict) = candidates[chosen], judged[chosen]
+        compiled = registration = promotion = None
+        if judgement.chosen is not None:
+            candidate, (m, _) = candidates[judgement.chosen], judgement.judged[judgement.chosen]
             if plan.compile:
                 compiled = compile_compact(candidate, splits, scratch / "compiled", plan.latency_calls)
-            record_profile(spec, splits, Evaluation(m.scored, {}), run_id)  # what monitoring compares with
+            # what monitoring compares the compact model's inputs and scores with
+            record_profile(spec, splits, Evaluation(m.scored, {}), run.run_id)
             if not dry_run:
-                logged = log_candidate(candidate, splits.test.head(5), run_id)
+                logged = log_candidate(candidate, splits.test.head(5), run.run_id)
                 with_compiled(logged, compiled)
-                card = model_card(teacher, spec, splits, teacher_m, judged, chosen, compiled, name)
-                verdict, registration, promotion = _register_and_promote(
-                    name, teacher, logged, candidate, m, verdict, compiled, card, run_id
+                card = model_card(run, splits, judgement, compiled)
+                judgement, registration, promotion = _register_and_promote(
+                    run, judgement, logged, candidate, compiled, card
                 )
-            judged[chosen] = (m, verdict)
 
-        decision = report_compaction(
-            use_case, name, teacher, teacher_m, judged, chosen, verdict, registration, promotion, compiled,
-            spec.metrics.primary, dry_run, run_id,
-        )  # fmt: skip
+        decision = report_compaction(run, judgement, compiled, registration, promotion, dry_run)
         status = "FINISHED"
         return CompactionOutcome(
             use_case=use_case,
             teacher=f"{teacher.name}/{teacher.version}",
-            registered_model=name,
-            run_id=run_id,
+            registered_model=run.name,
+            run_id=run.run_id,
             primary_metric=spec.metrics.primary,
-            teacher_measured=teacher_m,
-            judged=judged,
-            chosen=chosen,
+            teacher_measured=judgement.teacher_measured,
+            judged=judgement.judged,
+            chosen=judgement.chosen,
             compiled=compiled.meta if compiled else None,
-            verdict=verdict,
+            verdict=judgement.verdict,
             registration=registration,
             promotion=promotion,
             decision=decision,
@@ -137,38 +131,30 @@ def compaction(
             candidates=tuple(candidates),
         )
     finally:
-        MlflowClient().set_terminated(run_id, status)
+        MlflowClient().set_terminated(run.run_id, status)
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _register_and_promote(name, teacher, logged, candidate, m, verdict, compiled, card, run_id):
+def _register_and_promote(
+    run: CompactionRun,
+    judgement: Judgement,
+    logged: LoggedCandidate,
+    candidate: CompactCandidate,
+    compiled: Compiled | None,
+    card: str,
+) -> tuple[Judgement, Registration, Promotion | None]:
     """Register the chosen candidate and move `<name>@champion` to it, under the compact model's champion
-    lock. It stands in for its teacher, so it may become champion only while the teacher is."""
-    with champion_lock(name, holder=f"compaction run {run_id}"):
+    lock. It stands in for its teacher, so it may become champion only while the teacher is: the teacher
+    gate joins the chosen candidate's verdict."""
+    with champion_lock(run.name, holder=f"compaction run {run.run_id}"):
         client = MlflowClient()
-        verdict = GateVerdict(
-            (*verdict.results, teacher_gate(teacher, current_champion(client, teacher.name)))
-        )
-        registration = register(
-            logged,
-            name,
-            f"Compact stand-in for {teacher.name}, same input and output: distilled from, cut or pruned out "
-            "of its champion and gated on the champion's test window; each version's card says which.",
-            card,
-            version_tags(teacher, run_id, m, verdict, compiled, candidate),
-            run_id,
-        )
-        champion = current_champion(client, name)
-        if not verdict.promotable:
-            if champion != registration.version:
-                reason = "; ".join(r.detail for r in verdict.refusals)
-                mark_not_promoted(name, registration.version, "refused", reason)
-            return verdict, registration, None
-        try:
-            return verdict, registration, promote(name, registration.version, champion, run_id)
-        except Exception as exc:
-            mark_not_promoted(name, registration.version, "failed", f"{type(exc).__name__}: {exc}")
-            raise
+        teacher_is_champion = teacher_gate(run.teacher, current_champion(client, run.teacher.name))
+        judgement = judgement.with_verdict(GateVerdict((*judgement.verdict.results, teacher_is_champion)))
+        tags = version_tags(run, judgement, candidate, compiled)
+        registration = register(logged, run.name, model_description(run.teacher), card, tags, run.run_id)
+        champion = current_champion(client, run.name)
+        promotion = promote_or_refuse(run.name, registration.version, judgement.verdict, champion, run.run_id)
+        return judgement, registration, promotion
 
 
 def compaction_flow(use_case: str):
@@ -191,4 +177,4 @@ def compaction_flow(use_case: str):
 
 
 COMPACTION_FLOWS = {name: compaction_flow(name) for name in SPEC_MODULES}
-globals().update({f"{name}_compaction": f for name, f in COMPACTION_FLOWS.items()})
+__getattr__ = flows_as_attributes(COMPACTION_FLOWS, __name__)  # `<use case>_compaction`

@@ -16,9 +16,10 @@ definition of what is allowed.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from prefect import flow
 from pydantic import BaseModel, Field
 
 
@@ -105,7 +106,6 @@ def to_form(params: BaseModel) -> dict:
 
 def form_flow(body: Callable[[Any], Any], model: type[BaseModel], name: str, doc: str, **options):
     """A Prefect flow named `name` whose parameters are `model`'s fields; `body(params)` does the work."""
-    from prefect import flow
 
     def run(**values):
         return body(from_form(model, values))
@@ -114,3 +114,18 @@ def form_flow(body: Callable[[Any], Any], model: type[BaseModel], name: str, doc
     run.__doc__ = doc
     run.__name__ = run.__qualname__ = name.replace("-", "_")
     return flow(run, name=name, validate_parameters=False, **options)
+
+
+def flows_as_attributes(flows: Mapping[str, Any], module: str) -> Callable[[str], Any]:
+    """A module `__getattr__` serving each flow of `flows` under its name with `_` for `-` (`fraud-training`
+    as `flows.training.fraud_training`): the attribute a deployment's entrypoint and a work-pool worker
+    import. One flow per discovered use case, so the names cannot be written out in the module."""
+    by_attribute = {flow.name.replace("-", "_"): flow for flow in flows.values()}
+
+    def attribute(name: str):
+        try:
+            return by_attribute[name]
+        except KeyError:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}") from None
+
+    return attribute

@@ -18,27 +18,27 @@ from mlflow import MlflowClient
 from mlflow.entities import Param
 from prefect import flow, runtime
 
+from champion import store
 from champion.lock import champion_lock, ensure_store
 from champion.promotion import (
     Promotion,
-    current_champion,
-    mark_not_promoted,
-    promote,
     rolled_back_hold,
     settle_unfinished_move,
 )
 from tasks import tracking
 from tasks.card import model_card, version_tags
-from tasks.evaluate import ChampionScore, evaluate, evaluate_champion, evaluate_earlier
-from tasks.executor import stages_for
+from tasks.dask.executor import stages_for
+from tasks.evaluate import ChampionScore, Evaluation, evaluate, evaluate_champion, evaluate_earlier
 from tasks.gate import GateResult, GateVerdict, gate
-from tasks.lineage import INIT_TAG, PARENT_TAG, TRAINED_ON_TAG, UPDATE_TAG, format_ranges, resolve_parent
-from tasks.profile import record_profile
-from tasks.register import FINGERPRINT_TAG, Registration, fingerprint, log_candidate, register
+from tasks.lineage import format_ranges, resolve_parent
+from tasks.monitoring.reference import record_profile
+from tasks.promote import promote_or_refuse
+from tasks.register import LoggedCandidate, Registration, fingerprint, log_candidate, register
 from tasks.report import Decision, report
 from tasks.slices import evaluate_slices
 from tasks.split import Splits
 from usecases.spec import NON_MODEL_PARAMS, TrainingParams, UseCaseSpec
+from usecases.vocabulary import FINGERPRINT_TAG, INIT_TAG, PARENT_TAG, TRAINED_ON_TAG, UPDATE_TAG, param_keys
 
 
 @dataclass(frozen=True)
@@ -64,33 +64,37 @@ class TrainingOutcome:
         return self.promotion is not None
 
 
+@dataclass(frozen=True)
+class Trained:
+    """What a run trained, before the gates: the windows, the model and its scores, the logged model and the
+    record of what it is (lineage, validation, test metric) that its tags and card are written from."""
+
+    splits: Splits
+    candidate: object
+    evaluation: Evaluation
+    logged: LoggedCandidate
+    record: dict
+
+
+@dataclass(frozen=True)
+class Decided:
+    champion: ChampionScore
+    verdict: GateVerdict
+    registration: Registration | None
+    promotion: Promotion | None
+
+
 @flow(name="gated-training", validate_parameters=False, log_prints=True)
 def gated_training(spec: UseCaseSpec, params: TrainingParams) -> TrainingOutcome:
-    uri = tracking.configure()
+    uri = store.configure()
     experiment = ensure_store(spec.name)  # first runs at once: one creates the embedded schema
     client = MlflowClient()
-    run = client.create_run(
-        experiment,
-        run_name=f"{spec.name}-{runtime.flow_run.name or 'local'}",
-        tags={
-            "use_case": spec.name,
-            "registered_model": spec.registered_model,
-            "prefect.flow_run_id": str(runtime.flow_run.id or ""),
-            "code_version": tracking.code_version(),
-            # What the MLflow UI shows as the run's Source and Created by
-            "mlflow.source.type": "JOB",
-            "mlflow.source.name": f"flows/training.py:{spec.name}_training",
-            "mlflow.user": tracking.user(),
-            **spec.tags,
-        },
-    )
-    run_id = run.info.run_id
+    run_id = _start_run(client, experiment, spec)
     status = "FAILED"
-    # In this process, or on a Dask cluster that opens with the first stage (tasks/executor.py).
+    # In this process, or on a Dask cluster that opens with the first stage (tasks/dask/executor.py).
     stages = stages_for(spec, params, run_id)
     try:
         _log_params(client, run_id, spec, params)
-
         raw = stages.ingest()
         checked = spec.raw_check_view(raw) if spec.raw_check_view else raw  # + derived cross-row columns
         raw_check = stages.validate(checked, spec.raw_suite)
@@ -108,70 +112,21 @@ def gated_training(spec: UseCaseSpec, params: TrainingParams) -> TrainingOutcome
         record_profile(spec, splits, evaluation, run_id)  # what monitoring compares new data against
         logged = log_candidate(candidate, splits.test.head(5), run_id)
         record = {  # what the version is; tasks/card.py picks its tags and writes the rest into its card
-            "use_case": spec.name,
-            "lineage.run_id": run_id,
-            "lineage.data_digest": data_digest,
-            "lineage.data_source": raw.attrs.get("source", "unknown"),
-            "lineage.code_version": tracking.code_version(),
-            "lineage.windows": str(splits.windows),
-            TRAINED_ON_TAG: format_ranges(candidate.trained_on),
-            INIT_TAG: params.init,
-            **({PARENT_TAG: parent.uri, UPDATE_TAG: parent.mode} if parent is not None else {}),
-            FINGERPRINT_TAG: fingerprint(
-                use_case=spec.name,
-                data=data_digest,
-                code=tracking.code_version(),
-                params=params.model_dump(exclude=set(NON_MODEL_PARAMS)),
-                # `champion` names another model after each promotion: the parent it resolved to counts.
-                **({"parent": parent.uri} if parent is not None else {}),
-            ),
+            **_lineage(spec, run_id, raw, splits, data_digest),
+            **_training_lineage(spec, params, candidate, parent, data_digest),
             "validation.raw": raw_check.headline(),
             "validation.features": feature_check.headline(),
             f"test_{spec.metrics.primary}": f"{evaluation.candidate.metrics[spec.metrics.primary]:.6f}",
         }
+        trained = Trained(splits, candidate, evaluation, logged, record)
 
-        # Champion comparison, registration and promotion are one step per registered model: concurrent
-        # runs take turns here, each re-reading and re-scoring the champion it has to beat
-        # (champion/lock.py).
-        # Registration depends on the absolute and baseline gates only; the alias moves only if the champion
-        # gate passed too. A version without the alias is invisible to consumers, who load by alias.
-        lock = (
-            nullcontext() if params.dry_run else champion_lock(spec.registered_model, holder=f"run {run_id}")
-        )
-        with lock:
-            if not params.dry_run:  # the forgetting gate reads the history: no half-done move in it
-                settle_unfinished_move(spec.registered_model)
-            champion = evaluate_champion(spec.registered_model, splits, spec.metrics)
-            earlier = evaluate_earlier(
-                spec, stages.in_memory(table), candidate, evaluation, champion, params.earlier_windows, run_id
-            )
-            slices = evaluate_slices(
-                spec.slices, splits, evaluation, champion, spec.metrics, spec.schema, spec.gates, run_id
-            )
-            verdict = gate(spec.gates, spec.metrics, evaluation, champion, earlier, slices)
-            registration = None
-            if verdict.registrable and not params.dry_run:
-                registration = register(
-                    logged,
-                    spec.registered_model,
-                    spec.description,
-                    model_card(spec, splits, evaluation, champion, verdict, record, candidate),
-                    version_tags(record, verdict, spec.metrics.primary),
-                    run_id,
-                )
-                verdict = _hold_rolled_back(verdict, registration, evaluation.candidate.metrics, spec)
-            promotion = None
-            if registration is not None:
-                promotion = _promote_or_say_why_not(
-                    spec.registered_model, verdict, registration, champion, run_id
-                )
-
+        decided = _gate_register_promote(spec, params, stages.in_memory(table), trained, run_id)
         decision = report(
             spec.name,
             spec.registered_model,
-            verdict,
-            registration,
-            promotion,
+            decided.verdict,
+            decided.registration,
+            decided.promotion,
             evaluation.candidate.metrics,
             run_id,
         )
@@ -186,10 +141,10 @@ def gated_training(spec: UseCaseSpec, params: TrainingParams) -> TrainingOutcome
             metrics=evaluation.candidate.metrics,
             baseline_metrics=evaluation.baseline_metrics,
             primary_metric=spec.metrics.primary,
-            verdict=verdict,
-            champion_before=champion,
-            registration=registration,
-            promotion=promotion,
+            verdict=decided.verdict,
+            champion_before=decided.champion,
+            registration=decided.registration,
+            promotion=decided.promotion,
             decision=decision,
         )
     finally:
@@ -202,22 +157,87 @@ def gated_training(spec: UseCaseSpec, params: TrainingParams) -> TrainingOutcome
             # already failing (e.g. the MLflow server went away): the first failure is the one to report
 
 
-def _promote_or_say_why_not(
-    name: str, verdict: GateVerdict, registration: Registration, champion: ChampionScore, run_id: str
-) -> Promotion | None:
-    """Promote when every gate passed; otherwise tag the version with why it is not champion. If promotion
-    fails, the alias stays on the previous champion, the version says `promotion: failed ...` and the run
-    fails."""
-    version = registration.version
-    if not verdict.promotable:
-        if current_champion(MlflowClient(), name) != version:
-            mark_not_promoted(name, version, "refused", "; ".join(r.detail for r in verdict.refusals))
-        return None
-    try:
-        return promote(name, version, champion.version, run_id)
-    except Exception as exc:
-        mark_not_promoted(name, version, "failed", f"{type(exc).__name__}: {exc}")
-        raise
+def _gate_register_promote(spec: UseCaseSpec, params: TrainingParams, table, trained: Trained, run_id: str):
+    """Champion comparison, registration and promotion: one step per registered model, so concurrent runs
+    take turns here, each re-reading and re-scoring the champion it has to beat (champion/lock.py).
+
+    Registration depends on the absolute and baseline gates only; the alias moves only if the champion gates
+    passed too. A version without the alias is invisible to consumers, who load by alias."""
+    splits, candidate, evaluation = trained.splits, trained.candidate, trained.evaluation
+    lock = nullcontext() if params.dry_run else champion_lock(spec.registered_model, holder=f"run {run_id}")
+    with lock:
+        if not params.dry_run:  # the forgetting gate reads the history: no half-done move in it
+            settle_unfinished_move(spec.registered_model)
+        champion = evaluate_champion(spec.registered_model, splits, spec.metrics)
+        earlier = evaluate_earlier(
+            spec, table, candidate, evaluation, champion, params.earlier_windows, run_id
+        )
+        slices = evaluate_slices(spec, splits, evaluation, champion, run_id)
+        verdict = gate(spec.gates, spec.metrics, evaluation, champion, earlier, slices)
+        if not verdict.registrable or params.dry_run:
+            return Decided(champion, verdict, None, None)
+        registration = register(
+            trained.logged,
+            spec.registered_model,
+            spec.description,
+            model_card(spec, splits, evaluation, champion, verdict, trained.record, candidate),
+            version_tags(trained.record, verdict, spec.metrics.primary),
+            run_id,
+        )
+        verdict = _hold_rolled_back(verdict, registration, evaluation.candidate.metrics, spec)
+        promotion = promote_or_refuse(
+            spec.registered_model, registration.version, verdict, champion.version, run_id
+        )
+        return Decided(champion, verdict, registration, promotion)
+
+
+def _start_run(client: MlflowClient, experiment: str, spec: UseCaseSpec) -> str:
+    """The flow run's MLflow run, tagged with what people filter on."""
+    run = client.create_run(
+        experiment,
+        run_name=f"{spec.name}-{runtime.flow_run.name or 'local'}",
+        tags={
+            "use_case": spec.name,
+            "registered_model": spec.registered_model,
+            "prefect.flow_run_id": str(runtime.flow_run.id or ""),
+            "code_version": tracking.code_version(),
+            # What the MLflow UI shows as the run's Source and Created by
+            "mlflow.source.type": "JOB",
+            "mlflow.source.name": f"flows/training.py:{spec.name}_training",
+            "mlflow.user": store.user(),
+            **spec.tags,
+        },
+    )
+    return run.info.run_id
+
+
+def _lineage(spec: UseCaseSpec, run_id: str, raw, splits: Splits, digest: str) -> dict:
+    """Where the version came from: the run, the data and its windows, the code."""
+    return {
+        "use_case": spec.name,
+        "lineage.run_id": run_id,
+        "lineage.data_digest": digest,
+        "lineage.data_source": raw.attrs.get("source", "unknown"),
+        "lineage.code_version": tracking.code_version(),
+        "lineage.windows": str(splits.windows),
+    }
+
+
+def _training_lineage(spec: UseCaseSpec, params: TrainingParams, candidate, parent, digest: str) -> dict:
+    """What it was trained on and from, and the fingerprint an identical rerun is recognised by."""
+    return {
+        TRAINED_ON_TAG: format_ranges(candidate.trained_on),
+        INIT_TAG: params.init,
+        **({PARENT_TAG: parent.uri, UPDATE_TAG: parent.mode} if parent is not None else {}),
+        FINGERPRINT_TAG: fingerprint(
+            use_case=spec.name,
+            data=digest,
+            code=tracking.code_version(),
+            params=params.model_dump(exclude=set(NON_MODEL_PARAMS)),
+            # `champion` names another model after each promotion: the parent it resolved to counts.
+            **({"parent": parent.uri} if parent is not None else {}),
+        ),
+    }
 
 
 def _hold_rolled_back(verdict: GateVerdict, registration: Registration, metrics: dict, spec) -> GateVerdict:
@@ -241,7 +261,7 @@ def _hold_rolled_back(verdict: GateVerdict, registration: Registration, metrics:
 
 def _log_params(client: MlflowClient, run_id: str, spec: UseCaseSpec, params: TrainingParams) -> None:
     """The run's parameters and the spec's model and split parts, read from their dataclasses."""
-    flat = {f"param.{k}": v for k, v in params.model_dump().items()}
+    flat = param_keys(params.model_dump())
     for part in ("model", "split"):
         for key, value in asdict(getattr(spec, part)).items():
             if key == "params":
@@ -250,16 +270,3 @@ def _log_params(client: MlflowClient, run_id: str, spec: UseCaseSpec, params: Tr
                 flat[f"{part}.{key}"] = ",".join(value) if isinstance(value, tuple) else value
     flat["features"] = ",".join(spec.features)
     client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in flat.items()])
-
-
-def _log_datasets(run_id: str, spec: UseCaseSpec, raw, splits: Splits) -> str:
-    """Record the input table as an MLflow dataset and the windows' sizes; return the input's digest.
-
-    The digest covers every row (MLflow's default hashes only the first 10,000, too weak for lineage and
-    dedupe, and is slow on wide frames).
-    """
-    digest = tracking.content_digest(raw)
-    rows = {w: len(getattr(splits, w)) for w in splits.windows}
-    source = raw.attrs.get("source", "unknown")
-    tracking.record_input(run_id, f"{spec.name}-raw", raw, source, digest, splits.windows, rows)
-    return digest

@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from prefect import flow
 from prefect.runtime import deployment
 
+from champion import store
 from champion.loading import training_params
-from flows.form import form_flow
-from infra.servers import confine_to_data_roots
-from tasks import tracking
-from tasks.monitor import Assessment, alert, assess, monitoring_window, record_assessment, thresholds_for
-from tasks.profile import reference_profile
+from flows.form import flows_as_attributes, form_flow
+from tasks.ingest import confine_to_data_roots
+from tasks.monitoring.reference import reference_profile
+from tasks.monitoring.stages import alert, assess, monitoring_window, record_assessment, thresholds_for
+from tasks.monitoring.verdict import Assessment
 from tasks.score import load_model
 from usecases import SPEC_MODULES, default_registered_model, spec_module
 from usecases.spec import MonitorParams
@@ -48,11 +49,13 @@ class MonitoringOutcome:
 def monitoring(use_case: str, params: MonitorParams) -> MonitoringOutcome:
     if not params.data:
         raise ValueError("no data to monitor: set `data` (a Parquet or CSV file of new records)")
-    tracking.configure()
+    store.configure()
     name = params.registered_model or default_registered_model(use_case)
     model = load_model(name, params.version, None if params.version else params.alias)
     module = spec_module(use_case)
-    trained_with = training_params(module, model.run_id)  # as the version's run recorded them
+    trained_with = training_params(
+        module, model.name, model.version, model.run_id
+    )  # as the version's run recorded them
     spec = module.build_spec(trained_with)  # so its features are built on the path it was trained on
     profile, origin = reference_profile(model, spec, trained_with)
     window = monitoring_window(spec, params.data, params.since)
@@ -77,4 +80,4 @@ def monitoring_flow(use_case: str):
 
 
 MONITORING_FLOWS = {name: monitoring_flow(name) for name in SPEC_MODULES}
-globals().update({f"{name}_monitoring": f for name, f in MONITORING_FLOWS.items()})
+__getattr__ = flows_as_attributes(MONITORING_FLOWS, __name__)  # `<use case>_monitoring`

@@ -13,9 +13,9 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from champion import store
 from champion.loading import spec_for
-from tasks import tracking
-from tasks.cluster import DaskSettings, dask_runner, resolve_executor, scratch_folder
+from tasks.dask.cluster import DaskSettings, dask_runner, resolve_executor, scratch_folder
 from tasks.score import DEFAULT_CHUNK_ROWS, ScoringResult, load_model, score_file
 from usecases import default_registered_model
 
@@ -36,12 +36,12 @@ def batch_scoring(
     `alias` (default `champion`), into `output`."""
     if version is not None and alias is not None:
         raise ValueError("give a version or an alias, not both")
-    tracking.configure()
+    store.configure()
     name = registered_model or default_registered_model(use_case)
     model = load_model(name, version, alias)
     spec = spec_for(use_case, model)
-    if resolve_executor(executor) == "dask":  # workers read, check, featurize, score (tasks/distributed.py)
-        from tasks.distributed import score_distributed
+    if resolve_executor(executor) == "dask":  # workers read, check, featurize, score (tasks/dask/score.py)
+        from tasks.dask.score import score_distributed  # lazy: dask.dataframe only for the Dask executor
 
         settings = DaskSettings.from_env()
         with dask_runner(settings) as runner, scratch_folder(settings) as scratch:

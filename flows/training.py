@@ -8,15 +8,15 @@ The pipeline runs inside this flow's own run (not as a subflow), so the run peop
 holds every stage, the validation and decision artifacts and the logs; its state message is the decision.
 
 A run started through a deployment (Prefect UI, schedule, `mlops.data.arrived`, the monitoring alert) reads
-`data` only from the data roots (MLOPS_DATA_ROOTS; `infra.servers.data_roots`); the local CLI is not confined.
+`data` only from the data roots (MLOPS_DATA_ROOTS; `tasks.ingest.data_roots`); the local CLI is not confined.
 """
 
 from prefect.runtime import deployment
 from prefect.states import Completed
 
-from flows.form import form_flow
+from flows.form import flows_as_attributes, form_flow
 from flows.gated_training import gated_training
-from infra.servers import confine_to_data_roots
+from tasks.ingest import confine_to_data_roots
 from usecases import SPEC_MODULES, spec_module
 
 
@@ -38,4 +38,4 @@ def training_flow(use_case: str):
 
 
 TRAINING_FLOWS = {name: training_flow(name) for name in SPEC_MODULES}
-globals().update({f"{name}_training": f for name, f in TRAINING_FLOWS.items()})
+__getattr__ = flows_as_attributes(TRAINING_FLOWS, __name__)  # `<use case>_training`

@@ -33,15 +33,17 @@ from prefect.events import DeploymentEventTrigger
 from prefect.schedules import Cron, Schedule
 from prefect.types.entrypoint import EntrypointType
 
-DATA_ARRIVED = "mlops.data.arrived"
-"""Event that starts a training run: resource `mlops.dataset.<use case>`, payload `{"use_case", "path"}`."""
-MODEL_PROMOTED = "mlops.model.promoted"
-MODEL_DEGRADED = "mlops.model.degraded"
-"""Sent by monitoring when a version is not healthy: resource `mlflow.registered-model.<name>`, payload with
-the verdict, the drifted features and the monitored `data`."""
+from usecases import default_registered_model, spec_module
+from usecases.vocabulary import (
+    DATA_ARRIVED,
+    MODEL_DEGRADED,
+    MODEL_PROMOTED,
+    dataset_resource,
+    model_resource,
+)
+
 RETRAIN_DEBOUNCE_ENV = "MLOPS_RETRAIN_DEBOUNCE_HOURS"  # at most one triggered retraining per model per period
 MONITOR_DATA_ENV = "MLOPS_MONITOR_DATA_{}"  # per use case: the file a scheduled monitoring run reads
-MODEL_REJECTED = "mlops.model.rejected"
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,6 @@ class Timing:
 
 def use_case_timing(use_case: str, attribute: str) -> Timing | None:
     """The spec module's own schedule (`TRAINING_SCHEDULE`, `MONITORING_SCHEDULE`), if it declares one."""
-    from usecases import spec_module
-
     cadence = getattr(spec_module(use_case), attribute, None)
     return None if cadence is None else Timing(cadence.cron, cadence.timezone, cadence.note)
 
@@ -98,10 +98,6 @@ OTHER_FLOWS: tuple[OtherFlow, ...] = (
 ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
 
 
-def dataset_resource_id(use_case: str) -> str:
-    return f"mlops.dataset.{use_case}"
-
-
 def data_arrived_event(use_case: str, path: str) -> dict[str, Any]:
     """The `mlops.data.arrived` event for `use_case`: the shape the deployment triggers match on.
 
@@ -111,7 +107,7 @@ def data_arrived_event(use_case: str, path: str) -> dict[str, Any]:
     return {
         "event": DATA_ARRIVED,
         "resource": {
-            "prefect.resource.id": dataset_resource_id(use_case),
+            "prefect.resource.id": dataset_resource(use_case),
             "prefect.resource.name": f"{use_case} dataset",
             "mlops.use-case": use_case,
             "mlops.dataset.path": path,
@@ -156,7 +152,7 @@ class DeploymentPlan:
         if self.triggers:
             lines.append(
                 f"Also runs on the event `{DATA_ARRIVED}` for resource "
-                f"`{dataset_resource_id(self.use_case)}`, training on the file in its payload's `path` "
+                f"`{dataset_resource(self.use_case)}`, training on the file in its payload's `path` "
                 f"(send it with `mlops notify-data {self.use_case} PATH`)."
             )
         if self.concurrency:
@@ -196,17 +192,15 @@ class DeploymentPlan:
 
 
 def _entrypoint(flow, module_name: str) -> str | None:
+    """`module.attribute` for a flow its module serves under its name with `_` for `-` (`flows/form.py:
+    flows_as_attributes`), or binds to that name."""
     module = sys.modules.get(module_name) or importlib.import_module(module_name)
-    for attribute, value in vars(module).items():
-        if value is flow and not attribute.startswith("_"):
-            return f"{module_name}.{attribute}"
-    return None
+    attribute = flow.name.replace("-", "_")
+    return f"{module_name}.{attribute}" if getattr(module, attribute, None) is flow else None
 
 
 def registered_model_of(use_case: str) -> str:
     """The registered model a use case writes to with its default parameters."""
-    from usecases import default_registered_model
-
     return default_registered_model(use_case)
 
 
@@ -215,7 +209,7 @@ def _training_trigger(flow_name: str, use_case: str) -> DeploymentEventTrigger:
         name=f"{flow_name}: on {DATA_ARRIVED}",
         description=f"Train {use_case} on the dataset named by an `{DATA_ARRIVED}` event.",
         expect={DATA_ARRIVED},
-        match={"prefect.resource.id": dataset_resource_id(use_case)},
+        match={"prefect.resource.id": dataset_resource(use_case)},
         # The run gets `data` from the event and every other field from its default. A single-expression
         # template keeps the payload's type.
         parameters={"data": "{{ event.payload.path }}"},
@@ -234,7 +228,7 @@ def _retraining_trigger(flow_name: str, registered_model: str) -> DeploymentEven
         name=f"{flow_name}: on {MODEL_DEGRADED}",
         description=f"Retrain {registered_model} when monitoring finds it drifted or degraded.",
         expect={MODEL_DEGRADED},
-        match={"prefect.resource.id": f"mlflow.registered-model.{registered_model}"},
+        match={"prefect.resource.id": model_resource(registered_model)},
         posture="Reactive",
         threshold=1,
         within=retrain_debounce(),
@@ -244,6 +238,7 @@ def _retraining_trigger(flow_name: str, registered_model: str) -> DeploymentEven
 
 def training_plans(use_cases: Iterable[str] | None = None) -> list[DeploymentPlan]:
     """A plan per training flow in `flows.training.TRAINING_FLOWS` (all, unless `use_cases` names some)."""
+    # lazy: the flows (GX, scikit-learn, XGBoost) only to build plans; `mlops notify-data` needs none of them
     from flows.training import TRAINING_FLOWS
 
     wanted = list(TRAINING_FLOWS) if use_cases is None else list(use_cases)
@@ -317,7 +312,7 @@ def _compaction_trigger(flow_name: str, use_case: str) -> tuple[DeploymentEventT
         name=f"{flow_name}: on {MODEL_PROMOTED}",
         description=f"Compact {model} when a new version becomes its champion.",
         expect={MODEL_PROMOTED},
-        match={"prefect.resource.id": f"mlflow.registered-model.{model}"},
+        match={"prefect.resource.id": model_resource(model)},
         parameters={"version": "{{ event.payload.version }}"},
     )
     return (trigger,)

@@ -27,7 +27,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.servers import QUIET, Managed, Settings, http_ok, port_open, read_env_file, wait_until
+from champion.store import mlops_home
+from infra.servers.processes import Managed, http_ok, port_open, wait_until
+from infra.servers.settings import QUIET, Settings, read_env_file
 
 MODE_ENV = "MLOPS_PREFECT_SERVER"  # background (default) | ephemeral
 PORT_ENV = "MLOPS_LOCAL_PREFECT_PORT"
@@ -51,8 +53,6 @@ class LocalServer:
 
 
 def state_dir() -> Path:
-    from tasks.tracking import mlops_home
-
     return mlops_home() / "prefect"
 
 

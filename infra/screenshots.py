@@ -27,6 +27,7 @@ import argparse
 import base64
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -38,7 +39,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infra.servers import PROJECT_ROOT, QUIET, Managed, Settings, http_ok, read_env_file, wait_until
+import httpx
+
+from infra import prefect_local
+from infra.servers.processes import Managed, http_ok, wait_until
+from infra.servers.settings import PROJECT_ROOT, QUIET, Settings, read_env_file
+from infra.servers.stack import discard_stack
 
 OUT = Path(__file__).resolve().parent / "screenshots"
 VIEWPORT = {"width": 1280, "height": 1000}
@@ -97,8 +103,6 @@ def client_env(**values: str) -> dict[str, str]:
 def local_stack(base: Path, timeout: float = 180.0) -> Iterator[Stack]:
     """`mlflow server` on SQLite and the local Prefect server (infra/prefect_local.py), under `base`, on free
     ports; stopped on exit. No Postgres, no auth, no runner: runs go through `mlops run`."""
-    from infra import prefect_local
-
     home, mlflow_port = base / "mlops", free_port()
     env = client_env(
         MLOPS_HOME=str(home),
@@ -131,8 +135,6 @@ def local_stack(base: Path, timeout: float = 180.0) -> Iterator[Stack]:
 def temp_servers_stack(base: Path, timeout: float = 300.0) -> Iterator[Stack]:
     """What `make up` runs (`python -m infra.servers up`), in `base`: MLflow and Prefect with auth on fresh
     Postgres databases and free ports, and `mlops serve`; `down --purge` on exit."""
-    from infra.servers import discard_stack
-
     env = client_env(
         MLOPS_ENV_FILE="",
         MLOPS_SERVERS_DIR=str(base / "servers"),
@@ -189,8 +191,6 @@ def _environ(values: Mapping[str, str]) -> Iterator[None]:
 
 # -- one training run ----------------------------------------------------------------------------------------
 def prefect_api(stack: Stack):
-    import httpx
-
     return httpx.Client(base_url=stack.prefect_api, headers=stack.prefect_headers(), timeout=30)
 
 
@@ -250,7 +250,7 @@ def chromium_path() -> str | None:
 @contextlib.contextmanager
 def browser(executable: str | None = None):
     """Headless Chromium through Playwright, on the machine's own browser (nothing is downloaded)."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import sync_playwright  # lazy: a dev-only dependency, only to take pictures
 
     executable = executable or chromium_path()
     if not executable:
@@ -391,8 +391,6 @@ def take(stack: Stack, out: Path, timeout: float) -> list[Path]:
 
 def _registered_version(run: dict) -> str | None:
     """The version the decision names (`... fraud-detector v3 is champion ...`)."""
-    import re
-
     found = re.search(rf"{MODEL} v(\d+)", run["state"].get("message") or "")
     return found.group(1) if found else None
 

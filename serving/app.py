@@ -40,10 +40,13 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from champion import store
 from champion.loading import ScoringModel, load_scoring_model, resolve_version
+from usecases.vocabulary import MODEL_PROMOTED, MODEL_ROLLED_BACK, model_resource
 
 log = logging.getLogger("mlops.serving")
 
@@ -166,6 +169,7 @@ class ChampionFollower:
 
     def _listen(self) -> None:
         """Refresh at once on a `mlops.model.promoted` event for this model (only with a Prefect API)."""
+        # lazy: Prefect only to listen for events; a server without a Prefect API never loads it
         from prefect.settings import PREFECT_API_URL
 
         if not PREFECT_API_URL.value():
@@ -176,12 +180,13 @@ class ChampionFollower:
             log.info("not listening for promotion events (%s); polling every %s s", exc, self.poll_seconds)
 
     async def _listen_async(self) -> None:
+        # lazy: as in _listen
         from prefect.events.clients import get_events_subscriber
         from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
         wanted = EventFilter(
-            event=EventNameFilter(name=["mlops.model.promoted", "mlops.model.rolled-back"]),
-            resource=EventResourceFilter(id=[f"mlflow.registered-model.{self.name}"]),
+            event=EventNameFilter(name=[MODEL_PROMOTED, MODEL_ROLLED_BACK]),
+            resource=EventResourceFilter(id=[model_resource(self.name)]),
         )
         async with get_events_subscriber(filter=wanted) as subscriber:
             self.subscribed.set()
@@ -474,11 +479,7 @@ def serve(
     token: str | None = None,
 ) -> None:
     """Serve `name@alias` until interrupted (blocking); with `token`, predictions require it (bearer)."""
-    import uvicorn
-
-    from tasks import tracking
-
-    tracking.configure()
+    store.configure()
     follower = ChampionFollower(name, alias, poll_seconds)
     follower.refresh()  # serve at once if there is a champion; otherwise 503 until there is
     # The interpreter holds MLflow's, Prefect's and pandas' objects for good: keep the garbage collector

@@ -13,10 +13,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from usecases import vocabulary
+from usecases.vocabulary import (
+    FINGERPRINT_TAG,
+    GATES_TAG,
+    PARENT_TAG,
+    TRAINED_ON_TAG,
+    UPDATE_TAG,
+    WINDOWS_TAG,
+)
+
 if TYPE_CHECKING:  # `mlops status` and rollback read tags through this module without importing Prefect
     from tasks.gate import GateVerdict
 
-GATES_TAG = "gates"  # on a version: "passed 6/6" or "refused 1/6: champion.average_precision"
 COUNTS = ("tn", "fp", "fn", "tp")
 # Lineage facts kept as tags: what code reads back (tasks/lineage.py, tasks/register.py, compaction) or
 # what consumers filter versions on. The rest of the record goes to the card only.
@@ -24,36 +33,17 @@ TAGGED = (
     "use_case",
     "lineage.data_digest",
     "lineage.code_version",
-    "lineage.windows",
-    "lineage.trained_on",
-    "lineage.fingerprint",
-    "lineage.parent",
-    "lineage.update",
+    WINDOWS_TAG,
+    TRAINED_ON_TAG,
+    FINGERPRINT_TAG,
+    PARENT_TAG,
+    UPDATE_TAG,
 )
 
 
 def gates_summary(verdict: GateVerdict) -> str:
     """One line: `passed 6/6`, or `refused 1/6: champion.average_precision`."""
-    refused = [r.name for r in verdict.results if not r.passed]
-    total = len(verdict.results)
-    if not refused:
-        return f"passed {total}/{total}"
-    return f"refused {len(refused)}/{total}: {', '.join(refused)}"
-
-
-def refused_gates(tags: Mapping[str, str]) -> list[str] | None:
-    """The names of the gates a version failed, read from its tags; None when it carries no verdict.
-
-    Reads the `gates` summary, or the per-gate `gate.<name>` tags that versions registered before it carry.
-    """
-    summary = tags.get(GATES_TAG)
-    if summary is not None:
-        _, _, names = summary.partition(": ")
-        return [n.strip() for n in names.split(",") if n.strip()] if summary.startswith("refused") else []
-    per_gate = {k[len("gate.") :]: v for k, v in tags.items() if k.startswith("gate.")}
-    if not per_gate:
-        return None
-    return [name for name, verdict in sorted(per_gate.items()) if not verdict.startswith("passed")]
+    return vocabulary.gates_summary([r.name for r in verdict.refusals], len(verdict.results))
 
 
 def version_tags(record: Mapping[str, str], verdict: GateVerdict, primary: str) -> dict[str, str]:

@@ -21,9 +21,12 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
+from champion.loading import load_scoring_model
+from champion.store import run_logger
+from tasks.lineage import in_ranges, promoted_windows, trained_on
 from tasks.split import Splits
 from tasks.stage import mlflow_stage, stage
-from tasks.tracking import run_logger
+from usecases.vocabulary import CHAMPION
 
 if TYPE_CHECKING:
     import matplotlib.pyplot as plt
@@ -33,15 +36,12 @@ if TYPE_CHECKING:
 
 def _pyplot():
     """matplotlib, headless (plots are files logged to MLflow), imported by the stages that draw."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib only when a plot is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: as above, after the headless backend is chosen
 
     return plt
-
-
-CHAMPION = "champion"
 
 
 # --- generic metrics, composed by use cases -------------------------------------------------------------
@@ -49,6 +49,7 @@ CHAMPION = "champion"
 
 def best_f1_threshold(frame: pd.DataFrame, scores: np.ndarray, target: str) -> dict[str, float]:
     """The score threshold that maximises F1 on the given (validation) window."""
+    # lazy: scikit-learn only to compute metrics; the monitoring flow imports this module to score
     from sklearn import metrics as skm
 
     precision, recall, thresholds = skm.precision_recall_curve(frame[target].to_numpy(), scores)
@@ -58,7 +59,7 @@ def best_f1_threshold(frame: pd.DataFrame, scores: np.ndarray, target: str) -> d
 
 
 def binary_metrics(y: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
-    from sklearn import metrics as skm
+    from sklearn import metrics as skm  # lazy: as in best_f1_threshold
 
     predicted = (scores >= threshold).astype(int)
     tn, fp, fn, tp = (float(v) for v in skm.confusion_matrix(y, predicted, labels=[0, 1]).ravel())
@@ -90,7 +91,7 @@ def regression_metrics(y: np.ndarray, predictions: np.ndarray) -> dict[str, floa
 
 
 def binary_plots(y: np.ndarray, scores: np.ndarray, threshold: float, label: str) -> dict[str, plt.Figure]:
-    from sklearn import metrics as skm
+    from sklearn import metrics as skm  # lazy: as in best_f1_threshold
 
     plt = _pyplot()
     figures = {}
@@ -254,8 +255,6 @@ def _best_baseline(scored: Mapping[str, Scored], metrics_spec) -> str | None:
 @mlflow_stage
 def evaluate_champion(registered_model: str, splits: Splits, metrics_spec: Metrics) -> ChampionScore:
     """Re-score the current champion on this run's windows, so the champion gate compares like with like."""
-    from champion.loading import load_scoring_model
-
     client = MlflowClient()
     try:
         version = client.get_model_version_by_alias(registered_model, CHAMPION)
@@ -307,8 +306,6 @@ def evaluate_earlier(
     """Score candidate and champion on the test windows of the last `k` promoted versions; log
     `earlier_window.<i>.<primary>` (candidate), `earlier_window.<i>.champion_<primary>` and
     `forgetting_<primary>` (mean candidate - champion, sign-adjusted: negative = forgot)."""
-    from tasks.lineage import in_ranges, promoted_windows, trained_on
-
     primary, log = spec.metrics.primary, run_logger()
     if k <= 0:
         return EarlierWindows([], "off (--earlier-windows 0)")
@@ -321,7 +318,11 @@ def evaluate_earlier(
         return EarlierWindows([], "no promoted version with a recorded test window")
     times = table[spec.time_column]
     first, last = str(times.min().date()), str(times.max().date())
-    in_sample = {*candidate.trained_on, *trained_on(champion.tags)}
+    in_sample = sorted({*candidate.trained_on, *trained_on(champion.tags)})
+    models = (
+        (candidate.predict, evaluation.candidate.context),
+        (champion.model.predict, champion.scored.context),
+    )
     windows, notes = [], []
     for entry in promoted:
         lo, hi = entry["test"]
@@ -329,26 +330,13 @@ def evaluate_earlier(
         if lo < first or hi > last:
             notes.append(f"{label}: not covered by the input ({first} .. {last})")
             continue
-        rows = table[in_ranges(times, [(lo, hi)])]
-        if spec.test_filter is not None:
-            rows = spec.test_filter(rows, table)
-        seen = in_ranges(rows[spec.time_column], sorted(in_sample)).to_numpy()
-        rows = rows[~seen].reset_index(drop=True)
-        if seen.any():
-            where = ", ".join(f"{lo} .. {hi}" for lo, hi in sorted(in_sample))
-            what = "all" if rows.empty else f"{int(seen.sum())} of"
-            notes.append(
-                f"{label}: {what} its {int(seen.sum()) + len(rows)} rows in-sample (trained on {where})"
-            )
+        rows, note = _out_of_sample(spec, table, (lo, hi), in_sample)
+        if note:
+            notes.append(f"{label}: {note}")
         if rows.empty:
             continue
-        mine = spec.metrics.compute(
-            rows, np.asarray(candidate.predict(rows), float), evaluation.candidate.context
-        )
-        theirs = spec.metrics.compute(
-            rows, np.asarray(champion.model.predict(rows), float), champion.scored.context
-        )
-        if not (np.isfinite(mine[primary]) and np.isfinite(theirs[primary])):
+        mine, theirs = (spec.metrics.compute(rows, np.asarray(m(rows), float), c)[primary] for m, c in models)
+        if not (np.isfinite(mine) and np.isfinite(theirs)):
             notes.append(f"{label}: {primary} undefined on the {len(rows)} rows left")
             continue
         positives = int(rows[spec.target].sum()) if spec.problem == "binary" else None
@@ -359,26 +347,11 @@ def evaluate_earlier(
                 "window": (lo, hi),
                 "rows": len(rows),
                 "positives": positives,
-                "candidate": float(mine[primary]),
-                "champion": float(theirs[primary]),
+                "candidate": float(mine),
+                "champion": float(theirs),
             }
         )
-    stamp = int(pd.Timestamp.now().value // 1_000_000)
-    logged, params = [], []
-    for i, w in enumerate(windows, 1):
-        logged += [
-            mlflow.entities.Metric(f"earlier_window.{i}.{primary}", w["candidate"], stamp, 0),
-            mlflow.entities.Metric(f"earlier_window.{i}.champion_{primary}", w["champion"], stamp, 0),
-        ]
-        support = f"{w['rows']} rows" + (
-            f", {w['positives']} positives" if w["positives"] is not None else ""
-        )
-        params.append(mlflow.entities.Param(f"earlier_window.{i}", f"{w['label']} ({support})"))
-    if windows:
-        sign = 1 if spec.metrics.greater_is_better else -1
-        forgetting = float(np.mean([sign * (w["candidate"] - w["champion"]) for w in windows]))
-        logged.append(mlflow.entities.Metric(f"forgetting_{primary}", forgetting, stamp, 0))
-    MlflowClient().log_batch(run_id, metrics=logged, params=params)
+    _log_earlier(windows, spec.metrics, run_id)
     for note in notes:
         log.info("earlier windows: %s", note)
     for w in windows:
@@ -391,3 +364,41 @@ def evaluate_earlier(
         )
     skipped = None if windows else "no earlier window out of sample: " + "; ".join(notes)
     return EarlierWindows(windows, skipped, notes)
+
+
+def _out_of_sample(
+    spec: UseCaseSpec, table: pd.DataFrame, window: tuple[str, str], in_sample: list[tuple[str, str]]
+) -> tuple[pd.DataFrame, str | None]:
+    """The table's rows in `window` (through the use case's test filter) outside every range in
+    `in_sample`, and a note when some were left out."""
+    rows = table[in_ranges(table[spec.time_column], [window])]
+    if spec.test_filter is not None:
+        rows = spec.test_filter(rows, table)
+    seen = in_ranges(rows[spec.time_column], in_sample).to_numpy()
+    rows = rows[~seen].reset_index(drop=True)
+    if not seen.any():
+        return rows, None
+    where = ", ".join(f"{lo} .. {hi}" for lo, hi in in_sample)
+    what = "all" if rows.empty else f"{int(seen.sum())} of"
+    return rows, f"{what} its {int(seen.sum()) + len(rows)} rows in-sample (trained on {where})"
+
+
+def _log_earlier(windows: list[dict], metrics: Metrics, run_id: str) -> None:
+    """Each window's candidate and champion metric, its support, and the mean change (forgetting)."""
+    primary = metrics.primary
+    stamp = int(pd.Timestamp.now().value // 1_000_000)
+    logged, params = [], []
+    for i, w in enumerate(windows, 1):
+        logged += [
+            mlflow.entities.Metric(f"earlier_window.{i}.{primary}", w["candidate"], stamp, 0),
+            mlflow.entities.Metric(f"earlier_window.{i}.champion_{primary}", w["champion"], stamp, 0),
+        ]
+        support = f"{w['rows']} rows" + (
+            f", {w['positives']} positives" if w["positives"] is not None else ""
+        )
+        params.append(mlflow.entities.Param(f"earlier_window.{i}", f"{w['label']} ({support})"))
+    if windows:
+        sign = 1 if metrics.greater_is_better else -1
+        forgetting = float(np.mean([sign * (w["candidate"] - w["champion"]) for w in windows]))
+        logged.append(mlflow.entities.Metric(f"forgetting_{primary}", forgetting, stamp, 0))
+    MlflowClient().log_batch(run_id, metrics=logged, params=params)

@@ -10,8 +10,8 @@ import time
 
 import pandas as pd
 
+from champion.store import run_logger
 from tasks.stage import stage
-from tasks.tracking import run_logger
 
 
 @stage

@@ -17,46 +17,12 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from tasks.stage import stage
+from usecases.spec import GateSpec
 
 if TYPE_CHECKING:
     from tasks.evaluate import ChampionScore, EarlierWindows, Evaluation
     from tasks.slices import SliceReport
     from usecases.spec import Metrics
-
-
-@dataclass(frozen=True)
-class AbsoluteGate:
-    metric: str
-    threshold: float
-    greater_is_better: bool = True
-
-
-@dataclass(frozen=True)
-class BaselineGate:
-    """The candidate's `metric` must beat each named baseline's by `relative_margin` (0.05 = 5 % better)."""
-
-    metric: str
-    baselines: tuple[str, ...]
-    greater_is_better: bool = True
-    relative_margin: float = 0.0
-
-
-@dataclass(frozen=True)
-class GateSpec:
-    absolute: tuple[AbsoluteGate, ...] = ()
-    baseline: tuple[BaselineGate, ...] = ()
-    # Champion gate on the primary metric: the candidate may be at most this much worse (relative).
-    champion_margin: float = 0.0
-    # Forgetting: mean (candidate - champion) over earlier champions' test windows may be at most this much
-    # below zero, relative to the champion's mean there (a margin in metric units would mean nothing for MAE).
-    forgetting_margin: float = 0.05
-    # Slices: no group with at least these rows (and positives, binary) may be worse than the champion's
-    # same group by more than this (relative); groups below the support are reported, not gated.
-    slice_margin: float = 0.1
-    slice_min_rows: int = 200
-    slice_min_positives: int = 30
-    # Disparity within a slice (min/max over groups): refused below this; 0 reports it only.
-    slice_min_ratio: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -128,18 +94,27 @@ def evaluate_gates(
     spec: GateSpec,
     metrics: Mapping[str, float],
     baseline_metrics: Mapping[str, Mapping[str, float]],
-    champion_metrics: Mapping[str, float] | None,
+    champion: ChampionScore | None,
     primary: str,
     greater_is_better: bool,
-    champion_version: str | None = None,
-    champion_error: str | None = None,
 ) -> GateVerdict:
-    """Pure decision from already-computed test metrics (candidate, baselines, champion).
+    """Pure decision from already-computed test metrics (candidate, baselines, champion; None: no champion).
 
-    A champion that exists but could not be re-scored (`champion_error`) refuses promotion: replacing a model
+    A champion that exists but could not be re-scored (`champion.error`) refuses promotion: replacing a model
     we cannot compare against is a decision for a person (`mlops rollback`/a manual alias move), not a gate.
     """
-    results: list[GateResult] = []
+    return GateVerdict(
+        (
+            *absolute_gates(spec, metrics),
+            *baseline_gates(spec, metrics, baseline_metrics),
+            champion_gate(spec, metrics, champion, primary, greater_is_better),
+        )
+    )
+
+
+def absolute_gates(spec: GateSpec, metrics: Mapping[str, float]) -> list[GateResult]:
+    """Each test metric of `spec.absolute` against its fixed bound (inclusive)."""
+    results = []
     for g in spec.absolute:
         value = float(metrics[g.metric])
         ok = _beats(value, g.threshold, g.greater_is_better, inclusive=True)
@@ -155,6 +130,14 @@ def evaluate_gates(
                 detail=f"{g.metric} {value:.4g} {'' if ok else 'not '}{op} {g.threshold:.4g}",
             )
         )
+    return results
+
+
+def baseline_gates(
+    spec: GateSpec, metrics: Mapping[str, float], baseline_metrics: Mapping[str, Mapping[str, float]]
+) -> list[GateResult]:
+    """The candidate against each baseline named in `spec.baseline`: better by the margin (strict)."""
+    results = []
     for g in spec.baseline:
         value = float(metrics[g.metric])
         for name in g.baselines:
@@ -176,52 +159,41 @@ def evaluate_gates(
                     ),
                 )
             )
-    if champion_error is not None:
-        results.append(
-            GateResult(
-                name="champion",
-                kind="champion",
-                metric=primary,
-                value=float(metrics[primary]),
-                threshold=float("nan"),
-                passed=False,
-                detail=f"champion v{champion_version} could not be re-scored: {champion_error}",
-            )
-        )
-    elif champion_metrics is None:
-        results.append(
-            GateResult(
-                name="champion",
-                kind="champion",
-                metric=primary,
-                value=float(metrics[primary]),
-                threshold=float("nan"),
-                passed=True,
-                detail="no current champion",
-            )
-        )
-    else:
-        reference = float(champion_metrics[primary])
-        value = float(metrics[primary])
-        threshold = _margin_threshold(reference, spec.champion_margin, greater_is_better, better=False)
-        ok = _beats(value, threshold, greater_is_better, inclusive=True)
-        op = ">=" if greater_is_better else "<="
-        results.append(
-            GateResult(
-                name="champion",
-                kind="champion",
-                metric=primary,
-                value=value,
-                threshold=threshold,
-                passed=ok,
-                detail=(
-                    f"{primary} {value:.4g} {'' if ok else 'not '}{op} {threshold:.4g} "
-                    f"(champion v{champion_version} {reference:.4g} on the same test window, "
-                    f"margin {spec.champion_margin:.0%})"
-                ),
-            )
-        )
-    return GateVerdict(tuple(results))
+    return results
+
+
+def champion_gate(
+    spec: GateSpec,
+    metrics: Mapping[str, float],
+    champion: ChampionScore | None,
+    primary: str,
+    greater_is_better: bool,
+) -> GateResult:
+    """The candidate's primary metric at most `spec.champion_margin` worse than the champion's on the same
+    test window; passed when there is no champion, refused when it could not be re-scored."""
+    value = float(metrics[primary])
+    if champion is not None and champion.error is not None:
+        detail = f"champion v{champion.version} could not be re-scored: {champion.error}"
+        return GateResult("champion", "champion", primary, value, float("nan"), False, detail)
+    if champion is None or champion.metrics is None:
+        return GateResult("champion", "champion", primary, value, float("nan"), True, "no current champion")
+    reference = float(champion.metrics[primary])
+    threshold = _margin_threshold(reference, spec.champion_margin, greater_is_better, better=False)
+    ok = _beats(value, threshold, greater_is_better, inclusive=True)
+    op = ">=" if greater_is_better else "<="
+    return GateResult(
+        name="champion",
+        kind="champion",
+        metric=primary,
+        value=value,
+        threshold=threshold,
+        passed=ok,
+        detail=(
+            f"{primary} {value:.4g} {'' if ok else 'not '}{op} {threshold:.4g} "
+            f"(champion v{champion.version} {reference:.4g} on the same test window, "
+            f"margin {spec.champion_margin:.0%})"
+        ),
+    )
 
 
 def forgetting_gate(
@@ -357,11 +329,9 @@ def gate(
         spec,
         evaluation.candidate.metrics,
         evaluation.baseline_metrics,
-        champion.metrics,
+        champion,
         metrics.primary,
         metrics.greater_is_better,
-        champion.version,
-        champion.error,
     )
     more = []
     if earlier is not None:

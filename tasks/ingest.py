@@ -8,6 +8,8 @@ reason, so the run stops (exit 2) before any data check, training or registry wr
 from __future__ import annotations
 
 import glob
+import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -62,3 +64,47 @@ def read_table(path: str | Path) -> pd.DataFrame:
 def ingest(load, params) -> pd.DataFrame:
     """Run the use case's data source (a file or its embedded default)."""
     return load(params)
+
+
+# --- data roots: what runs started through a deployment may read -------------------------------------------
+
+DATA_ROOTS_ENV = "MLOPS_DATA_ROOTS"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class DataPathRefused(ValueError):
+    """A run started through a deployment named a `data` file outside the data roots."""
+
+
+def data_roots(env: Mapping[str, str] | None = None) -> list[Path]:
+    """Folders whose files runs started through a deployment may read: MLOPS_DATA_ROOTS (separated by
+    os.pathsep), by default `<MLOPS_HOME>/data` and the project's `data/` folder. Resolved."""
+    env = os.environ if env is None else env
+    raw = env.get(DATA_ROOTS_ENV, "")
+    if raw.strip():
+        roots = [Path(p.strip()).expanduser() for p in raw.split(os.pathsep) if p.strip()]
+    else:
+        home = Path(env.get("MLOPS_HOME") or ".mlops").expanduser()
+        roots = [home / "data", PROJECT_ROOT / "data"]
+    return list(dict.fromkeys(root.resolve() for root in roots))
+
+
+def confine_to_data_roots(path: str, roots: Iterable[Path] | None = None) -> Path:
+    """`path` resolved (links followed, so a link inside a root to a file outside is refused) when it lies in
+    one of the data roots; else DataPathRefused naming the path and the roots."""
+    roots = list(data_roots() if roots is None else roots)
+    resolved = Path(path).expanduser().resolve()
+    if any(resolved.is_relative_to(root) for root in roots):
+        # A directory or a glob is one input of several files: each must lie there too (links followed).
+        glob_chars = any(c in str(path) for c in "*?[")
+        if glob_chars or resolved.is_dir():
+            members = glob.glob(str(resolved)) if glob_chars else [str(p) for p in resolved.iterdir()]
+            for member in members:
+                confine_to_data_roots(member, roots)
+        return resolved
+    shown = path if str(resolved) == path else f"{path} (resolved: {resolved})"
+    raise DataPathRefused(
+        f"refused data path {shown}: it is outside the data roots ({', '.join(map(str, roots))}). Runs "
+        f"started through a deployment (UI, schedule, events) read only files under {DATA_ROOTS_ENV}; put "
+        "the file there, or add its folder to MLOPS_DATA_ROOTS where the runner runs. Nothing was trained."
+    )

@@ -20,13 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import mlflow
 import pandas as pd
+from mlflow import MlflowClient
+from mlflow.models import Model
 
+from champion.loading import ModelNotFoundError, resolve_version
+from champion.promotion import read_history
+from champion.store import run_logger
 from tasks.stage import stage
-from tasks.tracking import run_logger
-
-PARENT_TAG, INIT_TAG, UPDATE_TAG = "lineage.parent", "lineage.init", "lineage.update"
-WINDOWS_TAG, TRAINED_ON_TAG = "lineage.windows", "lineage.trained_on"
+from usecases.vocabulary import CHAMPION, TRAINED_ON_TAG, WINDOWS_TAG
 
 
 class ParentMismatchError(ValueError):
@@ -86,11 +89,9 @@ def trained_on(tags: dict) -> tuple[tuple[str, str], ...]:
 
 def _version(registered_model: str, init: str):
     """The registry version `init` names; None for `champion` when there is none."""
-    from champion.loading import ModelNotFoundError, resolve_version
-
     if init == "champion":
         try:
-            return resolve_version(registered_model, alias="champion")
+            return resolve_version(registered_model, alias=CHAMPION)
         except ModelNotFoundError:
             return None
     name, _, rest = init.removeprefix("models:/").partition("/")
@@ -127,9 +128,7 @@ def resolve_parent(
     update_rounds: int | None = None,
 ) -> Parent | None:
     """Load the version to start from (None: scratch, or `champion` when there is no champion yet)."""
-    import mlflow
-    import xgboost as xgb
-    from mlflow import MlflowClient
+    import xgboost as xgb  # lazy: only to load a parent; the monitoring flow imports this module without it
 
     log = run_logger()
     if init == "scratch":
@@ -193,18 +192,12 @@ def resolve_parent(
 
 
 def _is_pyfunc(local: Path) -> bool:
-    from mlflow.models import Model
-
     return "xgboost" not in Model.load(str(local)).flavors
 
 
 def promoted_windows(registered_model: str, k: int) -> list[dict]:
     """The test windows of the last `k` distinct promoted versions, newest first:
     [{"version", "test": (lo, hi), "trained_on": ((lo, hi), ...)}]. Versions without windows are skipped."""
-    from mlflow import MlflowClient
-
-    from champion.promotion import read_history
-
     if k <= 0:
         return []
     client = MlflowClient()

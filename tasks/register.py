@@ -25,9 +25,10 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
-from champion.promotion import FINGERPRINT_TAG
+from champion.store import run_logger
 from tasks.stage import mlflow_stage
-from tasks.tracking import resumed, run_logger
+from tasks.tracking import resumed
+from usecases.vocabulary import FINGERPRINT_TAG
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 def _requirements() -> list[str]:
     """What loading the model needs, pinned to what trained it. Stated rather than inferred: MLflow's
     inference loads the model in a subprocess to watch its imports, seconds per registration."""
-    import xgboost as xgb
+    import xgboost as xgb  # lazy: loaded by training already; report and compaction use only the types
 
     return [
         f"mlflow=={mlflow.__version__}",

@@ -9,13 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mlflow import MlflowClient
+from prefect import runtime
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 
+from champion import store
 from champion.promotion import Promotion
 from tasks.gate import GateVerdict
 from tasks.register import Registration
 from tasks.stage import mlflow_stage
+from usecases.vocabulary import MODEL_PROMOTED, MODEL_REJECTED, model_resource
 
 
 @dataclass(frozen=True)
@@ -83,16 +86,27 @@ def report(
             f"{metric_rows}\n\nMLflow run: {_run_link(run_id)}\n"
         ),
     )
+    event, change = _registry_change(decision, verdict, registration, promotion)
     _emit_decision_event(
-        use_case, registered_model, decision, verdict, registration, promotion, metrics, run_id
+        use_case,
+        registered_model,
+        event,
+        {
+            **change,
+            "registered_model": registered_model,
+            "use_case": use_case,
+            "status": decision.status,
+            "summary": decision.summary,
+            "metrics": {k: float(v) for k, v in metrics.items()},
+            "gates": verdict.as_records(),
+            "mlflow_run_id": run_id,
+        },
     )
     return decision
 
 
 def _run_description(decision: Decision) -> str:
     """The decision in a sentence and the Prefect run it belongs to (linked where a Prefect UI is known)."""
-    from prefect import runtime
-
     run = runtime.flow_run
     where = ""
     if run.id:
@@ -115,52 +129,34 @@ def _number(name: str, value: float) -> str:
 
 def _run_link(run_id: str) -> str:
     """A link to the run where a tracking server's URL is known; the id otherwise (a local SQLite store)."""
-    from tasks import tracking
-
-    uri = tracking.tracking_uri()
+    uri = store.tracking_uri()
     if not uri.startswith(("http://", "https://")):
         return f"`{run_id}`"
-    from mlflow import MlflowClient
-
     experiment = MlflowClient().get_run(run_id).info.experiment_id
     return f"[{run_id}]({uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id})"
 
 
-def _emit_decision_event(
-    use_case, registered_model, decision, verdict, registration, promotion, metrics, run_id
-):
+def _registry_change(
+    decision: Decision, verdict: GateVerdict, registration: Registration | None, promotion: Promotion | None
+) -> tuple[str, dict]:
+    """The decision's event and what it says of the registry: the alias move, or the refused gates."""
+    if decision.status == "promoted":
+        return MODEL_PROMOTED, {
+            "version": promotion.version,
+            "previous_version": promotion.previous,
+            "moved": promotion.moved,
+        }
+    return MODEL_REJECTED, {
+        "version": registration.version if registration else None,
+        "refused": [r.name for r in verdict.refusals],
+    }
+
+
+def _emit_decision_event(use_case: str, registered_model: str, event: str, payload: dict) -> None:
     """`mlops.model.promoted` or `mlops.model.rejected`, so consumers (model servers, notifications,
     downstream deployments) can trigger on the registry changing without polling it."""
-    if decision.status == "promoted":
-        name, payload = (
-            "mlops.model.promoted",
-            {
-                "version": promotion.version,
-                "previous_version": promotion.previous,
-                "moved": promotion.moved,
-            },
-        )
-    else:
-        name, payload = (
-            "mlops.model.rejected",
-            {
-                "version": registration.version if registration else None,
-                "refused": [r.name for r in verdict.refusals],
-            },
-        )
-    payload.update(
-        {
-            "registered_model": registered_model,
-            "use_case": use_case,
-            "status": decision.status,
-            "summary": decision.summary,
-            "metrics": {k: float(v) for k, v in metrics.items()},
-            "gates": verdict.as_records(),
-            "mlflow_run_id": run_id,
-        }
-    )
     emit_event(
-        event=name,
-        resource={"prefect.resource.id": f"mlflow.registered-model.{registered_model}", "use-case": use_case},
+        event=event,
+        resource={"prefect.resource.id": model_resource(registered_model), "use-case": use_case},
         payload=payload,
     )

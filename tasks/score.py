@@ -28,11 +28,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect.artifacts import create_markdown_artifact
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from champion.loading import ScoringModel, load_scoring_model
+from champion.store import run_logger
 from tasks.ingest import READERS, DataReadError, read_table
 from tasks.stage import mlflow_stage, stage
-from tasks.tracking import run_logger
 
 DEFAULT_CHUNK_ROWS = 1_000_000
 VERSION_COLUMN = "model_version"
@@ -60,8 +64,6 @@ def iter_input(path: str | Path, chunk_rows: int | None) -> Iterator[pd.DataFram
         if suffix == ".csv":
             batches = pd.read_csv(path, chunksize=chunk_rows)
         else:
-            import pyarrow.parquet as pq
-
             parquet = pq.ParquetFile(path)
             batches = (b.to_pandas() for b in parquet.iter_batches(batch_size=chunk_rows))
         seen = 0
@@ -80,8 +82,6 @@ def count_rows(path: str | Path) -> int | None:
     path = Path(path)
     if path.suffix.lower() in (".parquet", ".pq") and path.is_file():
         try:
-            import pyarrow.parquet as pq
-
             return pq.ParquetFile(path).metadata.num_rows
         except Exception:
             return None
@@ -124,9 +124,6 @@ class AtomicTableWriter:
         if self.csv:
             frame.to_csv(self.tmp, mode="a" if self._started else "w", header=not self._started, index=False)
         else:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
             table = pa.Table.from_pandas(frame, preserve_index=False)
             if self._writer is None:
                 self._writer = pq.ParquetWriter(self.tmp, table.schema)
@@ -179,15 +176,12 @@ def parse_times(chunk: pd.DataFrame, time_column: str) -> pd.DataFrame:
 
 
 def check_frame(frame: pd.DataFrame, suite_factory, what: str, log) -> float:
-    from tasks.validate import DataValidationError, validate_frame  # GX: imported only when scoring files
+    # lazy: GX (seconds to import) only once a file is checked, so a missing model or file fails fast
+    from tasks.validate import DataValidationError, artifact_key, validate_frame
 
     started = time.perf_counter()
     report = validate_frame(frame, suite_factory())
     if not report.success:
-        from prefect.artifacts import create_markdown_artifact
-
-        from tasks.validate import artifact_key
-
         log.error(report.summary())
         create_markdown_artifact(
             markdown=report.to_markdown(),
@@ -201,8 +195,6 @@ def check_frame(frame: pd.DataFrame, suite_factory, what: str, log) -> float:
 def _progress(total: int | None, enabled: bool):
     if not enabled:
         return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     progress = Progress(
         TextColumn("scoring"),
         BarColumn(),
@@ -216,36 +208,59 @@ def _progress(total: int | None, enabled: bool):
     return progress
 
 
-@stage
-def score_file(
-    spec,
-    model: ScoringModel,
-    input_path: str,
-    output_path: str,
-    chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
-    show_progress: bool = False,
-    check_features: bool = True,
-) -> ScoringResult:
-    """Validate, featurize and score `input_path` chunk by chunk into `output_path` (atomically)."""
-    log = run_logger()
-    started = time.perf_counter()
-    seconds = dict.fromkeys(("read", "validate", "features", "model", "write"), 0.0)
-    time_column = spec.time_column
-    history = spec.feature_history
-    if chunk_rows and history is None:
-        log.info("use case %s declares no feature_history: scoring the input in one piece", spec.name)
-        chunk_rows = None
-    outputs = [*spec.id_columns, spec.score_column, VERSION_COLUMN]
-    raw_suite, feature_suite = spec.scoring_suites
-    writer = AtomicTableWriter(output_path)
-    progress = _progress(count_rows(input_path), show_progress and sys.stderr.isatty())
+class _ChunkedScoring:
+    """One input scored chunk by chunk: each chunk with the history its features need before it, the rows
+    sharing its last timestamp held for the next chunk, the time spent per step."""
 
-    context = pending = None  # already-scored rows kept as history; rows waiting for the next chunk
-    emitted_upto = None  # every row before this time has been written
-    rows_in = chunks = 0
+    def __init__(self, spec, model: ScoringModel, writer: AtomicTableWriter, log, check_features: bool):
+        self.spec, self.model, self.writer, self.log = spec, model, writer, log
+        self.check_features = check_features
+        self.raw_suite, self.feature_suite = spec.scoring_suites
+        self.seconds = dict.fromkeys(("read", "validate", "features", "model", "write"), 0.0)
+        self.context = self.pending = None  # already-scored rows kept as history; rows waiting for the next
+        self.emitted_upto = None  # every row before this time has been written
+        self.rows_in = self.chunks = 0
 
-    def score(features: pd.DataFrame, lower, upper) -> None:
-        times = features[time_column]
+    def take(self, chunk: pd.DataFrame, last: bool, input_path: str) -> bool:
+        """Validate, featurize and score one chunk; False when its rows only wait for the next one."""
+        spec, time_column, seconds = self.spec, self.spec.time_column, self.seconds
+        self.chunks += 1
+        self.rows_in += len(chunk)
+        chunk = parse_times(chunk, time_column)
+        new = chunk if self.pending is None else pd.concat([self.pending, chunk], ignore_index=True)
+        frame = new if self.context is None else pd.concat([self.context, new], ignore_index=True)
+        view = spec.raw_check_view(frame) if getattr(spec, "raw_check_view", None) else frame
+        seconds["validate"] += check_frame(view, self.raw_suite, f"raw, chunk {self.chunks}", self.log)
+        upto = self.emitted_upto
+        if upto is not None and chunk[time_column].min() < upto:
+            raise InputOrderError(
+                f"{input_path}: chunk {self.chunks} has rows at {chunk[time_column].min()}, before rows at "
+                f"{upto} already scored: chunked scoring needs the input sorted by {time_column} "
+                "(sort it, or score it in one piece with --chunk-rows 0)"
+            )
+        cutoff = None if last else new[time_column].max()
+        if cutoff is not None and not (new[time_column] < cutoff).any():
+            self.pending = new  # every new row shares one timestamp: wait for the next chunk
+            return False
+        t0 = time.perf_counter()
+        features = spec.build_features(frame)
+        seconds["features"] += time.perf_counter() - t0
+        if self.check_features:
+            what = f"features, chunk {self.chunks}"
+            seconds["validate"] += check_frame(features, self.feature_suite, what, self.log)
+        self._write(features, self.emitted_upto, cutoff)
+        if cutoff is not None:
+            self.emitted_upto = cutoff
+            times = frame[time_column]
+            self.pending = frame.loc[times >= cutoff]
+            history = pd.Timedelta(spec.feature_history)
+            self.context = frame.loc[(times >= cutoff - history) & (times < cutoff)]
+        return True
+
+    def _write(self, features: pd.DataFrame, lower, upper) -> None:
+        """Score and write the rows of `features` in [lower, upper) (None: unbounded)."""
+        spec, model = self.spec, self.model
+        times = features[spec.time_column]
         mask = np.ones(len(features), dtype=bool)
         if lower is not None:
             mask &= (times >= lower).to_numpy()
@@ -261,53 +276,46 @@ def score_file(
         out = own[list(spec.id_columns)].reset_index(drop=True)
         out[spec.score_column] = scores
         out[VERSION_COLUMN] = model.version
-        writer.write(out)
-        seconds["model"] += t1 - t0
-        seconds["write"] += time.perf_counter() - t1
+        self.writer.write(out)
+        self.seconds["model"] += t1 - t0
+        self.seconds["write"] += time.perf_counter() - t1
 
+
+@stage
+def score_file(
+    spec,
+    model: ScoringModel,
+    input_path: str,
+    output_path: str,
+    chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
+    show_progress: bool = False,
+    check_features: bool = True,
+) -> ScoringResult:
+    """Validate, featurize and score `input_path` chunk by chunk into `output_path` (atomically)."""
+    log = run_logger()
+    started = time.perf_counter()
+    if chunk_rows and spec.feature_history is None:
+        log.info("use case %s declares no feature_history: scoring the input in one piece", spec.name)
+        chunk_rows = None
+    outputs = [*spec.id_columns, spec.score_column, VERSION_COLUMN]
+    run = _ChunkedScoring(spec, model, AtomicTableWriter(output_path), log, check_features)
+    writer, seconds = run.writer, run.seconds
+    progress = _progress(count_rows(input_path), show_progress and sys.stderr.isatty())
     try:
         t_read = time.perf_counter()
         for chunk, last in _with_last(iter_input(input_path, chunk_rows)):
             seconds["read"] += time.perf_counter() - t_read
-            chunks += 1
-            rows_in += len(chunk)
-            chunk = parse_times(chunk, time_column)
-            new = chunk if pending is None else pd.concat([pending, chunk], ignore_index=True)
-            frame = new if context is None else pd.concat([context, new], ignore_index=True)
-            view = spec.raw_check_view(frame) if getattr(spec, "raw_check_view", None) else frame
-            seconds["validate"] += check_frame(view, raw_suite, f"raw, chunk {chunks}", log)
-            if emitted_upto is not None and chunk[time_column].min() < emitted_upto:
-                raise InputOrderError(
-                    f"{input_path}: chunk {chunks} has rows at {chunk[time_column].min()}, before rows at "
-                    f"{emitted_upto} already scored: chunked scoring needs the input sorted by {time_column} "
-                    "(sort it, or score it in one piece with --chunk-rows 0)"
+            if run.take(chunk, last, input_path):
+                elapsed = time.perf_counter() - started
+                log.info(
+                    "chunk %d: %s rows read, %s scored so far (%.0f rows/s)",
+                    run.chunks,
+                    f"{run.rows_in:,}",
+                    f"{writer.rows:,}",
+                    writer.rows / max(elapsed, 1e-9),
                 )
-            cutoff = None if last else new[time_column].max()
-            if cutoff is not None and not (new[time_column] < cutoff).any():
-                pending = new  # every new row shares one timestamp: wait for the next chunk
-                t_read = time.perf_counter()
-                continue
-            t0 = time.perf_counter()
-            features = spec.build_features(frame)
-            seconds["features"] += time.perf_counter() - t0
-            if check_features:
-                seconds["validate"] += check_frame(features, feature_suite, f"features, chunk {chunks}", log)
-            score(features, emitted_upto, cutoff)
-            if cutoff is not None:
-                emitted_upto = cutoff
-                times = frame[time_column]
-                pending = frame.loc[times >= cutoff]
-                context = frame.loc[(times >= cutoff - pd.Timedelta(history)) & (times < cutoff)]
-            elapsed = time.perf_counter() - started
-            log.info(
-                "chunk %d: %s rows read, %s scored so far (%.0f rows/s)",
-                chunks,
-                f"{rows_in:,}",
-                f"{writer.rows:,}",
-                writer.rows / max(elapsed, 1e-9),
-            )
-            if progress is not None:
-                progress.update(progress.task_ids[0], completed=writer.rows)
+                if progress is not None:
+                    progress.update(progress.task_ids[0], completed=writer.rows)
             t_read = time.perf_counter()
         t0 = time.perf_counter()
         writer.commit(pd.DataFrame({c: [] for c in outputs}))
@@ -320,12 +328,12 @@ def score_file(
             progress.stop()
     seconds["total"] = time.perf_counter() - started
     result = ScoringResult(
-        str(Path(output_path)), model.name, model.version, rows_in, writer.rows, chunks, seconds
+        str(Path(output_path)), model.name, model.version, run.rows_in, writer.rows, run.chunks, seconds
     )
     log.info(
         "scored %s of %s rows with %s v%s into %s in %.1f s (%.0f rows/s end to end; model step %.0f rows/s)",
         f"{result.rows_out:,}",
-        f"{rows_in:,}",
+        f"{run.rows_in:,}",
         model.name,
         model.version,
         output_path,

@@ -18,17 +18,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import mlflow
 import numpy as np
 import pandas as pd
+from fairlearn.metrics import MetricFrame, selection_rate
+from mlflow import MlflowClient
+from sklearn.metrics import mean_absolute_error, recall_score
 
+from champion.store import run_logger
+from tasks.evaluate import _pyplot
 from tasks.split import Splits
 from tasks.stage import mlflow_stage
-from tasks.tracking import run_logger
 
 if TYPE_CHECKING:
     from tasks.evaluate import ChampionScore, Evaluation, Scored
-    from tasks.gate import GateSpec
-    from usecases.spec import Metrics, Schema, Slice
+    from usecases.spec import GateSpec, Metrics, Schema, Slice, UseCaseSpec
 
 COUNTS = {"tn", "fp", "fn", "tp", "threshold"}
 
@@ -95,9 +99,6 @@ def disparity(
 ) -> dict[str, dict]:
     """Between-group spread of recall and selection rate (binary) or MAE (regression), over the groups in
     `eligible` (enough support), by fairlearn's MetricFrame."""
-    from fairlearn.metrics import MetricFrame, selection_rate
-    from sklearn.metrics import mean_absolute_error, recall_score
-
     keep = np.isin(labels.codes, labels.categories.get_indexer(list(eligible)))
     if len(np.unique(labels.codes[keep])) < 2:
         return {}
@@ -209,8 +210,6 @@ def slice_report(
 
 def slices_plot(report: SliceReport, primary: str):
     """One panel per slice: the primary metric per group, candidate, baselines and champion side by side."""
-    from tasks.evaluate import _pyplot
-
     plt = _pyplot()
     names = list(report.groups)
     fig, axes = plt.subplots(len(names), 1, figsize=(8, 2.8 * len(names)), squeeze=False)
@@ -247,20 +246,12 @@ def _support(support: Mapping[str, int]) -> str:
 
 @mlflow_stage
 def evaluate_slices(
-    slices: Sequence[Slice],
-    splits: Splits,
-    evaluation: Evaluation,
-    champion: ChampionScore | None,
-    metrics: Metrics,
-    schema: Schema,
-    gates: GateSpec,
-    run_id: str,
+    spec: UseCaseSpec, splits: Splits, evaluation: Evaluation, champion: ChampionScore | None, run_id: str
 ) -> SliceReport:
-    """`slice_report`, logged to the MLflow run: metrics, support, `slices.json`, `plots/slices.png`."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    report = slice_report(slices, splits, evaluation, champion, metrics, schema, gates)
+    """`slice_report` on the use case's slices, logged to the MLflow run: metrics, support, `slices.json`,
+    `plots/slices.png`."""
+    metrics = spec.metrics
+    report = slice_report(spec.slices, splits, evaluation, champion, metrics, spec.schema, spec.gates)
     stamp = int(pd.Timestamp.now().value // 1_000_000)
     logged = []
     for name, entries in report.groups.items():
@@ -291,8 +282,6 @@ def evaluate_slices(
         "slices.json",
     )
     if report.groups:
-        from tasks.evaluate import _pyplot
-
         fig = slices_plot(report, metrics.primary)
         client.log_figure(run_id, fig, "plots/slices.png")
         _pyplot().close(fig)

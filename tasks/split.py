@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from champion.store import run_logger
 from tasks.stage import stage
-from tasks.tracking import run_logger
+from usecases.spec import SplitSpec
 
 if TYPE_CHECKING:
     from usecases.spec import Schema, UseCaseSpec
@@ -25,20 +26,6 @@ if TYPE_CHECKING:
 
 class SplitError(ValueError):
     """The data cannot be split as configured (too short, or a window lacks a class it needs)."""
-
-
-@dataclass(frozen=True)
-class SplitSpec:
-    test: int
-    validation: int
-    gap: int
-    # None: everything before the validation window (minus the gap).
-    train: int | None = None
-    unit: Literal["days", "steps"] = "days"
-    # Last day/step of the test window, inclusive; None: the end of the data.
-    end: str | None = None
-    # Binary problems: each window must contain at least this many positives.
-    min_positives: int = 1
 
 
 @dataclass(frozen=True)

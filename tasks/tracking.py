@@ -1,115 +1,18 @@
-"""Where MLflow records go, how stages write to the flow's run, and where their log lines go.
-
-Embedded default: one project-local folder (`MLOPS_HOME`, default `./.mlops`) holding a SQLite tracking and
-registry store (`mlflow.db`) and the artifacts (`artifacts/`). `MLFLOW_TRACKING_URI`, when set, wins (e.g. an
-MLflow server on Postgres); the registry follows the tracking URI unless `MLFLOW_REGISTRY_URI` is set.
-"""
+"""How stages write to the flow's MLflow run: the active run in a worker thread, the input dataset, digests
+and the code version. Where the store is lives in `champion/store.py`."""
 
 from __future__ import annotations
 
-import logging
-import os
+import hashlib
 import subprocess
-import sys
-import warnings
 from contextlib import contextmanager
+from importlib.metadata import version
 from pathlib import Path
 
-DEFAULT_HOME = ".mlops"
-
-
-def run_logger() -> logging.Logger | logging.LoggerAdapter:
-    """The Prefect run's logger inside a flow or task run (its lines show in the UI), else `mlops`'s own.
-
-    Stages and the champion protocol log through this, so they also run outside Prefect (unit tests, the
-    lifecycle commands) and never import Prefect just to log.
-    """
-    if "prefect" in sys.modules:
-        from prefect.context import FlowRunContext, TaskRunContext
-
-        if TaskRunContext.get() or FlowRunContext.get():
-            from prefect import get_run_logger
-
-            return get_run_logger()
-    return logging.getLogger("mlops")
-
-
-def mlops_home() -> Path:
-    return Path(os.environ.get("MLOPS_HOME", DEFAULT_HOME)).resolve()
-
-
-_DERIVED: set[str] = set()  # store URIs this process derived from MLOPS_HOME
-
-
-def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI when the user set it, else the SQLite store under MLOPS_HOME.
-
-    `mlflow.set_tracking_uri` also writes MLFLOW_TRACKING_URI into the environment; a value this process put
-    there itself is not taken as the user's choice, so a later MLOPS_HOME (tests, benchmarks) still counts.
-    """
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri and uri not in _DERIVED:
-        return uri
-    derived = f"sqlite:///{mlops_home() / 'mlflow.db'}"
-    _DERIVED.add(derived)
-    return derived
-
-
-def configure() -> str:
-    """Point MLflow at the configured store, creating the local folder when embedded."""
-    # Known-noisy MLflow hints that say nothing about this pipeline: a dataset source registered twice
-    # under one name, and the generic "integer columns cannot hold missing values" hint (features are
-    # validated non-null before a model sees them).
-    warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
-    warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
-    import mlflow
-
-    uri = tracking_uri()
-    if uri.startswith("sqlite:///"):
-        mlops_home().mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    return uri
-
-
-# MLflow's UI opens an experiment as GenAI (traces, token usage) unless told it holds model development.
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-
-
-def experiment_description(name: str) -> str:
-    if name.endswith("-monitoring"):
-        use_case = name.removesuffix("-monitoring")
-        return (
-            f"Monitoring of the {use_case} models: one run per `mlops monitor` run, tagged with the model "
-            "version and verdict; drift per feature, estimated and realised metrics, the HTML report."
-        )
-    return (
-        f"Gated training of the {name} use case: one run per training flow run, with its parameters, "
-        "dataset, metrics, plots, validation results, gate report and decision (tag `decision`)."
-    )
-
-
-def experiment_id(name: str) -> str:
-    """The experiment for a use case (marked as model development, with a description); embedded stores keep
-    its artifacts under MLOPS_HOME."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        if "mlflow.experimentKind" not in found.tags:  # created before the kind was set
-            for key, value in EXPERIMENT_KIND.items():
-                client.set_experiment_tag(found.experiment_id, key, value)
-        return found.experiment_id
-    location = None
-    if tracking_uri().startswith("sqlite:///"):
-        location = (mlops_home() / "artifacts").as_uri()
-    tags = {**EXPERIMENT_KIND, "mlflow.note.content": experiment_description(name)}
-    try:
-        return client.create_experiment(name, artifact_location=location, tags=tags)
-    except mlflow.exceptions.MlflowException:
-        # Created by a concurrent run between our lookup and create.
-        return client.get_experiment_by_name(name).experiment_id
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Param
 
 
 @contextmanager
@@ -118,8 +21,6 @@ def resumed(run_id: str):
 
     Stages may run in worker threads where the flow's run is not active; resuming does not end it.
     """
-    import mlflow
-
     active = mlflow.active_run()
     if active is not None and active.info.run_id == run_id:
         yield active
@@ -134,23 +35,9 @@ def resumed(run_id: str):
 
 def content_digest(frame) -> str:
     """A digest of every value, column name and dtype of a frame (vectorised: ~0.1 s per million rows)."""
-    import hashlib
-
-    import pandas as pd
-
     hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy()
     header = "|".join(f"{c}:{t}" for c, t in frame.dtypes.items()).encode()
     return hashlib.sha256(header + hashed.tobytes()).hexdigest()[:16]
-
-
-def user() -> str:
-    """Who a run or a registry change is recorded as: MLOPS_USER, else the login name."""
-    import getpass
-
-    try:
-        return os.environ.get("MLOPS_USER") or getpass.getuser()
-    except Exception:  # no login name in some containers
-        return "unknown"
 
 
 def code_version() -> str:
@@ -169,8 +56,6 @@ def code_version() -> str:
         ).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        from importlib.metadata import version
-
         return f"mlops-factory=={version('mlops-factory')}"
 
 
@@ -182,10 +67,6 @@ def record_input(
 
     The windows are recorded as bounds and row counts rather than as three more datasets: they are
     functions of the input and the split parameters, both already recorded."""
-    import mlflow
-    from mlflow import MlflowClient
-    from mlflow.entities import Param
-
     dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest)
     with resumed(run_id):
         mlflow.log_input(dataset, context="raw")
@@ -194,3 +75,16 @@ def record_input(
     client = MlflowClient()
     client.log_batch(run_id, params=params)
     client.set_tag(run_id, "data_digest", digest)
+
+
+def log_input_table(run_id: str, use_case: str, raw, splits) -> str:
+    """Record the input table as an MLflow dataset and the windows' sizes; return the input's digest.
+
+    The digest covers every row (MLflow's default hashes only the first 10,000, too weak for lineage and
+    dedupe, and is slow on wide frames).
+    """
+    digest = content_digest(raw)
+    rows = {w: len(getattr(splits, w)) for w in splits.windows}
+    source = raw.attrs.get("source", "unknown")
+    record_input(run_id, f"{use_case}-raw", raw, source, digest, splits.windows, rows)
+    return digest

@@ -35,9 +35,15 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 import great_expectations as gx  # noqa: E402  (the analytics switch must be set before the import)
 import pandas as pd  # noqa: E402
+from great_expectations.data_context.types.base import (  # noqa: E402
+    DataContextConfig,
+    InMemoryStoreBackendDefaults,
+    ProgressBarsConfig,
+)
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
 
+from champion.store import run_logger
 from tasks.stage import stage  # noqa: E402
-from tasks.tracking import run_logger
 
 # BASIC: counts plus a short list of unexpected values per column-map expectation. It never collects
 # unexpected indices or value counts, which cost time and memory on millions of rows.
@@ -144,12 +150,6 @@ def _context():
     """One ephemeral GX context per process (in-memory stores, no analytics, no progress bars)."""
     global _CONTEXT
     if _CONTEXT is None:
-        from great_expectations.data_context.types.base import (
-            DataContextConfig,
-            InMemoryStoreBackendDefaults,
-            ProgressBarsConfig,
-        )
-
         config = DataContextConfig(
             store_backend_defaults=InMemoryStoreBackendDefaults(),
             analytics_enabled=False,
@@ -194,7 +194,7 @@ def validate_frame(frame: pd.DataFrame, suite: gx.ExpectationSuite) -> Validatio
 def report_from_result(
     result: dict, suite: gx.ExpectationSuite, dtypes: Mapping[str, str]
 ) -> ValidationReport:
-    """Describe a GX suite result (one batch's, or partitions' merged by `tasks.distributed`): restore the
+    """Describe a GX suite result (one batch's, or partitions' merged by `tasks.dask.merge`): restore the
     suite order, one observed value per expectation; `dtypes` are the validated frame's column dtypes."""
     order = {_config_key(c.type, c.kwargs): i for i, c in enumerate(suite.expectation_configurations)}
     results = sorted(
@@ -248,14 +248,12 @@ def validate(
 
 def keep_report(report: ValidationReport, rows: int, run_id: str | None) -> ValidationReport:
     """Log the report, keep it (MLflow artifact on `run_id`, Prefect markdown artifact); raise if failed."""
-    from prefect.artifacts import create_markdown_artifact
-
     suite_name = report.suite
     logger = run_logger()
     (logger.info if report.success else logger.error)(report.summary())
 
     if run_id is not None:
-        import mlflow
+        import mlflow  # lazy: Dask workers import this module to validate partitions and never record
 
         mlflow.MlflowClient().log_dict(run_id, report.result, f"validation/{suite_name}.json")
 

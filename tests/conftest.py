@@ -3,7 +3,8 @@
 Tests are grouped by kind, one folder each (the marker follows the folder):
 - tests/unit    no servers, no flows: pure functions, stages called directly, SQLite MLflow at most (seconds);
 - tests/flow    flows through the CLI or in-process, with temporary stores (a Prefect test server, SQLite);
-- tests/server  MLflow and Prefect servers on the local PostgreSQL.
+- tests/server  MLflow and Prefect servers on the local PostgreSQL;
+- tests/bench   each benchmark's smoke mode (bench/*.py --smoke: tiny simulated data, results to a temp dir).
 `make test-fast` runs tests/unit; `make test` runs everything.
 """
 
@@ -35,7 +36,7 @@ SMALL_FRAUD_RUN = [
 ]
 
 HANDBOOK = Path(__file__).resolve().parents[1].parent / "shared/data/fraud-handbook/transactions.parquet"
-KINDS = ("unit", "flow", "server")
+KINDS = ("unit", "flow", "server", "bench")
 
 
 def pytest_collection_modifyitems(items):
@@ -71,12 +72,74 @@ def prefect_server():
         yield
 
 
+@pytest.fixture(scope="session")
+def launcher(prefect_server, tmp_path_factory):
+    """One process that has imported the CLI and forks a child per `mlops` run (tests/flow/fault_launcher.py):
+    real processes, SIGKILL-able, without ~13 s of imports each. Children get their store from the request."""
+    from flow.fault_launcher import Launcher
+    from prefect.settings import PREFECT_API_URL
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MLFLOW_", "MLOPS_HOME", "MLOPS_REGISTRY_", "MLOPS_DASK_", "PREFECT_API"))
+    }
+    env.update(PREFECT_API_URL=PREFECT_API_URL.value(), COLUMNS="200")
+    started = Launcher(env, tmp_path_factory.getbasetemp() / "launcher.log")
+    try:
+        yield started
+    finally:
+        started.close()
+
+
 @pytest.fixture
 def mlops_home(tmp_path, monkeypatch):
     """A project-local MLflow store (SQLite + artifacts) of this test's own."""
     import mlflow
 
     home = tmp_path / "mlops"
+    monkeypatch.setenv("MLOPS_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield home
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="session")
+def registry_template(tmp_path_factory, prefect_server):
+    """`template(*ARGS)`: an MLOPS_HOME holding what `mlops run fraud ARGS` leaves (in this process, once per
+    session and ARGS); copy it with `stores.copy_home`, never write to it."""
+    import mlflow
+
+    from cli.main import app
+
+    made: dict[tuple[str, ...], Path | str] = {}
+
+    def template(*args: str) -> Path:
+        if args not in made:
+            home = tmp_path_factory.mktemp("registry-template") / "mlops"
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("MLOPS_HOME", str(home))
+                patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+                try:
+                    code = app(["run", "fraud", *args], standalone_mode=False) or 0
+                finally:
+                    mlflow.set_tracking_uri(None)
+            made[args] = home if code == 0 else f"`mlops run fraud {' '.join(args)}` exited {code}"
+        if isinstance(made[args], str):  # failed once: every test that needs it fails, without retraining
+            pytest.fail(made[args])
+        return made[args]
+
+    return template
+
+
+@pytest.fixture
+def champion_home(registry_template, tmp_path, monkeypatch):
+    """Like `mlops_home`, holding what one small fraud run (SMALL_FRAUD_RUN) left: fraud-detector v1,
+    champion. A copy of the session's template (trained once), self-contained."""
+    import mlflow
+    from stores import copy_home
+
+    home = copy_home(registry_template(*SMALL_FRAUD_RUN), tmp_path / "mlops")
     monkeypatch.setenv("MLOPS_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     yield home

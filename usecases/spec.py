@@ -8,19 +8,15 @@ gates. The flow in `flows/gated_training.py` knows nothing else about it.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:  # types only: `Params` must import fast (CLI help, deployment forms)
     import numpy as np
     import pandas as pd
-
-    from tasks.gate import GateSpec
-    from tasks.monitor import MonitorThresholds
-    from tasks.split import SplitSpec
 
 Problem = Literal["binary", "regression"]
 
@@ -122,32 +118,8 @@ class TrainingParams(BaseModel):
     )
 
     def gate_options(self) -> dict:
-        """The gate settings every `GateSpec` takes from the run's parameters."""
-        return {
-            "champion_margin": self.champion_margin,
-            "forgetting_margin": self.forgetting_margin,
-            "slice_margin": self.slice_margin,
-            "slice_min_rows": self.slice_min_rows,
-            "slice_min_positives": self.slice_min_positives,
-            "slice_min_ratio": self.slice_min_ratio,
-        }
-
-
-# Parameters that decide gates or names, not the model: an identical rerun with other values reuses the
-# version (the fingerprint is looked up within one registered model anyway).
-NON_MODEL_PARAMS = frozenset(
-    {
-        "registered_model",
-        "champion_margin",
-        "dry_run",
-        "earlier_windows",
-        "forgetting_margin",
-        "slice_margin",
-        "slice_min_rows",
-        "slice_min_positives",
-        "slice_min_ratio",
-    }
-)
+        """The gate settings every `GateSpec` takes from the run's parameters (`GATE_SETTINGS`)."""
+        return {name: getattr(self, name) for name in GATE_SETTINGS}
 
 
 class MonitorParams(BaseModel):
@@ -263,6 +235,141 @@ class Schema:
     id_columns: tuple[str, ...]
 
 
+# --- split, gates, monitoring, compaction ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    test: int
+    validation: int
+    gap: int
+    # None: everything before the validation window (minus the gap).
+    train: int | None = None
+    unit: Literal["days", "steps"] = "days"
+    # Last day/step of the test window, inclusive; None: the end of the data.
+    end: str | None = None
+    # Binary problems: each window must contain at least this many positives.
+    min_positives: int = 1
+
+
+@dataclass(frozen=True)
+class AbsoluteGate:
+    metric: str
+    threshold: float
+    greater_is_better: bool = True
+
+
+@dataclass(frozen=True)
+class BaselineGate:
+    """The candidate's `metric` must beat each named baseline's by `relative_margin` (0.05 = 5 % better)."""
+
+    metric: str
+    baselines: tuple[str, ...]
+    greater_is_better: bool = True
+    relative_margin: float = 0.0
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    absolute: tuple[AbsoluteGate, ...] = ()
+    baseline: tuple[BaselineGate, ...] = ()
+    # Champion gate on the primary metric: the candidate may be at most this much worse (relative).
+    champion_margin: float = 0.0
+    # Forgetting: mean (candidate - champion) over earlier champions' test windows may be at most this much
+    # below zero, relative to the champion's mean there (a margin in metric units would mean nothing for MAE).
+    forgetting_margin: float = 0.05
+    # Slices: no group with at least these rows (and positives, binary) may be worse than the champion's
+    # same group by more than this (relative); groups below the support are reported, not gated.
+    slice_margin: float = 0.1
+    slice_min_rows: int = 200
+    slice_min_positives: int = 30
+    # Disparity within a slice (min/max over groups): refused below this; 0 reports it only.
+    slice_min_ratio: float = 0.0
+
+
+@dataclass(frozen=True)
+class MonitorThresholds:
+    """When a statistic means "moved" or "worse"; defaults are the usual rules of thumb.
+
+    `psi`/`score_psi`: 0.1 is a small shift, > 0.2 a significant one. `ks`: sup distance between CDFs.
+    `wasserstein`: mass moved, in units of the reference's standard deviation. `drift_share`: share of drifted
+    features that makes the inputs "drifted". `metric_margin`: relative worsening of the primary metric vs the
+    version's test value that means "degraded". `min_rows`: fewer scored rows and the estimates are not
+    trusted. `absolute_minimum`: the worst acceptable primary metric (a floor when greater is better, a
+    ceiling otherwise), or None.
+    """
+
+    psi: float = 0.2
+    ks: float = 0.1
+    wasserstein: float = 0.1
+    drift_share: float = 0.3
+    score_psi: float = 0.2
+    metric_margin: float = 0.1
+    min_rows: int = 500
+    absolute_minimum: float | None = None
+    # One feature past this multiple of its thresholds is drift on its own (new terminals move only the
+    # terminal counts; night activity only the night flag), whatever the share of drifted features.
+    feature_severity: float = 2.0
+    # Features reported but never counted as drifted: those whose share depends on which calendar days a
+    # window covers (a weekend flag over a 3-day window), which no retraining would change.
+    exempt: tuple[str, ...] = ()
+
+
+# The GateSpec fields a run sets from its parameters (same names in `TrainingParams`).
+GATE_SETTINGS = tuple(f.name for f in fields(GateSpec) if f.name not in ("absolute", "baseline"))
+# Parameters that decide gates or names, not the model: an identical rerun with other values reuses the
+# version (the fingerprint is looked up within one registered model anyway).
+NON_MODEL_PARAMS = frozenset({"registered_model", "dry_run", "earlier_windows", *GATE_SETTINGS})
+
+
+# --- compaction (tasks/compaction/): gates and plan, the compaction deployment's form --------------------
+
+
+@dataclass(frozen=True)
+class CompactGates:
+    """Gates on the teacher's test window. Defaults are the factory's policy; every one can be overridden."""
+
+    min_ratio: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="Quality: the primary metric must keep this share of the teacher's "
+            "(higher-is-better: at least ratio x teacher; lower-is-better such as MAE: at most "
+            "teacher / ratio).",
+        ),
+    ] = 0.98
+    max_size_ratio: Annotated[
+        float, Field(gt=0, description="Size: the booster file may be at most this share of the teacher's.")
+    ] = 1.0
+    max_latency_ratio: Annotated[
+        float | None,
+        Field(
+            gt=0, description="Latency: single-row p50 at most this share of the teacher's; empty: reported."
+        ),
+    ] = None
+
+
+@dataclass(frozen=True)
+class CompactPlan:
+    """Which candidates to build."""
+
+    students: Annotated[
+        tuple[tuple[int, int], ...],
+        Field(description="Distilled students as (max depth, max trees); early stopping picks the trees."),
+    ] = ((2, 150), (3, 120), (4, 100))
+    student_eta: Annotated[float, Field(gt=0, le=1, description="Students' learning rate.")] = 0.3
+    early_stopping_rounds: Annotated[int, Field(ge=1, description="Students: early stopping patience.")] = 20
+    cuts: Annotated[
+        tuple[float, ...], Field(description="Teacher cut to these shares of its trees (booster[:n]).")
+    ] = (0.1, 0.25, 0.5)
+    prune_depths: Annotated[
+        tuple[int, ...], Field(description="Teacher pruned to these depths (updater=prune).")
+    ] = (2, 3, 4)
+    compile: Annotated[bool, Field(description="Compile the chosen model with TL2cgen (quantized).")] = True
+    latency_calls: Annotated[int, Field(ge=10, description="Single-row predictions timed per model.")] = 500
+    seed: int = 42
+
+
 @dataclass(frozen=True)
 class UseCaseSpec:
     name: str
@@ -309,8 +416,8 @@ class UseCaseSpec:
     # Batch scoring and monitoring: the suite their feature tables must pass. None: the feature suite. Set it
     # when the feature suite also checks the label, which new data may not have yet.
     score_feature_suite: Callable[[], object] | None = None
-    # Monitoring thresholds (`tasks.monitor.MonitorThresholds`); None: its defaults. The primary metric's
-    # absolute gate, when declared, is the floor below which a monitored version is "degraded".
+    # Monitoring thresholds (`tasks/monitoring/`); None: their defaults. The primary metric's absolute gate,
+    # when declared, is the floor below which a monitored version is "degraded".
     monitoring: MonitorThresholds | None = None
     # Slices: per-group test metrics for candidate, baselines and champion, and the slice gates.
     slices: tuple[Slice, ...] = ()

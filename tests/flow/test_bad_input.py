@@ -1,8 +1,14 @@
-"""Bad input end to end: `mlops run fraud` as its own process on a registry that has a champion.
+"""Bad input end to end: `mlops run fraud` on a registry that has a champion.
 
-Every case must exit 2, say what is wrong (the check, column or option, and the value), and leave the registry
-exactly as it was: the same registered models, versions, tags and aliases. The input files are the
-simulator's transactions (what a normal run trains on) with one defect each.
+Every case must exit 2, say what is wrong (the check, column or option, and the value), and leave the store
+exactly as it was: the same registered models, versions, descriptions, tags and aliases, the same logged
+models and runs; the only record a rejected run may add is its own MLflow run, FAILED (an option out of its
+bounds is refused before any run starts: none). The input files are the simulator's transactions (what a
+normal run trains on) with one defect each.
+
+Every case runs in this process through the real CLI parser (`cli.main:app`); the CLI has two ways to exit 2,
+and each also runs as a `mlops` process of its own, for the exit status a scheduler sees: an option refused
+by its bounds (before the flow), and input the flow rejects.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import SMALL_FRAUD_RUN
-from stores import snapshot
+from ports import end_group
+from stores import copy_home, new_logged_models, new_runs, snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "fraud-detector"
@@ -28,22 +35,28 @@ pytestmark = [
 ]
 
 
-def mlops(home: Path, *args: str) -> subprocess.CompletedProcess:
+def mlops_process(home: Path, *args: str) -> subprocess.CompletedProcess:
+    """`mlops run fraud ARGS` as its own process (its own process group, ended whatever happens)."""
     from prefect.settings import PREFECT_API_URL
 
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     env.update(
         MLOPS_HOME=str(home), PREFECT_API_URL=PREFECT_API_URL.value(), PYTHONPATH=str(ROOT), COLUMNS="200"
     )
-    return subprocess.run(
+    process = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "run", "fraud", *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        timeout=600,
+        start_new_session=True,
     )
+    try:
+        output, _ = process.communicate(timeout=600)
+    finally:
+        end_group(process.pid)
+    return subprocess.CompletedProcess(process.args, process.returncode, output)
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +68,31 @@ def transactions() -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory) -> Path:
-    """A SQLite registry whose champion is v1; no case may change it."""
-    home = tmp_path_factory.mktemp("bad-input") / "mlops"
-    first = mlops(home, *SMALL_FRAUD_RUN)
-    assert first.returncode == 0, first.stdout[-3000:]
-    return home
+def registry(tmp_path_factory, registry_template) -> Path:
+    """A SQLite registry whose champion is v1 (a copy of the session's template); no case may change it."""
+    return copy_home(registry_template(*SMALL_FRAUD_RUN), tmp_path_factory.mktemp("bad-input") / "mlops")
+
+
+@pytest.fixture
+def mlops(registry, monkeypatch, capsys):
+    """`mlops run fraud ARGS` in this process on `registry`: (exit code, what it printed)."""
+    import mlflow
+
+    from cli.main import app
+
+    monkeypatch.setenv("MLOPS_HOME", str(registry))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    def run(*args: str) -> tuple[int, str]:
+        capsys.readouterr()
+        try:
+            code = app(["run", "fraud", *args], standalone_mode=False) or 0
+        finally:
+            mlflow.set_tracking_uri(None)
+        captured = capsys.readouterr()
+        return code, captured.out + captured.err
+
+    return run
 
 
 # --- the defects: each writes a file (or gives options) and names what the run must say --------------------
@@ -189,18 +221,39 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_exits_2_says_why_and_leaves_the_registry_as_it_was(case, registry, transactions, tmp_path):
-    make, expected = CASES[case]
-    args = make(transactions, tmp_path)
-    before = snapshot(f"sqlite:///{registry / 'mlflow.db'}")
-    assert before[MODEL]["aliases"] == {"champion": "1"}
+# The cases refused before the flow starts (pydantic bounds on the options): no MLflow run.
+BEFORE_THE_FLOW = {"option below its bound", "option above its bound", "option off its pattern"}
 
-    result = mlops(registry, *args)
 
-    said = " ".join(result.stdout.split())  # rich wraps long lines
-    assert result.returncode == 2, said[-3000:]
+def check_rejection(case: str, code: int, output: str, before: dict, after: dict) -> None:
+    said = " ".join(output.split())  # rich wraps long lines
+    assert code == 2, said[-3000:]
     assert "input rejected" in said and "the champion is unchanged" in said, said[-3000:]
-    for text in expected:
+    for text in CASES[case][1]:
         assert text in said, f"{text!r} not in: {said[-3000:]}"
-    assert snapshot(f"sqlite:///{registry / 'mlflow.db'}") == before
+    assert before["registry"][MODEL]["aliases"] == {"champion": "1"}
+    assert after["registry"] == before["registry"]
+    assert new_logged_models(before, after) == {}
+    added = new_runs(before, after)  # and every earlier run as it was
+    expected = [] if case in BEFORE_THE_FLOW else ["FAILED"]
+    assert [run["status"] for run in added.values()] == expected, added
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_exits_2_says_why_and_leaves_the_registry_as_it_was(
+    case, registry, mlops, transactions, tmp_path
+):
+    args = CASES[case][0](transactions, tmp_path)
+    uri = f"sqlite:///{registry / 'mlflow.db'}"
+    before = snapshot(uri)
+    code, output = mlops(*args)
+    check_rejection(case, code, output, before, snapshot(uri))
+
+
+@pytest.mark.parametrize("case", ["option below its bound", "missing column"])  # one per way to exit 2
+def test_a_mlops_process_exits_2_on_bad_input(case, registry, transactions, tmp_path):
+    args = CASES[case][0](transactions, tmp_path)
+    uri = f"sqlite:///{registry / 'mlflow.db'}"
+    before = snapshot(uri)
+    result = mlops_process(registry, *args)
+    check_rejection(case, result.returncode, result.stdout, before, snapshot(uri))

@@ -9,19 +9,38 @@ infra/screenshots.py's, so the README's pictures are taken the way this test loo
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from conftest import SMALL_FRAUD_RUN, needs
+from ports import owned_by_group
 
 from infra import screenshots
+from infra.servers.processes import Managed
 
 
 @pytest.fixture
 def trained(tmp_path):
     if not screenshots.chromium_path():
         needs("Chromium", "no `chromium` on PATH (`apt-get install chromium`; .ci/run installs it)")
-    with screenshots.local_stack(tmp_path) as stack:
-        run = screenshots.run_training(stack, SMALL_FRAUD_RUN, timeout=420)
-        yield stack, run
+    failures = []
+    for attempt in range(3):  # the stack picks free ports; one may be taken before its server binds it
+        base = tmp_path / f"stack-{attempt}"
+        base.mkdir()
+        with contextlib.ExitStack() as started:
+            try:
+                stack = started.enter_context(screenshots.local_stack(base))
+            except Exception as exc:  # a server did not come up: another port, a few times
+                failures.append(f"{type(exc).__name__}: {exc}")
+                continue
+            port = int(stack.mlflow_url.rsplit(":", 1)[1])
+            if not owned_by_group(port, Managed("mlflow", base).pid() or -1):
+                failures.append(f"another program answered on the MLflow server's port {port}")
+                continue
+            run = screenshots.run_training(stack, SMALL_FRAUD_RUN, timeout=420)
+            yield stack, run
+            return
+    pytest.fail("the local stack did not start: " + "; ".join(failures))
 
 
 @pytest.mark.timeout(600)

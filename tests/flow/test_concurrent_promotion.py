@@ -2,21 +2,23 @@
 
 The compare-and-promote step is serialised by a lock that lives with the registry (a file lock beside the
 SQLite database; an advisory lock in PostgreSQL), so the second run waits, re-reads the champion and compares
-against it. These are real OS processes, as two schedulers or two people would start them.
+against it. These are real OS processes, as two schedulers or two people would start them (forked from the
+session's launcher, which imported the CLI once: tests/flow/fault_launcher.py), each in a process group of its
+own that the test ends.
 """
 
 import os
 import subprocess
 import sys
-import threading
 import time
-import uuid
 from pathlib import Path
 
 import mlflow
 import pytest
 from conftest import SMALL_FRAUD_RUN, needs
 from mlflow import MlflowClient
+from ports import end_group
+from stores import copy_home, postgres_available, postgres_database
 
 from champion.promotion import read_history
 
@@ -30,30 +32,22 @@ pytestmark = [
 ]
 
 
-def run_together(env: dict, *arg_lists: list[str], cwd: Path) -> list[subprocess.CompletedProcess]:
+def run_together(launcher, env: dict, *arg_lists: list[str], cwd: Path, folder: Path) -> list:
     """Start one `mlops run fraud` process per argument list at the same time; wait for all."""
-    from prefect.settings import PREFECT_API_URL
-
-    # mlflow.set_tracking_uri() in this process exports MLFLOW_TRACKING_URI: the children get only what we say
-    inherited = {
-        k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    }
-    env = {**inherited, **env, "PREFECT_API_URL": PREFECT_API_URL.value()}
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "run", "fraud", *SMALL, *args],
+    outputs = [folder / f"run-{i}.log" for i in range(len(arg_lists))]
+    # the children get only the store we say: this process's MLFLOW_TRACKING_URI is not theirs
+    pids = [
+        launcher.start(
+            ["run", "fraud", *SMALL, *args],
+            output,
+            env=env,
+            unset=("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLOPS_REGISTRY_LOCK_URI"),
             cwd=cwd,
-            env={**env, "PYTHONPATH": str(ROOT)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
         )
-        for args in arg_lists
+        for args, output in zip(arg_lists, outputs, strict=True)
     ]
-    results = []
-    for process in processes:
-        output, _ = process.communicate(timeout=800)
-        results.append(subprocess.CompletedProcess(process.args, process.returncode, output))
+    results = [launcher.wait(pid, output, timeout=800) for pid, output in zip(pids, outputs, strict=True)]
+    assert not any(r.stragglers for r in results), "a process a run started outlived it"
     return results
 
 
@@ -76,9 +70,9 @@ def assert_consistent(client: MlflowClient, expected_versions: int) -> dict:
     return {"champion": str(champion.version), "history": history}
 
 
-def test_two_identical_runs_at_once_register_one_version(tmp_path):
+def test_two_identical_runs_at_once_register_one_version(launcher, tmp_path):
     home = tmp_path / "mlops"
-    a, b = run_together({"MLOPS_HOME": str(home)}, [], [], cwd=ROOT)
+    a, b = run_together(launcher, {"MLOPS_HOME": str(home)}, [], [], cwd=ROOT, folder=tmp_path)
     assert a.returncode == 0, a.stdout[-3000:]
     assert b.returncode == 0, b.stdout[-3000:]
     assert "identical earlier registration reused" in a.stdout + b.stdout
@@ -88,15 +82,18 @@ def test_two_identical_runs_at_once_register_one_version(tmp_path):
     mlflow.set_tracking_uri(None)
 
 
-def test_two_different_runs_at_once_end_with_one_champion_and_a_chained_history(tmp_path):
+def test_two_different_runs_at_once_end_with_one_champion_and_a_chained_history(launcher, tmp_path):
     home = tmp_path / "mlops"
     # same data, two parameter sets: both pass the registration gates; with the lock the second compares
-    # against the first's version (margin 1.0: it may be worse and still promote, so the alias moves twice)
+    # against the first's version (margin 1.0: whichever comes second promotes too, so the alias moves twice
+    # whatever the order the lock gave them)
     a, b = run_together(
+        launcher,
         {"MLOPS_HOME": str(home)},
         ["--champion-margin", "1.0"],
         ["--max-depth", "4", "--champion-margin", "1.0"],
         cwd=ROOT,
+        folder=tmp_path,
     )
     assert a.returncode == 0, a.stdout[-3000:]
     assert b.returncode == 0, b.stdout[-3000:]
@@ -107,45 +104,28 @@ def test_two_different_runs_at_once_end_with_one_champion_and_a_chained_history(
     mlflow.set_tracking_uri(None)
 
 
-def _postgres_available() -> bool:
-    try:
-        import psycopg2
-
-        psycopg2.connect("postgresql://postgres@127.0.0.1:5432/postgres", connect_timeout=3).close()
-        return True
-    except Exception:
-        return False
-
-
 @pytest.fixture
 def postgres_uri():
-    if not _postgres_available():
+    """A PostgreSQL database of this test's own, dropped after it."""
+    if not postgres_available():
         needs("PostgreSQL", "nothing answers at 127.0.0.1:5432")
-    import psycopg2
-
-    name = f"mlops_test_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect("postgresql://postgres@127.0.0.1:5432/postgres")
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    uri = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"  # SQLAlchemy 2.1 defaults to psycopg 3
-    try:
-        yield uri
-    finally:
-        mlflow.set_tracking_uri(None)
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with postgres_database() as uri:
+        try:
+            yield uri
+        finally:
+            mlflow.set_tracking_uri(None)
 
 
-def test_two_runs_at_once_on_a_postgres_registry(tmp_path, postgres_uri):
+def test_two_runs_at_once_on_a_postgres_registry(launcher, tmp_path, postgres_uri):
     mlflow.set_tracking_uri(postgres_uri)
     MlflowClient().search_experiments()  # create the schema once, before two processes race to migrate it
     a, b = run_together(
+        launcher,
         {"MLFLOW_TRACKING_URI": postgres_uri, "MLOPS_HOME": str(tmp_path / "mlops")},
         ["--champion-margin", "1.0"],
         ["--max-depth", "4", "--champion-margin", "1.0"],
         cwd=tmp_path,  # artifacts of a database store without an artifact root go to ./mlruns
+        folder=tmp_path,
     )
     assert a.returncode == 0, a.stdout[-3000:]
     assert b.returncode == 0, b.stdout[-3000:]
@@ -166,21 +146,35 @@ with champion_lock("fraud-detector", timeout=120, holder="test"):
 """
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-def test_the_lock_serialises_processes(tmp_path, backend):
+@pytest.fixture(params=["sqlite", "postgres"])
+def lock_uri(request, tmp_path):
+    """Where the lock lives: beside a SQLite file, or in a PostgreSQL database of this test's own (an advisory
+    lock is per database: never the shared `postgres` one)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'mlflow.db'}"
+        return
+    if not postgres_available():
+        needs("PostgreSQL", "nothing answers at 127.0.0.1:5432")
+    with postgres_database() as uri:
+        yield uri
+
+
+def test_the_lock_serialises_processes(tmp_path, lock_uri):
     """Three processes take the champion lock at once: their critical sections never overlap."""
-    if backend == "postgres":
-        if not _postgres_available():
-            needs("PostgreSQL", "nothing answers at 127.0.0.1:5432")
-        uri = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-    else:
-        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     log = tmp_path / "critical.log"
-    env = {**os.environ, "MLOPS_REGISTRY_LOCK_URI": uri, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "MLOPS_REGISTRY_LOCK_URI": lock_uri, "PYTHONPATH": str(ROOT)}
     processes = [
-        subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(log)], cwd=ROOT, env=env) for _ in range(3)
+        subprocess.Popen(
+            [sys.executable, "-c", HOLD_LOCK, str(log)], cwd=ROOT, env=env, start_new_session=True
+        )
+        for _ in range(3)
     ]
-    assert [p.wait(120) for p in processes] == [0, 0, 0]
+    try:
+        codes = [p.wait(120) for p in processes]
+    finally:
+        stragglers = [end_group(p.pid) for p in processes]
+    assert codes == [0, 0, 0]
+    assert stragglers == [False, False, False]
     events = [line.split() for line in log.read_text().splitlines()]
     assert len(events) == 6
     for start, end in zip(events[::2], events[1::2], strict=True):
@@ -224,64 +218,45 @@ def test_with_an_mlflow_server_the_lock_is_a_prefect_concurrency_limit(monkeypat
 
 
 class Run:
-    """One `mlops run fraud` process whose output is read line by line as it comes."""
+    """One `mlops run fraud` process (forked by the launcher) whose output is read as it comes."""
 
-    def __init__(self, env: dict, *args: str):
-        from prefect.settings import PREFECT_API_URL
-
-        inherited = {
-            k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-        }
-        env = {**inherited, **env, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "run", "fraud", *SMALL, *args],
-            cwd=ROOT,
-            env={**env, "PYTHONPATH": str(ROOT)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+    def __init__(self, launcher, folder: Path, env: dict, *args: str):
+        self.launcher, self.log = launcher, folder / f"run-{time.monotonic_ns()}.log"
+        self.pid = launcher.start(
+            ["run", "fraud", *SMALL, *args],
+            self.log,
+            env=env,
+            unset=("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLOPS_REGISTRY_LOCK_URI"),
         )
-        self.lines: list[str] = []
-        self.changed = threading.Condition()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            with self.changed:
-                self.lines.append(line)
-                self.changed.notify_all()
-        with self.changed:
-            self.changed.notify_all()
+        self.finished = None
 
     @property
     def output(self) -> str:
-        with self.changed:
-            return "".join(self.lines)
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    @property
+    def running(self) -> bool:
+        return self.pid not in self.launcher.exited
 
     def wait_for_line(self, text: str, timeout: float) -> str:
         """The first output line containing `text`; fails if the process ends or `timeout` passes first."""
         deadline = time.monotonic() + timeout
-        with self.changed:
-            while True:
-                found = next((line for line in self.lines if text in line), None)
-                if found is not None:
-                    return found
-                assert self.reader.is_alive(), (
-                    f"exited ({self.process.poll()}) before {text!r}:\n{self.output}"
-                )
-                assert time.monotonic() < deadline, f"no {text!r} after {timeout:.0f} s:\n{self.output}"
-                self.changed.wait(1.0)
+        while True:
+            found = next((line for line in self.output.splitlines() if text in line), None)
+            if found is not None:
+                return found
+            assert self.running, f"exited before {text!r}:\n{self.output}"
+            assert time.monotonic() < deadline, f"no {text!r} after {timeout:.0f} s:\n{self.output}"
+            time.sleep(0.2)
 
     def finish(self, timeout: float) -> int:
-        code = self.process.wait(timeout)
-        self.reader.join(30)
-        return code
+        self.finished = self.launcher.wait(self.pid, self.log, timeout)
+        assert not self.finished.stragglers, "a process the run started outlived it"
+        return self.finished.returncode
 
     def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(30)
+        if self.finished is None:
+            end_group(self.pid)
 
 
 @pytest.fixture
@@ -308,7 +283,7 @@ def registry(home: Path) -> dict:
     }
 
 
-def test_a_run_waits_for_the_champion_lock_then_completes(lock_home):
+def test_a_run_waits_for_the_champion_lock_then_completes(lock_home, launcher, tmp_path):
     """The test holds the champion lock (the file lock beside the SQLite registry): a real run trains, says it
     waits for the lock, registers nothing while it waits, and finishes once the lock is released."""
     from champion.lock import champion_lock
@@ -317,27 +292,28 @@ def test_a_run_waits_for_the_champion_lock_then_completes(lock_home):
     try:
         with champion_lock(MODEL, timeout=10, holder="the lock test") as description:
             assert description.startswith("file lock ") and str(lock_home) in description
-            run = Run({"MLOPS_HOME": str(lock_home)})
+            run = Run(launcher, tmp_path, {"MLOPS_HOME": str(lock_home)})
             run.wait_for_line("waiting for the champion lock", timeout=600)
             said = " ".join(run.output.split())  # rich may wrap a long line
             assert "held by pid" in said and "the lock test" in said, said[-3000:]  # it names the holder
-            assert run.process.poll() is None, run.output
+            assert run.running, run.output
             assert "champion lock on fraud-detector acquired" not in run.output
             assert registry(lock_home) == {}, "nothing may be registered while the lock is held"
         assert run.finish(600) == 0, run.output[-3000:]
     finally:
         if run is not None:
             run.kill()
-    acquired = next(line for line in run.lines if "champion lock on fraud-detector acquired" in line)
+    acquired = next(x for x in run.output.splitlines() if "champion lock on fraud-detector acquired" in x)
     assert run.output.index("waiting for the champion lock") < run.output.index(acquired)
     assert registry(lock_home) == {MODEL: (["1"], {"champion": "1"})}
 
 
-def test_a_lock_held_past_the_timeout_fails_the_run_and_registers_nothing(lock_home):
+def test_a_lock_held_past_the_timeout_fails_the_run_and_registers_nothing(
+    lock_home, launcher, registry_template, tmp_path
+):
     from champion.lock import champion_lock
 
-    first = Run({"MLOPS_HOME": str(lock_home)})
-    assert first.finish(600) == 0, first.output[-3000:]
+    copy_home(registry_template(*SMALL), lock_home)  # what one run of SMALL left: v1, champion
     before = registry(lock_home)
     assert before == {MODEL: (["1"], {"champion": "1"})}
 
@@ -345,7 +321,8 @@ def test_a_lock_held_past_the_timeout_fails_the_run_and_registers_nothing(lock_h
     try:
         with champion_lock(MODEL, timeout=10, holder="the lock test"):
             # different parameters: without the lock this run would register (and maybe promote) a version
-            run = Run({"MLOPS_HOME": str(lock_home), "MLOPS_REGISTRY_LOCK_TIMEOUT": "3"}, "--max-depth", "4")
+            env = {"MLOPS_HOME": str(lock_home), "MLOPS_REGISTRY_LOCK_TIMEOUT": "3"}
+            run = Run(launcher, tmp_path, env, "--max-depth", "4")
             code = run.finish(600)
     finally:
         if run is not None:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import SMALL_FRAUD_RUN, registry_client
+from distributed.diagnostics.plugin import SchedulerPlugin
 
 from cli.main import app
 from usecases.fraud.features import FEATURES
@@ -65,7 +66,7 @@ def local_and_distributed(on_cluster, spec, scratch, settings):
     in no time order (shards and chunks must gather their rows from all of them), both in time order."""
     import dask.dataframe as dd
 
-    from tasks.distributed import featurize_distributed
+    from tasks.dask.features import featurize_distributed
 
     raw = simulate_transactions(n_customers=150, n_terminals=300, n_days=80, seed=3)
     shuffled = raw.sample(frac=1.0, random_state=0).reset_index(drop=True)
@@ -85,7 +86,7 @@ def local_and_distributed(on_cluster, spec, scratch, settings):
 
 def test_features_on_key_shards_equal_the_local_features_row_for_row(on_cluster, tmp_path):
     """Customer features from customer shards, terminal features from terminal shards: bit for bit."""
-    from tasks.cluster import DaskSettings
+    from tasks.dask.cluster import DaskSettings
     from usecases.fraud.spec import Params, build_spec
 
     spec = build_spec(Params())
@@ -99,7 +100,7 @@ def test_features_on_time_chunks_equal_the_local_features_row_for_row(on_cluster
     """A use case without feature keys: chunks shorter than the 37-day history (it spans chunks)."""
     import dataclasses
 
-    from tasks.cluster import DaskSettings
+    from tasks.dask.cluster import DaskSettings
     from usecases.fraud.spec import Params, build_spec
 
     spec = dataclasses.replace(build_spec(Params()), feature_keys={})
@@ -117,7 +118,7 @@ def test_validation_merges_partitions_and_finds_a_duplicate_split_across_them(on
     import dask.dataframe as dd
 
     from data_checks import fraud as checks
-    from tasks.distributed import validate_partitions
+    from tasks.dask.validate import validate_partitions
     from tasks.validate import validate_frame
 
     raw = simulate_transactions(n_customers=100, n_terminals=200, n_days=30, seed=5)
@@ -150,7 +151,7 @@ def test_ids_growing_with_time_are_checked_by_partition_ranges_without_missing_a
     import dask.dataframe as dd
 
     from data_checks import fraud as checks
-    from tasks.distributed import validate_partitions
+    from tasks.dask.validate import validate_partitions
     from tasks.validate import validate_frame
 
     raw = simulate_transactions(n_customers=100, n_terminals=200, n_days=30, seed=5)
@@ -174,33 +175,45 @@ def test_ids_growing_with_time_are_checked_by_partition_ranges_without_missing_a
 
 
 def test_dask_run_promotes_on_the_local_runs_windows(
-    mlops, mlops_home, on_cluster, tmp_path, capsys, monkeypatch
+    mlops, champion_home, on_cluster, tmp_path, capsys, monkeypatch
 ):
-    """Local first (v1, champion), then the Dask executor on the same data: same windows and test rows, so the
-    champion re-scored on the Dask run's test window scores exactly what it scored on its own."""
-    assert mlops(*SMALL_FRAUD_RUN, "--executor", "local").exit_code == 0
-    local = latest_run(mlops_home)
+    """Local first (v1, champion: the session's template, trained locally), then the Dask executor on the same
+    data: same windows and test rows, so the champion re-scored on the Dask run's test window scores exactly
+    what it scored on its own. Whether the Dask model beats it depends on the workers' share of the rows in
+    `xgb.dask.train`; the decision must follow its gates either way."""
+    local = latest_run(champion_home)
+    assert local.data.params["param.executor"] in ("None", "local")
 
     scratch = tmp_path / "scratch"
     monkeypatch.setenv("MLOPS_DASK_SCRATCH", str(scratch))
     result = mlops(*SMALL_FRAUD_RUN, "--executor", "dask")
-    assert result.exit_code in (0, 3), result.output
     assert scratch.is_dir() and list(scratch.iterdir()) == []  # used, and the run's folder gone with it
-    dask_run = latest_run(mlops_home)
+    dask_run = latest_run(champion_home)
     assert dask_run.data.params["param.executor"] == "dask"
     for window in ("train", "validation", "test"):
         assert dask_run.data.params[f"window.{window}"] == local.data.params[f"window.{window}"]
     assert dask_run.data.params["baselines.training_rows"].startswith("all ")  # small: no sampling
-    champion = gate_report(mlops_home, dask_run)["champion"]
+    gates = gate_report(champion_home, dask_run)
+    champion = gates["champion"]
     assert champion["threshold"] == pytest.approx(local.data.metrics["test_average_precision"], abs=1e-12)
     ap_local = local.data.metrics["test_average_precision"]
     ap_dask = dask_run.data.metrics["test_average_precision"]
     assert abs(ap_dask - ap_local) < 0.05, (ap_local, ap_dask)  # a small window: a loose check here
-    client = registry_client(mlops_home)
-    versions = client.search_model_versions(f"name = '{MODEL}'")
-    if result.exit_code == 0:
+    client = registry_client(champion_home)
+    versions = sorted(str(v.version) for v in client.search_model_versions(f"name = '{MODEL}'"))
+    refused = sorted(name for name, gate in gates.items() if not gate["passed"])
+    print(
+        f"dask run: AP {ap_dask:.4f} vs the local champion's {ap_local:.4f}; refused by {refused}; "
+        f"exit {result.exit_code}"
+    )
+    if not refused:  # every gate passed: registered and promoted
+        assert result.exit_code == 0, result.output
+        assert versions == ["1", "2"]
         assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "2"
-        assert len(versions) == 2
+    else:  # a gate refused: the champion stays, and the run says which gate
+        assert result.exit_code == 3, result.output
+        assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+        assert all(name in result.output for name in refused), (refused, result.output[-3000:])
 
     # Batch scoring on the workers: the champion, pinned, on a directory of two files, as scored locally.
     new = tmp_path / "new"
@@ -240,7 +253,7 @@ def test_local_ingest_reads_a_directory_or_a_glob_as_one_table(tmp_path):
 
 
 def test_a_directory_or_glob_input_is_confined_to_the_data_roots_file_by_file(tmp_path):
-    from infra.servers import DataPathRefused, confine_to_data_roots
+    from tasks.ingest import DataPathRefused, confine_to_data_roots
 
     root = tmp_path / "data"
     (root / "month").mkdir(parents=True)
@@ -254,27 +267,37 @@ def test_a_directory_or_glob_input_is_confined_to_the_data_roots_file_by_file(tm
 
 
 def test_make_up_dask_starts_a_scheduler_and_workers_that_compute_and_stops_them(tmp_path, monkeypatch):
-    import socket
-
     from distributed import Client
+    from ports import owned_by_group, pick_port
 
-    from infra import dask_servers
-    from infra.servers import Managed, port_open, wait_until
+    from infra.servers import dask_cluster
+    from infra.servers.processes import Managed, port_open
+    from infra.servers.settings import ServerError
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    monkeypatch.setenv("MLOPS_DASK_PORT", str(port))
     monkeypatch.setenv("MLOPS_DASK_WORKERS", "1")
+    refused = []
     try:
-        env = dask_servers.up(tmp_path, Managed, wait_until, port_open, timeout=120)
+        for _ in range(4):  # a picked port may be taken before the scheduler binds it: then another port
+            port = pick_port()
+            monkeypatch.setenv("MLOPS_DASK_PORT", str(port))
+            try:
+                env = dask_cluster.up(tmp_path, timeout=120)
+                break
+            except ServerError as exc:
+                refused.append(str(exc))
+                for name in dask_cluster.PROCESSES:
+                    Managed(name, tmp_path).stop()
+        else:
+            pytest.fail(f"no port for the scheduler: {refused}")
+        scheduler = Managed(dask_cluster.SCHEDULER, tmp_path).pid()
+        assert owned_by_group(port, scheduler), f"port {port} is not the started scheduler's"
         assert env == {"MLOPS_DASK_ADDRESS": f"tcp://127.0.0.1:{port}"}
         with Client(env["MLOPS_DASK_ADDRESS"], set_as_default=False) as client:
             assert client.submit(sum, [1, 2]).result() == 3
             assert len(client.scheduler_info()["workers"]) == 1
     finally:
         started = {p.stem: int(p.read_text()) for p in tmp_path.glob("*.pid")}
-        stopped = [Managed(name, tmp_path).stop() for name in dask_servers.PROCESSES]
+        stopped = [Managed(name, tmp_path).stop() for name in dask_cluster.PROCESSES]
         for pid in started.values():  # whatever `stop` did not end (a failed test must not leave servers)
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)
@@ -322,7 +345,7 @@ class Killer(threading.Thread):
     def __init__(self, client, prefix: str):
         super().__init__(daemon=True)
         self.client, self.prefix = client, prefix
-        self.killed: tuple[str, int] | None = None
+        self.killed: tuple[str, str, int] | None = None  # (task key, worker address, worker pid)
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -339,20 +362,60 @@ class Killer(threading.Thread):
         while not self.stop.is_set():
             busy = self.client.run_on_scheduler(running)
             if busy:
-                address = busy[0][1]
+                key, address = busy[0]
                 pid = self.client.run(os.getpid, workers=[address])[address]
                 os.kill(pid, signal.SIGKILL)
-                self.killed = (busy[0][0], pid)
+                self.killed = (key, address, pid)
                 return
             time.sleep(0.005)
 
 
-def test_worker_killed_mid_features_the_run_completes_or_fails_cleanly(
+class Recorder(SchedulerPlugin):
+    """A scheduler plugin: where each task whose name starts with `prefix` finished (the worker that holds its
+    result), which of them erred, and which workers left. Added by `record` on the module's scheduler."""
+
+    name = "mlops-test-recorder"
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.finished: dict[str, list[str]] = {}
+        self.erred: list[str] = []
+        self.removed: list[str] = []
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        if not str(key[0] if isinstance(key, tuple) else key).startswith(self.prefix):
+            return
+        if finish == "memory" and kwargs.get("worker"):
+            self.finished.setdefault(str(key), []).append(kwargs["worker"])
+        elif finish == "erred":
+            self.erred.append(str(key))
+
+    def remove_worker(self, scheduler=None, worker=None, **kwargs):
+        self.removed.append(worker)
+
+
+def _record(prefix: str, dask_scheduler=None):
+    dask_scheduler.add_plugin(Recorder(prefix), name=Recorder.name, idempotent=False)
+
+
+def _recorded(dask_scheduler=None) -> dict:
+    plugin = dask_scheduler.plugins.pop(Recorder.name)
+    return {"finished": plugin.finished, "erred": plugin.erred, "removed": plugin.removed}
+
+
+def test_worker_killed_mid_features_the_run_recomputes_its_tasks_and_completes(
     mlops, mlops_home, on_cluster, monkeypatch
 ):
+    """A worker process SIGKILLed while it builds a feature shard: Dask reruns the lost task (and whatever
+    results it held) on another worker (the survivor, or the killed one's replacement), the run completes
+    and promotes, and the nanny replaces the killed process. One outcome: a shard is rebuilt from the raw
+    partitions, which the scheduler can always recompute (they are read again from their source, never
+    scattered), and a single loss is within the scheduler's allowed failures per task (3)."""
     # Shards of 500 rows: a feature stage of many tasks, long enough to be caught running.
     monkeypatch.setenv("MLOPS_DASK_PARTITION_ROWS", "500")
     pids_before = set(on_cluster.run(os.getpid).values())
+    assert len(pids_before) == 2
+    on_cluster.run_on_scheduler(_record, "features-shard-")
     killer = Killer(on_cluster, "features-shard-")
     killer.start()
     try:
@@ -360,19 +423,27 @@ def test_worker_killed_mid_features_the_run_completes_or_fails_cleanly(
     finally:
         killer.stop.set()
         killer.join(timeout=10)
-    print(f"worker fault: killed {killer.killed}; the run exited {result.exit_code}")  # the outcome, under -s
+        recorded = on_cluster.run_on_scheduler(_recorded)
     assert killer.killed is not None, "no feature task was seen running"
-    assert killer.killed[1] in pids_before
+    key, address, pid = killer.killed
+    reruns = recorded["finished"].get(key, [])
+    print(  # the outcome, under -s
+        f"worker fault: killed worker {address} (pid {pid}) running {key}; the task then finished on "
+        f"{reruns}; the run exited {result.exit_code}"
+    )
+    assert pid in pids_before
+    assert address in recorded["removed"], recorded["removed"]  # the scheduler saw the worker go
+    assert recorded["erred"] == []
+    # the lost task ran again, to completion, on a worker other than the killed one
+    assert reruns and all(worker != address for worker in reruns), (key, reruns)
+    assert result.exit_code == 0, result.output
     client = registry_client(mlops_home)
-    if result.exit_code == 0:  # Dask recomputed the lost chunks (and their inputs) on the surviving worker
-        assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
-        assert latest_run(mlops_home).info.status == "FINISHED"
-    else:  # a clean failure: nothing registered, no alias
-        assert result.exit_code == 1, result.output
-        assert client.search_registered_models() == []
-        assert latest_run(mlops_home).info.status == "FAILED"
-    # The nanny replaced the killed process: the cluster has two workers again, one of them new.
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+    assert latest_run(mlops_home).info.status == "FINISHED"
+    # The nanny replaced the killed process: two workers again, the killed one's pid gone, one new pid.
     deadline = time.monotonic() + 60
-    while len(on_cluster.scheduler_info()["workers"]) < 2 and time.monotonic() < deadline:
+    while len(on_cluster.scheduler_info()["workers"]) < 2:
+        assert time.monotonic() < deadline, "the nanny did not replace the killed worker within 60 s"
         time.sleep(0.5)
-    assert killer.killed[1] not in set(on_cluster.run(os.getpid).values())
+    pids_after = set(on_cluster.run(os.getpid).values())
+    assert pids_before - pids_after == {pid} and len(pids_after - pids_before) == 1, (pids_before, pids_after)

@@ -44,37 +44,46 @@ def world(tmp_path_factory):
     return {"home": home, "tmp": tmp, **paths}
 
 
+def _monitoring_runs(home: Path) -> dict:
+    """Every run of the monitoring experiment, by id."""
+    from mlflow.entities import ViewType
+
+    client = registry_client(home)
+    experiment = client.get_experiment_by_name("fraud-monitoring")
+    if experiment is None:
+        return {}
+    runs = client.search_runs([experiment.experiment_id], run_view_type=ViewType.ALL, max_results=10_000)
+    return {run.info.run_id: run for run in runs}
+
+
 @pytest.fixture
 def monitor(world, monkeypatch, capsys):
+    """`mlops monitor fraud ARGS` in this process: (exit code, output, the monitoring run this call recorded,
+    or None if it recorded none): never an earlier call's run."""
     monkeypatch.setenv("MLOPS_HOME", str(world["home"]))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
-    def run(*args: str) -> tuple[int, str]:
+    def run(*args: str):
+        before = set(_monitoring_runs(world["home"]))
         capsys.readouterr()
         code = app(["monitor", "fraud", *args], standalone_mode=False)
-        return code or 0, capsys.readouterr().out
+        out = capsys.readouterr().out
+        new = [r for run_id, r in _monitoring_runs(world["home"]).items() if run_id not in before]
+        assert len(new) <= 1, f"one call recorded {len(new)} monitoring runs"
+        return code or 0, out, (new[0] if new else None)
 
     yield run
     mlflow.set_tracking_uri(None)
 
 
-def _latest_monitoring_run(home: Path):
-    client = registry_client(home)
-    experiment = client.get_experiment_by_name("fraud-monitoring")
-    (run,) = client.search_runs(
-        [experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1
-    )
-    return client, run
-
-
 def test_unchanged_data_is_healthy_and_recorded(world, monitor):
     # On this small world a window's average precision swings by a third between weeks (a few dozen fraud
     # cards after the known-compromised filter): the margin is widened so the test is about drift.
-    code, out = monitor("--data", str(world["clean"]), "--since", SINCE, "--metric-margin", "0.6")
+    code, out, run = monitor("--data", str(world["clean"]), "--since", SINCE, "--metric-margin", "0.6")
     assert code == 0, out
     assert "healthy" in out
 
-    client, run = _latest_monitoring_run(world["home"])
+    client = registry_client(world["home"])
     assert run.data.tags["verdict"] == "healthy"
     assert run.data.tags["registered_model"] == "fraud-detector" and run.data.tags["model_version"] == "1"
     assert run.data.tags["profile"] == "recorded"
@@ -96,11 +105,10 @@ def test_unchanged_data_is_healthy_and_recorded(world, monitor):
 
 
 def test_shifted_amounts_are_named_as_drift_and_alert(world, monitor):
-    code, out = monitor("--data", str(world["amount"]), "--since", SINCE)
+    code, out, run = monitor("--data", str(world["amount"]), "--since", SINCE)
     assert code == 4, out
     assert "drift" in out and "sent mlops.model.degraded" in out
-    _, run = _latest_monitoring_run(world["home"])
-    assert run.data.tags["verdict"] in ("drift", "degraded")
+    assert run.data.tags["verdict"] == "drift"
     assessment = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/assessment.json"))
     drifted = [f["feature"] for f in assessment["features"] if f["drifted"]]
     assert "TX_AMOUNT" in drifted
@@ -109,10 +117,27 @@ def test_shifted_amounts_are_named_as_drift_and_alert(world, monitor):
 
 
 def test_thresholds_are_overridable_per_run(world, monitor):
-    code, out = monitor("--data", str(world["amount"]), "--since", SINCE, "--psi", "50", "--drift-share", "1")
-    _, run = _latest_monitoring_run(world["home"])
+    """The drifted amounts, watched with a PSI bar no feature reaches and a drift share no set of features
+    reaches: the same data that alerts with the defaults is not drift; the run records the thresholds used."""
+    code, out, run = monitor(
+        "--data",
+        str(world["amount"]),
+        "--since",
+        SINCE,
+        "--psi",
+        "50",
+        "--drift-share",
+        "1",
+        "--metric-margin",
+        "0.6",
+    )
+    assert code == 0, out
+    assert run is not None, "the call recorded no monitoring run"
+    assert run.data.tags["verdict"] == "healthy"
     assessment = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/assessment.json"))
-    assert assessment["drift_share"] < 1.0  # fewer features count as moved with a PSI bar of 50
+    assert not [f["feature"] for f in assessment["features"] if f["drifted"]]  # nothing moved by 50
+    assert assessment["drift_share"] == 0.0 and run.data.metrics["drift_share"] == 0.0
+    assert run.data.metrics["drift.TX_AMOUNT"] > 0.2  # the amounts did move: only the bar changed
 
 
 def test_unlabelled_newest_rows_and_no_label_column(world, monitor):
@@ -121,16 +146,16 @@ def test_unlabelled_newest_rows_and_no_label_column(world, monitor):
     frame["TX_FRAUD"] = frame["TX_FRAUD"].astype("float64").where(~recent.to_numpy(), np.nan)
     partly = world["tmp"] / "partly.parquet"
     frame.to_parquet(partly)
-    code, out = monitor("--data", str(partly), "--since", SINCE, "--metric-margin", "0.6")
+    code, out, run = monitor("--data", str(partly), "--since", SINCE, "--metric-margin", "0.6")
     assert code == 0, out
-    _, run = _latest_monitoring_run(world["home"])
     assert 0 < run.data.metrics["labelled_rows"] < run.data.metrics["rows"]
 
     none = world["tmp"] / "none.parquet"
     frame.drop(columns=["TX_FRAUD", "TX_FRAUD_SCENARIO"]).to_parquet(none)
-    code, out = monitor("--data", str(none), "--since", SINCE)
-    assert code in (0, 4), out  # without any label the terminal-risk features are all 0: drift is expected
-    _, run = _latest_monitoring_run(world["home"])
+    code, out, run = monitor("--data", str(none), "--since", SINCE)
+    # without any label the terminal-risk features are all 0: they drift, and the run says so
+    assert code == 4, out
+    assert run.data.tags["verdict"] == "drift"
     assert run.data.metrics["labelled_rows"] == 0
     assert "realised_average_precision" not in run.data.metrics
     assert "estimated_average_precision" in run.data.metrics
@@ -157,10 +182,9 @@ def test_a_version_without_a_profile_gets_one_rebuilt(world, monitor):
     saved = profile.read_text()
     profile.unlink()  # as for a version registered before profiles existed
     try:
-        code, out = monitor("--data", str(world["clean"]), "--since", SINCE, "--metric-margin", "0.6")
+        code, out, run = monitor("--data", str(world["clean"]), "--since", SINCE, "--metric-margin", "0.6")
         assert code == 0, out
         assert "profile rebuilt" in out
-        _, run = _latest_monitoring_run(world["home"])
         assert run.data.tags["profile"] == "rebuilt"
     finally:
         profile.write_text(saved)
@@ -177,6 +201,7 @@ def test_a_version_without_a_profile_gets_one_rebuilt(world, monitor):
 )
 def test_bad_input_is_exit_2_with_a_clear_message(world, monitor, args, message):
     args = [a.format(clean=world["clean"]) for a in args]
-    code, out = monitor(*args)
+    code, out, run = monitor(*args)
     assert code == 2, out
     assert message in " ".join(out.split())
+    assert run is None  # refused before anything was recorded

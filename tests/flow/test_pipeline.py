@@ -11,6 +11,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import SMALL_FRAUD_RUN
 from conftest import registry_client as client
 
 SMALL = ["--customers", "300", "--terminals", "600", "--days", "70"]
@@ -101,22 +102,21 @@ def test_first_run_promotes_and_records_everything(mlops, mlops_home):
     assert ((scores >= 0) & (scores <= 1)).all()
 
 
-def test_rerun_with_identical_inputs_reuses_the_version(mlops, mlops_home):
-    assert mlops(*SMALL).exit_code == 0
-    again = mlops(*SMALL)
+def test_rerun_with_identical_inputs_reuses_the_version(mlops, champion_home):
+    """The session's template holds v1 from SMALL_FRAUD_RUN: the same command again registers nothing new."""
+    again = mlops(*SMALL_FRAUD_RUN)
     assert again.exit_code == 0, again.output
     assert "identical earlier registration reused" in again.output
-    assert registry_state(mlops_home)[MODEL]["versions"] == ["1"]
+    assert registry_state(champion_home)[MODEL] == {"versions": ["1"], "aliases": {"champion": "1"}}
 
 
-def test_worse_model_is_refused_and_champion_stays(mlops, mlops_home):
-    assert mlops(*SMALL).exit_code == 0
-    before = registry_state(mlops_home)
-    worse = mlops(*SMALL, "--max-depth", "1", "--rounds", "2", "--learning-rate", "0.05")
+def test_worse_model_is_refused_and_champion_stays(mlops, champion_home):
+    before = registry_state(champion_home)
+    assert before[MODEL]["aliases"] == {"champion": "1"}
+    worse = mlops(*SMALL_FRAUD_RUN, "--max-depth", "1", "--rounds", "2", "--learning-rate", "0.05")
     assert worse.exit_code == 3, worse.output
     assert "refused" in worse.output
-    after = registry_state(mlops_home)
-    assert after[MODEL]["aliases"] == before[MODEL]["aliases"] == {"champion": "1"}
+    assert registry_state(champion_home) == before
 
 
 def test_better_model_moves_the_champion(mlops, mlops_home):

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from ports import bound_socket, end_group
 
 ROOT = Path(__file__).resolve().parents[2]
 ENSURE = (
@@ -22,10 +22,15 @@ ENSURE = (
 
 
 @pytest.fixture
-def env(tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+def squatter():
+    """Another program on the port the local server would prefer: a socket bound and listening all along."""
+    with bound_socket() as held:
+        yield held
+
+
+@pytest.fixture
+def env(tmp_path, squatter):
+    port = squatter.getsockname()[1]  # taken: the server must move off it
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env.update(
         MLOPS_HOME=str(tmp_path / "home"),
@@ -39,12 +44,20 @@ def env(tmp_path):
 
 def _ensure(env) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-c", ENSURE], env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", ENSURE],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # the server it starts has a session of its own (infra/servers/processes.py)
     )
 
 
 def _result(process: subprocess.Popen) -> dict:
-    out, _ = process.communicate(timeout=240)
+    try:
+        out, _ = process.communicate(timeout=240)
+    finally:
+        assert not end_group(process.pid), "the command left a process behind in its group"
     assert process.returncode == 0, out
     return json.loads(out.strip().splitlines()[-1])
 
@@ -61,12 +74,9 @@ def _cli(env, *args) -> subprocess.CompletedProcess:
 
 
 def test_started_once_shared_reused_and_stopped(env):
-    preferred = int(env["MLOPS_LOCAL_PREFECT_PORT"])
-    with socket.socket() as squatter:  # another program holds the preferred port
-        squatter.bind(("127.0.0.1", preferred))
-        squatter.listen()
-        first, second = _ensure(env), _ensure(env)  # two commands starting at once
-        a, b = _result(first), _result(second)
+    preferred = int(env["MLOPS_LOCAL_PREFECT_PORT"])  # held by the `squatter` fixture's socket
+    first, second = _ensure(env), _ensure(env)  # two commands starting at once
+    a, b = _result(first), _result(second)
     assert a == b, "two concurrent commands must share one server"
     assert a["url"].startswith("http://127.0.0.1:") and f":{preferred}/" not in a["url"]
 

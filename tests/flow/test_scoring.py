@@ -12,6 +12,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import SMALL_FRAUD_RUN
 from typer.testing import CliRunner
 
 from champion.loading import ScoringModel
@@ -38,30 +39,13 @@ def mlops(*args: str):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, prefect_server):
-    """A registry with one champion trained by the pipeline; MLOPS_HOME points at it for the module."""
-    home = tmp_path_factory.mktemp("scoring") / "mlops"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLOPS_HOME", str(home))
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        result = mlops(
-            *(
-                "run",
-                "fraud",
-                "--customers",
-                "300",
-                "--terminals",
-                "600",
-                "--days",
-                "70",
-                "--min-roc-auc",
-                "0",
-            ),
-            *("--delay-days", str(DELAY_DAYS)),
-        )
-        assert result.exit_code == 0, result.output
-        yield home
-    mlflow.set_tracking_uri(None)
+def trained(tmp_path_factory, registry_template):
+    """A registry with one champion trained by the pipeline (SMALL_FRAUD_RUN with a 3-day label delay: the
+    session's template, shared with tests/flow/test_compact.py), copied for this module."""
+    from stores import copy_home
+
+    template = registry_template(*SMALL_FRAUD_RUN, "--delay-days", str(DELAY_DAYS))
+    return copy_home(template, tmp_path_factory.mktemp("scoring") / "mlops")
 
 
 @pytest.fixture
@@ -218,7 +202,8 @@ def test_scoring_uses_the_training_runs_feature_parameters(home, transactions):
     from usecases import spec_module
 
     model = load_scoring_model(MODEL)
-    assert training_params(spec_module("fraud"), model.run_id).delay_days == DELAY_DAYS
+    trained_with = training_params(spec_module("fraud"), model.name, model.version, model.run_id)
+    assert trained_with.delay_days == DELAY_DAYS
     spec = spec_for("fraud", model)
     assert spec.score_column == "fraud_score" and spec.feature_history == pd.Timedelta(days=30 + DELAY_DAYS)
     defaults = spec_module("fraud").build_spec(spec_module("fraud").Params())

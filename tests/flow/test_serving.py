@@ -4,7 +4,6 @@ Models here are small XGBoost boosters registered directly (no training pipeline
 """
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ import uvicorn
 import xgboost as xgb
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
+from ports import bound_socket, end_group, start_on_a_free_port
 
 from serving.app import ChampionFollower, create_app
 
@@ -69,19 +69,16 @@ def register_toy(home: Path, seed: int, name: str = NAME, champion: bool = True,
     return str(version)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Service:
+    """The app under uvicorn in a thread, on a socket bound here (port 0: the kernel's choice, held)."""
+
     def __init__(self, follower: ChampionFollower):
-        self.port = free_port()
+        self.socket = bound_socket()
+        self.port = self.socket.getsockname()[1]
         self.server = uvicorn.Server(
             uvicorn.Config(create_app(follower), host="127.0.0.1", port=self.port, log_level="warning")
         )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
         self.url = f"http://127.0.0.1:{self.port}"
 
     def __enter__(self):
@@ -95,6 +92,7 @@ class Service:
     def __exit__(self, *exc):
         self.server.should_exit = True
         self.thread.join(10)
+        self.socket.close()
 
 
 @pytest.fixture
@@ -210,36 +208,39 @@ def test_no_champion_yet_is_503_then_serves_once_promoted(mlops_home, rows):
         assert httpx.get(f"{service.url}/health").json()["version"] == version
 
 
-def test_serve_model_command(mlops_home, rows):
+def test_serve_model_command(mlops_home, rows, tmp_path):
     """`mlops serve-model` as a real process: health reports the champion's version."""
     version = register_toy(mlops_home, seed=6, name="fraud-detector", tags={"use_case": "fraud"})
-    port = free_port()
     env = {**os.environ, "MLOPS_HOME": str(mlops_home)}
     env.pop("MLFLOW_TRACKING_URI", None)
-    command = [sys.executable, "-m", "cli.main", "serve-model", "fraud", "--port", str(port)]
-    process = subprocess.Popen(
-        command,
-        env=env,
-        cwd=Path(__file__).resolve().parents[2],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    log = tmp_path / "serve-model.log"
+
+    def launch(port: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "serve-model", "fraud", "--port", str(port)],
+            env=env,
+            cwd=Path(__file__).resolve().parents[2],
+            stdout=log.open("a"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def answers(port: int) -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    process, port = start_on_a_free_port(launch, answers, 120, "mlops serve-model")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.stdout.read().decode()
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "serve-model did not come up"
-                time.sleep(0.5)
+        health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10)
         assert health.json()["version"] == version and health.json()["registered_model"] == "fraud-detector"
         bad = httpx.post(f"http://127.0.0.1:{port}/predict", json={"dataframe_records": [{"x": 1}]})
         assert bad.status_code == 422
     finally:
         process.terminate()
         process.wait(30)
+        end_group(process.pid)
 
 
 @pytest.mark.usefixtures("prefect_server")

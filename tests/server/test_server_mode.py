@@ -44,8 +44,11 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import needs
+from ports import owned_by_group, pick_port
 
-from infra.servers import QUIET, SECRETS, Managed, Settings, discard_stack, read_env_file
+from infra.servers.processes import Managed
+from infra.servers.settings import QUIET, SECRETS, Settings, read_env_file
+from infra.servers.stack import discard_stack
 from usecases import spec_module
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,8 +62,9 @@ def test_every_use_case_gets_a_training_deployment():
     from prefect.utilities.importtools import import_object
 
     from flows.training import TRAINING_FLOWS
-    from infra.deployments import DATA_ARRIVED, ONE_AT_A_TIME, dataset_resource_id, training_plans
+    from infra.deployments import ONE_AT_A_TIME, training_plans
     from usecases import SPEC_MODULES
+    from usecases.vocabulary import DATA_ARRIVED, dataset_resource
 
     plans = {plan.use_case: plan for plan in training_plans()}
     assert set(plans) == set(TRAINING_FLOWS) == set(SPEC_MODULES)
@@ -74,7 +78,7 @@ def test_every_use_case_gets_a_training_deployment():
         )
         (trigger,) = [t for t in plan.triggers if DATA_ARRIVED in t.expect]  # also: mlops.model.degraded
         assert trigger.expect == {DATA_ARRIVED}
-        assert trigger.match.root == {"prefect.resource.id": dataset_resource_id(use_case)}
+        assert trigger.match.root == {"prefect.resource.id": dataset_resource(use_case)}
         assert trigger.parameters == {"data": "{{ event.payload.path }}"}
 
 
@@ -179,12 +183,6 @@ def test_server_commands_refuse_without_a_server(tmp_path):
 
 
 # -- the integration test ------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _postgres_up() -> bool:
     with socket.socket() as sock:
         sock.settimeout(2)
@@ -244,11 +242,7 @@ def stack(tmp_path_factory):
     env.update(
         QUIET,
         MLOPS_ENV_FILE="",
-        MLOPS_SERVERS_DIR=str(base / "servers"),
-        MLOPS_DB_PREFIX=f"mlops_it_{uuid.uuid4().hex[:12]}",
         MLOPS_POSTGRES="postgres@127.0.0.1:5432",
-        MLOPS_MLFLOW_PORT=str(_free_port()),
-        MLOPS_PREFECT_PORT=str(_free_port()),
         MLOPS_MLFLOW_WORKERS="1",
         MLOPS_HOME=str(base / "mlops-home"),
         PREFECT_HOME=str(base / "prefect-home"),
@@ -262,18 +256,44 @@ def stack(tmp_path_factory):
         PREFECT_RUNNER_POLL_FREQUENCY="2",
         PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="5",
     )
-    settings = Settings.from_env(env)
-    stack = Stack(settings, dict(env), "", data_dir)
-    try:
-        up = subprocess.run(
-            [sys.executable, "-m", "infra.servers", "up", "--timeout", "150"],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=420,
+    # Ports picked free, then checked to be the started servers' (another program may take a picked port
+    # before a server binds it: `up` then refuses, or the server exits, and the stack starts again elsewhere).
+    failures = []
+    for attempt in range(3):
+        env.update(
+            MLOPS_SERVERS_DIR=str(base / f"servers-{attempt}"),
+            MLOPS_DB_PREFIX=f"mlops_it_{uuid.uuid4().hex[:12]}",
+            MLOPS_MLFLOW_PORT=str(pick_port()),
+            MLOPS_PREFECT_PORT=str(pick_port()),
         )
-        assert up.returncode == 0, f"up failed:\n{up.stdout}\n{up.stderr}\n{stack.logs()}"
+        settings = Settings.from_env(env)
+        stack = Stack(settings, dict(env), "", data_dir)
+        try:
+            up = subprocess.run(
+                [sys.executable, "-m", "infra.servers", "up", "--timeout", "150"],
+                env=env,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=420,
+            )
+            ours = {
+                name: owned_by_group(port, Managed(name, settings.state_dir).pid() or -1)
+                for name, port in (("mlflow", settings.mlflow_port), ("prefect", settings.prefect_port))
+            }
+            if up.returncode == 0 and all(ours.values()):
+                break
+            failures.append(f"up exited {up.returncode}, ports ours: {ours}\n{up.stdout}\n{up.stderr}")
+            assert "is taken by another program" in up.stdout + up.stderr or not all(ours.values()), (
+                f"up failed:\n{failures[-1]}\n{stack.logs()}"
+            )
+        except BaseException:
+            discard_stack(settings, env)
+            raise
+        discard_stack(settings, env)
+    else:
+        pytest.fail("the stack did not start on ports of its own:\n" + "\n".join(failures))
+    try:
         stack.up_output = up.stdout
         stack.outputs.append(up.stdout + up.stderr)
         # A person's shell after `source .mlops/servers/client.env`.

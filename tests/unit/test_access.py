@@ -17,17 +17,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from infra.servers import (
-    INHERITED_SECRETS,
-    SECRETS,
-    DataPathRefused,
-    Managed,
-    Settings,
-    confine_to_data_roots,
-    data_roots,
-    read_env_file,
-)
+from infra.servers.processes import Managed
+from infra.servers.settings import INHERITED_SECRETS, SECRETS, Settings, read_env_file
 from serving.app import ChampionFollower, Served, TokenError, bearer_ok, create_app, load_token
+from tasks.ingest import DataPathRefused, confine_to_data_roots, data_roots
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,7 +1,8 @@
 """The version record: its few tags and the markdown card's parts (tasks/card.py)."""
 
-from tasks.card import gates_summary, metrics_table, refused_gates, version_tags
+from tasks.card import gates_summary, metrics_table, version_tags
 from tasks.gate import GateResult, GateVerdict
+from usecases.vocabulary import refused_gates
 
 
 def _verdict(*passed: bool) -> GateVerdict:

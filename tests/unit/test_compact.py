@@ -15,32 +15,21 @@ from mlflow.models import infer_signature
 from sklearn.metrics import average_precision_score
 
 from tasks import pyfunc_model
-from tasks.compact import (
+from tasks.compaction.booster import objective_of, predict_with, tree_stats
+from tasks.compaction.candidates import Student, cut, distill, prune_depth, repack, teacher_margin
+from tasks.compaction.compile import (
     COMPILED_DIR,
     PLATFORM_FILE,
-    CompactGates,
     CompiledModel,
-    Measured,
     compile_booster,
-    cut,
-    distill,
-    judge,
-    objective_of,
-    open_compact,
-    pick,
     platform_matches,
     platform_record,
-    predict_with,
-    prune_depth,
-    quality_threshold,
-    repack,
-    teacher_gate,
-    teacher_margin,
-    tree_stats,
 )
-from tasks.gate import AbsoluteGate
+from tasks.compaction.consumer import open_compact
+from tasks.compaction.gates import judge, pick, quality_threshold, teacher_gate
+from tasks.compaction.measure import Measured
 from tasks.split import Splits
-from usecases.spec import Schema
+from usecases.spec import AbsoluteGate, CompactGates, Schema
 
 FEATURES = tuple(f"f{i}" for i in range(6))
 BINARY = {"features": list(FEATURES), "target_transform": "identity", "offset": None}
@@ -92,7 +81,7 @@ def depth_of(booster) -> int:
 
 def test_distilled_student_is_small_shallow_and_close_to_its_teacher(binary):
     s, teacher = binary
-    student = distill(teacher, s, BINARY, schema("binary"), depth=2, max_trees=60)
+    student = distill(teacher, s, BINARY, schema("binary"), Student(depth=2, max_trees=60))
     assert student.method == "distilled" and student.booster.num_boosted_rounds() <= 60
     assert depth_of(student.booster) <= 2
     teacher_ap, student_ap = (
@@ -118,7 +107,7 @@ def test_regression_student_mimics_a_transformed_teacher_with_a_base_margin():
     teacher = xgb.train(
         {"objective": "reg:absoluteerror", "max_depth": 4, "eta": 0.1, "nthread": 1}, dtrain, 200
     )
-    student = distill(teacher, s, config, schema("regression"), depth=3, max_trees=80)
+    student = distill(teacher, s, config, schema("regression"), Student(depth=3, max_trees=80))
     assert student.transformed and student.config["offset"] == offset
     ours, theirs = student.predict(s.test), pyfunc_model.predict(teacher, s.test, config)
     assert (ours > 0).all()  # target units, through the inverse transform

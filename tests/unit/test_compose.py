@@ -3,7 +3,7 @@
 Docker Compose itself embeds (vendored in infra/compose/), and checked for what the servers need: health
 checks, restart policies, Postgres-backed MLflow and Prefect, MLflow basic auth, Prefect's API auth string,
 the runner's own non-admin MLflow user and its data root, no secrets in the repo.
-The commands the containers run are the ones `make up` runs natively (infra/servers.py); the settings they
+The commands the containers run are the ones `make up` runs natively (infra/servers/); the settings they
 derive from the compose environment are checked here too. When a `docker compose` CLI is available, its own
 `config` validation runs as well.
 """
@@ -20,7 +20,7 @@ import jsonschema
 import pytest
 import yaml
 
-from infra.servers import (
+from infra.servers.settings import (
     MLFLOW_SECRETS,
     PLACEHOLDER,
     PREFECT_SECRETS,
@@ -284,9 +284,9 @@ def test_dask_cluster_is_a_profile_the_runner_reaches_and_workers_read_the_data(
 
 
 def test_compose_workers_run_with_the_settings_local_clusters_get():
-    """`tasks.cluster.WORKER_CONFIG` and `WORKER_ENVIRON` (the shuffle buffer, Arrow's allocator) reach the
-    compose workers as environment, and `make up DASK=1`'s through `worker_environment`."""
-    from tasks.cluster import WORKER_CONFIG, WORKER_ENVIRON, worker_environment
+    """`tasks.dask.cluster.WORKER_CONFIG` and `WORKER_ENVIRON` (the shuffle buffer, Arrow's allocator) reach
+    the compose workers as environment, and `make up DASK=1`'s through `worker_environment`."""
+    from tasks.dask.cluster import WORKER_CONFIG, WORKER_ENVIRON, worker_environment
 
     compose = yaml.safe_load(COMPOSE.read_text())
     env = environment(compose["services"]["dask-worker"])

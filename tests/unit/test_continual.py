@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from tasks.lineage import Parent, ParentMismatchError, format_ranges, parse_ranges, parse_windows
-from tasks.split import Splits, SplitSpec
-from usecases.spec import ModelSpec, Schema
+from tasks.split import Splits
+from usecases.spec import ModelSpec, Schema, SplitSpec
 
 FEATURES = ("x1", "x2", "noise")
 SCHEMA = Schema("binary", FEATURES, "y", "t", ("id",))
@@ -173,13 +173,14 @@ def registered(tmp_path, monkeypatch, parent_candidate):
     import mlflow
     from mlflow import MlflowClient
 
-    from tasks import tracking
-    from tasks.register import FINGERPRINT_TAG, log_candidate, register
+    from champion import store
+    from tasks.register import log_candidate, register
+    from usecases.vocabulary import FINGERPRINT_TAG
 
     monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    tracking.configure()
-    run_id = MlflowClient().create_run(tracking.experiment_id("continual")).info.run_id
+    store.configure()
+    run_id = MlflowClient().create_run(store.experiment_id("continual")).info.run_id
     logged = log_candidate.fn(parent_candidate, _splits(0).test.head(5), run_id)
     tags = {FINGERPRINT_TAG: "fp", "lineage.windows": str({**WINDOWS, "train": ("2024-01-01", "2024-01-03")})}
     register.fn(logged, "continual-model", "test", "card", tags, run_id)
@@ -216,16 +217,17 @@ def test_a_pyfunc_parent_is_read_back_from_its_ubj_booster_and_json_config(tmp_p
     import mlflow
     from mlflow import MlflowClient
 
-    from tasks import tracking
+    from champion import store
     from tasks.lineage import resolve_parent
-    from tasks.register import FINGERPRINT_TAG, log_candidate, register
+    from tasks.register import log_candidate, register
+    from usecases.vocabulary import FINGERPRINT_TAG
 
     candidate, splits, _, _ = _pyfunc_parent()
     monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    tracking.configure()
+    store.configure()
     try:
-        run_id = MlflowClient().create_run(tracking.experiment_id("continual")).info.run_id
+        run_id = MlflowClient().create_run(store.experiment_id("continual")).info.run_id
         logged = log_candidate.fn(candidate, splits.test.head(5), run_id)
         register.fn(logged, "pyfunc-model", "test", "card", {FINGERPRINT_TAG: "fp"}, run_id)
         parent = resolve_parent.fn("models:/pyfunc-model/1", "x", FEATURES, "refresh", None)

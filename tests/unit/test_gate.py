@@ -1,6 +1,8 @@
 import math
 
-from tasks.gate import AbsoluteGate, BaselineGate, GateSpec, evaluate_gates
+from tasks.evaluate import ChampionScore
+from tasks.gate import evaluate_gates
+from usecases.spec import AbsoluteGate, BaselineGate, GateSpec
 
 SPEC = GateSpec(
     absolute=(AbsoluteGate("average_precision", 0.5), AbsoluteGate("mae", 0.1, greater_is_better=False)),
@@ -10,8 +12,9 @@ SPEC = GateSpec(
 BASELINES = {"lr": {"average_precision": 0.6}, "tree": {"average_precision": 0.5}}
 
 
-def verdict(metrics, champion=None, **kw):
-    return evaluate_gates(SPEC, metrics, BASELINES, champion, "average_precision", True, "4", **kw)
+def verdict(metrics, champion=None, champion_error=None):
+    score = ChampionScore("4", champion, error=champion_error)
+    return evaluate_gates(SPEC, metrics, BASELINES, score, "average_precision", True)
 
 
 def test_all_pass_without_champion_is_promotable():
@@ -82,7 +85,8 @@ def test_forgetting_gate_passes_when_the_candidate_keeps_the_earlier_windows():
 
 
 def test_forgetting_gate_refuses_below_minus_margin_and_names_the_worst_window():
-    from tasks.gate import GateSpec, forgetting_gate
+    from tasks.gate import forgetting_gate
+    from usecases.spec import GateSpec
 
     spec = GateSpec(forgetting_margin=0.05)
     result = forgetting_gate(spec, _windows((0.69, 0.70), (0.40, 0.60)), "average_precision", True)
@@ -93,7 +97,8 @@ def test_forgetting_gate_refuses_below_minus_margin_and_names_the_worst_window()
 
 
 def test_forgetting_gate_is_sign_adjusted_for_lower_is_better():
-    from tasks.gate import GateSpec, forgetting_gate
+    from tasks.gate import forgetting_gate
+    from usecases.spec import GateSpec
 
     spec = GateSpec(forgetting_margin=0.05)
     better = forgetting_gate(spec, _windows((0.9, 1.0)), "mae", False)  # lower MAE: a gain
@@ -130,7 +135,8 @@ def _report(candidate: dict, champion: dict, support: dict, disparity=None):
 
 
 def test_slice_gate_refuses_a_supported_group_worse_than_the_champion_and_names_it():
-    from tasks.gate import GateSpec, slice_gates
+    from tasks.gate import slice_gates
+    from usecases.spec import GateSpec
 
     spec = GateSpec(slice_margin=0.1, slice_min_rows=100, slice_min_positives=10)
     report = _report(
@@ -146,7 +152,8 @@ def test_slice_gate_refuses_a_supported_group_worse_than_the_champion_and_names_
 
 
 def test_slice_gate_ignores_groups_without_enough_support_and_passes_within_margin():
-    from tasks.gate import GateSpec, slice_gates
+    from tasks.gate import slice_gates
+    from usecases.spec import GateSpec
 
     spec = GateSpec(slice_margin=0.1, slice_min_rows=100, slice_min_positives=10)
     report = _report(
@@ -167,7 +174,8 @@ def test_slice_gate_without_champion_is_skipped():
 
 
 def test_disparity_is_reported_and_gated_only_when_asked():
-    from tasks.gate import GateSpec, slice_gates
+    from tasks.gate import slice_gates
+    from usecases.spec import GateSpec
 
     disparity = {
         "amount": {

@@ -6,23 +6,23 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from tasks.monitor import (
-    DEFAULT_THRESHOLDS,
-    MonitorThresholds,
-    build_profile,
-    calibrate,
+from tasks.evaluate import Scored
+from tasks.monitoring.drift import (
     drifted_share,
-    estimate_performance,
     feature_drift,
     ks_statistic,
-    profile_from_json,
-    profile_to_json,
     psi,
-    render_report,
     scaled_wasserstein,
     score_drift,
-    verdict,
 )
+from tasks.monitoring.estimate import calibrate, estimate_performance
+from tasks.monitoring.reference import build_profile, profile_from_json, profile_to_json
+from tasks.monitoring.report import render_report
+from tasks.monitoring.verdict import Assessment, verdict
+from tasks.split import Splits
+from usecases.spec import Metrics, MonitorThresholds, Schema
+
+DEFAULTS = MonitorThresholds()
 
 FEATURES = ["amount", "hour", "flag", "count"]
 
@@ -56,6 +56,14 @@ def labelled(rng, frame):
     return frame.assign(fraud=(rng.random(len(frame)) < true_probability(frame)).astype(int))
 
 
+def profile_of(problem, columns, target, frames, predictions, metrics, primary, greater_is_better):
+    """`build_profile` on plain frames: (train, validation, test) and (validation, test) predictions."""
+    schema = Schema(problem, tuple(columns), target, "time", ())
+    compute = Metrics(lambda *_: {}, primary, greater_is_better)
+    scored = Scored(metrics, {}, predictions[1], predictions[0])
+    return build_profile(schema, compute, Splits(*frames, windows={}), scored)
+
+
 def binary_profile(seed, n=20_000):
     rng = np.random.default_rng(seed)
     train = features(rng, n)
@@ -66,14 +74,12 @@ def binary_profile(seed, n=20_000):
         "average_precision": average_precision_score(test.fraud, test_scores),
         "roc_auc": roc_auc_score(test.fraud, test_scores),
     }
-    profile = build_profile(
-        train,
-        FEATURES,
+    profile = profile_of(
         "binary",
+        FEATURES,
         "fraud",
-        validation,
-        model_score(validation),
-        test_scores,
+        (train, validation, test),
+        (model_score(validation), test_scores),
         metrics,
         "average_precision",
         True,
@@ -85,7 +91,7 @@ def realised(frame, scores):
     return {"average_precision": average_precision_score(frame.fraud, scores)}
 
 
-def check(profile, current, realised_metrics=None, thresholds=DEFAULT_THRESHOLDS):
+def check(profile, current, realised_metrics=None, thresholds=DEFAULTS):
     drifts = feature_drift(profile, current, thresholds)
     scores = model_score(current)
     score_psi = score_drift(profile, scores)
@@ -162,7 +168,7 @@ def test_discrete_share_change_is_flagged_by_wasserstein():
     assert profile["features"]["count"]["kind"] == "discrete"
     assert profile["features"]["amount"]["kind"] == "continuous"
     current = features(rng, 5000, p_flag=0.35)
-    flag = next(d for d in feature_drift(profile, current) if d.feature == "flag")
+    flag = next(d for d in feature_drift(profile, current, DEFAULTS) if d.feature == "flag")
     assert flag.test == "wasserstein" and flag.drifted
     assert flag.psi < 0.2  # PSI alone would have missed it
     assert flag.statistic == pytest.approx(0.15 / 0.4, abs=0.04)  # share moved / reference std
@@ -213,8 +219,8 @@ def regression_profile(seed):
 
     train, validation, test = frame(10_000), frame(10_000), frame(5000)
     test_mae = float(np.mean(np.abs(test.x - test.y)))
-    profile = build_profile(
-        train, ["x"], "regression", "y", validation, validation.x.to_numpy(), test.x.to_numpy(),
+    profile = profile_of(
+        "regression", ["x"], "y", (train, validation, test), (validation.x.to_numpy(), test.x.to_numpy()),
         {"mae": test_mae, "rmse": float(np.sqrt(np.mean((test.x - test.y) ** 2)))}, "mae", False,
     )  # fmt: skip
     return profile, frame
@@ -263,14 +269,18 @@ def test_verdict_drift_when_only_inputs_move():
 def test_verdict_is_direction_aware_and_distrusts_small_samples():
     profile, _ = regression_profile(52)
     test_mae = profile["test_metrics"]["mae"]
-    worse = verdict(profile, [], 0.0, 0.0, {"rows": 5000, "mae": test_mae * 1.2}, None)
+
+    def judge(estimated, score_psi=0.0):  # no feature drift, no labels
+        return verdict(profile, [], 0.0, score_psi, estimated, None, DEFAULTS)
+
+    worse = judge({"rows": 5000, "mae": test_mae * 1.2})
     assert worse.status == "degraded" and "estimated mae" in worse.reasons[0]
-    better = verdict(profile, [], 0.0, 0.0, {"rows": 5000, "mae": test_mae * 0.7}, None)
+    better = judge({"rows": 5000, "mae": test_mae * 0.7})
     assert better.status == "healthy"
-    few = verdict(profile, [], 0.0, 0.0, {"rows": 100, "mae": test_mae * 1.2}, None)
+    few = judge({"rows": 100, "mae": test_mae * 1.2})
     assert few.status == "healthy"
     assert any("not trusted" in r for r in few.reasons)
-    assert verdict(profile, [], 0.0, 0.5, {"rows": 5000}, None).status == "drift"  # score PSI alone
+    assert judge({"rows": 5000}, score_psi=0.5).status == "drift"  # score PSI alone
 
 
 # --- profile and report ---------------------------------------------------------------------------------
@@ -292,15 +302,17 @@ def test_report_is_self_contained_html():
     profile, rng = binary_profile(70, n=3000)
     current = labelled(rng, features(rng, 2000, amount_scale=1.5))
     scores = model_score(current)
-    drifts, score_psi, estimated, v = check(profile, current, realised(current, scores))
+    realised_metrics = realised(current, scores)
+    drifts, score_psi, estimated, v = check(profile, current, realised_metrics)
     history = [
         {"period": "2024-01", "estimated": 0.5, "realised": 0.48},
         {"period": "2024-02", "estimated": 0.45, "realised": None},
     ]
-    page = render_report(
-        profile, current, drifts, score_psi, estimated, realised(current, scores), v, "fraud <v3>",
-        history=history, scores=scores,
+    assessment = Assessment(
+        v, drifts, drifted_share(drifts), score_psi, estimated, realised_metrics, len(current), len(current),
+        history, scores,
     )  # fmt: skip
+    page = render_report(profile, assessment, current, "fraud <v3>")
     assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
     for name in FEATURES:
         assert name in page
@@ -315,7 +327,7 @@ def test_one_strongly_moved_feature_is_drift_on_its_own_and_an_exempt_one_never_
     profile, rng = binary_profile(seed=5)
     current = features(rng, 20_000)
     current["hour"] = current["hour"] + 6.0  # one feature of four moves far; the share stays at 25 %
-    strict = replace(DEFAULT_THRESHOLDS, drift_share=0.5)
+    strict = replace(DEFAULTS, drift_share=0.5)
     drifts, _, _, v = check(profile, current, thresholds=strict)
     assert [d.feature for d in drifts if d.drifted] == ["hour"]
     assert v.status == "drift" and "past 2x a threshold" in v.reasons[0]

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 
 from tasks.evaluate import ChampionScore, Evaluation, Scored
-from tasks.gate import GateSpec, slice_gates
+from tasks.gate import slice_gates
 from tasks.slices import slice_report
 from tasks.split import Splits
-from usecases.spec import Metrics, Schema, Slice
+from usecases.spec import GateSpec, Metrics, Schema, Slice
 
 SCHEMA = Schema("binary", ("x",), "y", "t", ("id",))
 

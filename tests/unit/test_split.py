@@ -2,7 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.split import SplitError, SplitSpec, split_frame
+from tasks.split import SplitError, split_frame
+from usecases.spec import SplitSpec
 
 
 def frame(days=60, per_day=10, positives_every=7):

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.gate import AbsoluteGate, GateSpec, evaluate_gates
-from tasks.split import Splits, SplitSpec
-from usecases.spec import Baseline, Metrics, ModelSpec, Schema
+from tasks.gate import evaluate_gates
+from tasks.split import Splits
+from usecases.spec import AbsoluteGate, Baseline, GateSpec, Metrics, ModelSpec, Schema, SplitSpec
 
 FEATURES = ("x1", "x2", "noise")
 SCHEMA = Schema("binary", FEATURES, "y", "t", ("id",))
@@ -72,12 +72,12 @@ def _model(**params) -> ModelSpec:
 def run_id(tmp_path, monkeypatch):
     import mlflow
 
-    from tasks import tracking
+    from champion import store
 
     monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    tracking.configure()
-    run = mlflow.MlflowClient().create_run(tracking.experiment_id("stages"))
+    store.configure()
+    run = mlflow.MlflowClient().create_run(store.experiment_id("stages"))
     yield run.info.run_id
     mlflow.set_tracking_uri(None)
 
@@ -173,9 +173,10 @@ def test_evaluate_scores_candidate_and_baselines_on_the_same_window_and_logs_the
 
 
 def _register(splits, run_id, fingerprint: str):
-    from tasks.card import GATES_TAG, gates_summary
-    from tasks.register import FINGERPRINT_TAG, log_candidate, register
+    from tasks.card import gates_summary
+    from tasks.register import log_candidate, register
     from tasks.train import train
+    from usecases.vocabulary import FINGERPRINT_TAG, GATES_TAG
 
     candidate = train.fn(splits, _model(), SCHEMA, SPLIT, seed=5)
     logged = log_candidate.fn(candidate, splits.test.head(5), run_id)
@@ -281,11 +282,10 @@ def test_promote_is_a_compare_and_set_with_history(splits, run_id):
     assert rows[0].startswith("| 2 |") and "| v2 | v1 | run-b |" in rows[0] and "| v1 | none |" in rows[1]
 
 
-def test_a_retried_promotion_after_a_write_that_reported_failure_keeps_the_history(
-    splits, run_id, monkeypatch
-):
-    """The alias write lands but the call raises (a timeout on the way back): the retry must finish the same
-    compare-and-set, keeping the previous champion on record so a rollback can find it."""
+def test_an_alias_write_that_lands_and_then_raises_is_the_move_it_was(splits, run_id, monkeypatch):
+    """The alias write lands but the call raises (a timeout on the way back): the move happened, so it is
+    reported as a move, with the previous champion on record so a rollback can find it, and the version is
+    never tagged `promotion: failed`."""
     from mlflow import MlflowClient
 
     from champion.lifecycle import rollback
@@ -297,22 +297,72 @@ def test_a_retried_promotion_after_a_write_that_reported_failure_keeps_the_histo
     promote("stages-model", "1", compared_with=None, run_id="run-a")
 
     real = MlflowClient.set_registered_model_alias
-    calls = []
+    raised = []
 
     def lands_then_fails(self, name, alias, version):
         real(self, name, alias, version)
-        calls.append(version)
-        if len(calls) == 1:
-            raise ConnectionError("response lost after the write")
+        raised.append(version)
+        raise ConnectionError("response lost after the write")
 
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", lands_then_fails)
-    with pytest.raises(ConnectionError):
-        promote("stages-model", "2", compared_with="1", run_id="run-b")
-    retried = promote("stages-model", "2", compared_with="1", run_id="run-b")  # what the stage's retry does
+    moved = promote("stages-model", "2", compared_with="1", run_id="run-b")
+    again = promote("stages-model", "2", compared_with="1", run_id="run-b")  # what a retry of the stage does
 
-    assert (retried.moved, retried.previous) == (True, "1")
+    assert raised == ["2"]  # the write raised once, and the retry did not write again
+    assert (moved.moved, moved.previous) == (True, "1") == (again.moved, again.previous)
     assert current_champion(client, "stages-model") == "2"
-    assert client.get_model_version("stages-model", "2").tags["previous_champion"] == "1"
+    tags = client.get_model_version("stages-model", "2").tags
+    assert tags["previous_champion"] == "1" and tags["promotion"].startswith("promoted ")
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", real)
     done = rollback("stages-model", reason="test")
     assert (done.version, done.previous) == ("1", "2")
+
+
+def test_an_alias_write_that_fails_leaves_the_champion_and_takes_the_record_back(splits, run_id, monkeypatch):
+    from mlflow import MlflowClient
+
+    from champion.promotion import current_champion, mark_not_promoted, promote, read_history
+
+    _register(splits, run_id, "fp-1")
+    _register(splits, run_id, "fp-2")
+    client = MlflowClient()
+    promote("stages-model", "1", compared_with=None, run_id="run-a")
+
+    def refused(self, name, alias, version):
+        raise ConnectionError("the server went away before the write")
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", refused)
+    with pytest.raises(ConnectionError):
+        promote("stages-model", "2", compared_with="1", run_id="run-b")
+    mark_not_promoted("stages-model", "2", "failed", "ConnectionError")  # what tasks.promote does then
+
+    assert current_champion(client, "stages-model") == "1"
+    assert [e["version"] for e in read_history(client, "stages-model")] == ["1"]
+    tags = client.get_model_version("stages-model", "2").tags
+    assert "previous_champion" not in tags and tags["promotion"].startswith("failed ")
+
+
+def test_training_params_of_a_version_are_read_back_or_an_error_names_the_version(run_id):
+    from mlflow import MlflowClient
+    from mlflow.entities import Param
+
+    from champion.loading import TrainingParamsUnreadable, training_params
+    from usecases import spec_module
+    from usecases.vocabulary import param_keys
+
+    module = spec_module("fraud")
+    client = MlflowClient()
+    recorded = param_keys({**module.Params().model_dump(), "delay_days": 5})
+    client.log_batch(run_id, params=[Param(k, v) for k, v in recorded.items()])
+    assert training_params(module, "m", "3", run_id).delay_days == 5
+
+    empty = client.create_run(client.get_run(run_id).info.experiment_id).info.run_id
+    with pytest.raises(TrainingParamsUnreadable, match="m v4: its training run .* records no training"):
+        training_params(module, "m", "4", empty)
+    with pytest.raises(TrainingParamsUnreadable, match="m v5: its training run nope cannot be read"):
+        training_params(module, "m", "5", "nope")
+    with pytest.raises(TrainingParamsUnreadable, match="m v6 names no training run"):
+        training_params(module, "m", "6", None)
+    client.log_param(empty, "param.delay_days", "-3")
+    with pytest.raises(TrainingParamsUnreadable, match="m v7: .* refuses .*delay_days"):
+        training_params(module, "m", "7", empty)

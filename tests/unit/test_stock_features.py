@@ -10,8 +10,9 @@ import pytest
 from arch.data import sp500
 
 from data_checks import stock as checks
-from tasks.split import SplitSpec, rolling_origin_folds, split_frame
+from tasks.split import rolling_origin_folds, split_frame
 from tasks.validate import validate_frame
+from usecases.spec import SplitSpec
 from usecases.stock import spec as stock_spec
 from usecases.stock.features import (
     EXTRA_COLUMNS,

@@ -60,9 +60,30 @@ def build_features(transactions: pd.DataFrame, delay_days: int = 7) -> pd.DataFr
     Only the KEYS columns and TX_AMOUNT are read; other columns (TX_FRAUD_SCENARIO in particular, the
     simulator's answer key) are ignored and never returned. TX_AMOUNT and TX_DATETIME must be complete.
     """
+    transactions, delay_days = _checked(transactions, delay_days)
+    times = transactions["TX_DATETIME"].to_numpy(dtype="datetime64[ns]").view(np.int64)
+    order = np.lexsort((transactions["TRANSACTION_ID"].to_numpy(), times))
+    frame = transactions[list(KEYS)].iloc[order].reset_index(drop=True)
+    t = times[order]
+    amount = transactions["TX_AMOUNT"].to_numpy(dtype=np.float64)[order]
+    fraud = pd.to_numeric(transactions[LABEL]).to_numpy(dtype=np.float64, na_value=np.nan)[order]
+
+    out: dict[str, np.ndarray] = {"TX_AMOUNT": amount}
+    days_since_epoch = t // _NS_PER_DAY
+    out["TX_DURING_WEEKEND"] = ((days_since_epoch + 3) % 7 >= 5).astype(np.int64)  # 1970-01-01: Thursday
+    out["TX_DURING_NIGHT"] = ((t - days_since_epoch * _NS_PER_DAY) // _NS_PER_HOUR <= 6).astype(np.int64)
+    out.update(_customer_features(frame["CUSTOMER_ID"].to_numpy(), t, amount))
+    out.update(_terminal_features(frame["TERMINAL_ID"].to_numpy(), t, fraud, delay_days))
+
+    for name in FEATURES:
+        frame[name] = out[name]
+    return frame
+
+
+def _checked(transactions: pd.DataFrame, delay_days: int) -> tuple[pd.DataFrame, int]:
+    """The input with its label column as `build_features` reads it, or a ValueError saying what is wrong."""
     if int(delay_days) != delay_days or delay_days < 0:
         raise ValueError(f"delay_days must be a non-negative integer, got {delay_days!r}")
-    delay_days = int(delay_days)
     required = [*(c for c in KEYS if c != LABEL), "TX_AMOUNT"]
     missing = [c for c in required if c not in transactions.columns]
     if missing:
@@ -75,21 +96,13 @@ def build_features(transactions: pd.DataFrame, delay_days: int = 7) -> pd.DataFr
         transactions = transactions.assign(**{LABEL: np.nan})
     elif transactions[LABEL].dtype == object and transactions[LABEL].isna().any():
         transactions = transactions.assign(**{LABEL: pd.to_numeric(transactions[LABEL]).astype(np.float64)})
+    return transactions, int(delay_days)
 
-    times = transactions["TX_DATETIME"].to_numpy(dtype="datetime64[ns]").view(np.int64)
-    order = np.lexsort((transactions["TRANSACTION_ID"].to_numpy(), times))
-    frame = transactions[list(KEYS)].iloc[order].reset_index(drop=True)
-    t = times[order]
-    amount = transactions["TX_AMOUNT"].to_numpy(dtype=np.float64)[order]
-    fraud = pd.to_numeric(transactions[LABEL]).to_numpy(dtype=np.float64, na_value=np.nan)[order]
-    known = ~np.isnan(fraud)
 
-    out: dict[str, np.ndarray] = {"TX_AMOUNT": amount}
-    days_since_epoch = t // _NS_PER_DAY
-    out["TX_DURING_WEEKEND"] = ((days_since_epoch + 3) % 7 >= 5).astype(np.int64)  # 1970-01-01: Thursday
-    out["TX_DURING_NIGHT"] = ((t - days_since_epoch * _NS_PER_DAY) // _NS_PER_HOUR <= 6).astype(np.int64)
-
-    customer = _RollingWindows(frame["CUSTOMER_ID"].to_numpy(), t)
+def _customer_features(customers: np.ndarray, t: np.ndarray, amount: np.ndarray) -> dict[str, np.ndarray]:
+    """CUSTOMER_ID_NB_TX / _AVG_AMOUNT_{N}DAY_WINDOW, in the time order of `t`."""
+    out = {}
+    customer = _RollingWindows(customers, t)
     amount_cumsum = customer.cumsum_within_entity(amount)
     for n in WINDOWS:
         first = customer.window_start(n * _NS_PER_DAY)
@@ -97,8 +110,17 @@ def build_features(transactions: pd.DataFrame, delay_days: int = 7) -> pd.DataFr
         total = amount_cumsum - np.where(first > customer.entity_start, amount_cumsum[first - 1], 0.0)
         out[f"CUSTOMER_ID_NB_TX_{n}DAY_WINDOW"] = customer.scatter(nb_tx)
         out[f"CUSTOMER_ID_AVG_AMOUNT_{n}DAY_WINDOW"] = customer.scatter(total / nb_tx)
+    return out
 
-    terminal = _RollingWindows(frame["TERMINAL_ID"].to_numpy(), t)
+
+def _terminal_features(
+    terminals: np.ndarray, t: np.ndarray, fraud: np.ndarray, delay_days: int
+) -> dict[str, np.ndarray]:
+    """TERMINAL_ID_NB_TX / _RISK_{N}DAY_WINDOW behind the label delay, in the time order of `t`; `fraud`
+    holds NaN where the label is unknown."""
+    out = {}
+    known = ~np.isnan(fraud)
+    terminal = _RollingWindows(terminals, t)
     # Known frauds and known labels before each row in entity order (exclusive prefixes): labels are 0/1,
     # float sums stay exact. An unknown label counts in neither.
     fraud_before = np.concatenate(([0.0], np.cumsum(np.where(known, fraud, 0.0)[terminal.order])))
@@ -115,10 +137,7 @@ def build_features(transactions: pd.DataFrame, delay_days: int = 7) -> pd.DataFr
         risk = np.divide(nb_fraud, nb_known, out=np.zeros_like(nb_known), where=nb_known > 0)
         out[f"TERMINAL_ID_NB_TX_{n}DAY_WINDOW"] = terminal.scatter(nb_tx)
         out[f"TERMINAL_ID_RISK_{n}DAY_WINDOW"] = terminal.scatter(risk)
-
-    for name in FEATURES:
-        frame[name] = out[name]
-    return frame
+    return out
 
 
 class _RollingWindows:

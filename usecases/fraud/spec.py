@@ -9,14 +9,28 @@ metrics; `*_all_history` are the same metrics with every fraud in the input coun
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Literal
 
 from pydantic import Field
 
-from usecases.spec import Cadence, TrainingParams
+from usecases.spec import (
+    AbsoluteGate,
+    Baseline,
+    BaselineGate,
+    Cadence,
+    GateSpec,
+    Metrics,
+    ModelSpec,
+    MonitorThresholds,
+    Slice,
+    SplitSpec,
+    TrainingParams,
+    UseCaseSpec,
+)
 
-# The heavy imports (GX, MLflow, scikit-learn) live in the functions below: `Params` alone serves `--help`
-# and the Prefect UI's form, and should not cost ~10 s of imports.
+# Imports inside functions: `Params` alone serves `mlops --help` and the Prefect UI's form, so NumPy,
+# pandas, scikit-learn, GX and the stages behind the functions below load only when they run (~10 s).
 
 TRAINING_SCHEDULE = Cadence("0 2 * * *", "UTC", "daily at 02:00 UTC")
 MONITORING_SCHEDULE = Cadence("0 1 * * *", "UTC", "daily at 01:00 UTC")
@@ -146,17 +160,91 @@ def terminal_risk(frame, train):
     return np.where(risk <= 0, "none", np.where(risk <= 0.05, "low", "high"))
 
 
-def build_spec(params: Params):
-    from datetime import timedelta
+# --- what the use case declares: baselines, slices, monitoring, and the parts that read the parameters ----
 
-    from data_checks import fraud as checks
+BASELINES = (Baseline("baseline", fit_logistic_regression, "logistic regression, standardised features"),)
+
+SLICES = (
+    Slice("amount", amount_band, "TX_AMOUNT below 25, 25-75, 75-220, 220 and above"),
+    Slice("night", night, "00:00-06:59 vs the rest of the day"),
+    Slice("weekend", weekend, "Saturday and Sunday vs weekdays"),
+    Slice("customer", customer_history, "new: fewer than 30 transactions in the customer's 30 days"),
+    Slice("terminal_risk", terminal_risk, "terminal's 30-day fraud share behind the delay: 0, <=5 %, >5 %"),
+)
+
+# A week's average precision rests on a few dozen fraud cards: a window is "degraded" only when it falls a
+# quarter below the test value (or below the absolute gate). Amounts move four features at once (the amount
+# and the customer's three averages): three of fifteen is already drift. The weekend share of a window
+# depends on which days it covers, so it is reported, never counted.
+MONITORING = MonitorThresholds(metric_margin=0.25, drift_share=0.2, exempt=("TX_DURING_WEEKEND",))
+
+
+def _describe(params: Params) -> str:
+    return (
+        "Card-fraud detector: the probability that a card transaction is fraudulent, from the Fraud "
+        "Detection Handbook's 15 baseline features (amount, weekend, night, customer spending over "
+        "1/7/30 days, terminal risk over 1/7/30 days using labels older than the "
+        f"{params.delay_days}-day delay). XGBoost, gated against logistic regression and the champion."
+    )
+
+
+def _split(params: Params) -> SplitSpec:
+    """Train, validation and test windows in days, the label delay between them."""
+    return SplitSpec(
+        train=params.train_days,
+        validation=params.validation_days,
+        test=params.test_days,
+        gap=params.delay_days,
+        unit="days",
+        end=params.end,
+    )
+
+
+def _model(params: Params) -> ModelSpec:
+    """XGBoost with the run's depth, rate and rounds, and its class-imbalance handling."""
+    return ModelSpec(
+        params={
+            "max_depth": params.max_depth,
+            "eta": params.learning_rate,
+            "nthread": 2,
+            **({"max_delta_step": 1} if params.imbalance == "max_delta_step" else {}),
+        },
+        num_boost_round=params.rounds,
+        early_stopping_rounds=50,
+        balance_classes=params.imbalance == "scale_pos_weight",
+    )
+
+
+def _metrics() -> Metrics:
+    """Average precision first, at the threshold that maximises F1 on validation."""
     from tasks.evaluate import best_f1_threshold
-    from tasks.gate import AbsoluteGate, BaselineGate, GateSpec
-    from tasks.monitor import MonitorThresholds
-    from tasks.split import SplitSpec
+    from usecases.fraud.metrics import KNOWN_BEFORE_TRAINING
+
+    return Metrics(
+        compute=compute_metrics,
+        primary="average_precision",
+        greater_is_better=True,
+        calibrate=lambda frame, scores: best_f1_threshold(frame, scores, TARGET),
+        reads=(TARGET, TIME, "CUSTOMER_ID", KNOWN_BEFORE_TRAINING),
+    )
+
+
+def _gates(params: Params) -> GateSpec:
+    """Test AP and ROC AUC above the run's floors, AP above logistic regression's; the run's gate options."""
+    return GateSpec(
+        absolute=(
+            AbsoluteGate("average_precision", params.min_average_precision),
+            AbsoluteGate("roc_auc", params.min_roc_auc),
+        ),
+        baseline=(BaselineGate("average_precision", ("baseline",)),),
+        **params.gate_options(),
+    )
+
+
+def build_spec(params: Params) -> UseCaseSpec:
+    from data_checks import fraud as checks
     from usecases.fraud.features import FEATURES, WINDOWS, build_features
-    from usecases.fraud.metrics import KNOWN_BEFORE_TRAINING, handbook_test_filter
-    from usecases.spec import Baseline, Metrics, ModelSpec, Slice, UseCaseSpec
+    from usecases.fraud.metrics import handbook_test_filter
 
     # The handbook's known set starts with the training window: these days of data precede the test window.
     history = params.train_days + params.validation_days + 2 * params.delay_days
@@ -165,12 +253,7 @@ def build_spec(params: Params):
         name="fraud",
         registered_model=registered_model(params),
         problem="binary",
-        description=(
-            "Card-fraud detector: the probability that a card transaction is fraudulent, from the Fraud "
-            "Detection Handbook's 15 baseline features (amount, weekend, night, customer spending over "
-            "1/7/30 days, terminal risk over 1/7/30 days using labels older than the "
-            f"{params.delay_days}-day delay). XGBoost, gated against logistic regression and the champion."
-        ),
+        description=_describe(params),
         load=load,
         raw_suite=checks.raw_suite,
         feature_suite=checks.feature_suite,
@@ -188,58 +271,12 @@ def build_spec(params: Params):
             "CUSTOMER_ID": tuple(f for f in FEATURES if f.startswith("CUSTOMER_ID_")),
             "TERMINAL_ID": tuple(f for f in FEATURES if f.startswith("TERMINAL_ID_")),
         },
-        split=SplitSpec(
-            train=params.train_days,
-            validation=params.validation_days,
-            test=params.test_days,
-            gap=params.delay_days,
-            unit="days",
-            end=params.end,
-        ),
-        model=ModelSpec(
-            params={
-                "max_depth": params.max_depth,
-                "eta": params.learning_rate,
-                "nthread": 2,
-                **({"max_delta_step": 1} if params.imbalance == "max_delta_step" else {}),
-            },
-            num_boost_round=params.rounds,
-            early_stopping_rounds=50,
-            balance_classes=params.imbalance == "scale_pos_weight",
-        ),
-        baselines=(
-            Baseline("baseline", fit_logistic_regression, "logistic regression, standardised features"),
-        ),
-        metrics=Metrics(
-            compute=compute_metrics,
-            primary="average_precision",
-            greater_is_better=True,
-            calibrate=lambda frame, scores: best_f1_threshold(frame, scores, TARGET),
-            reads=(TARGET, TIME, "CUSTOMER_ID", KNOWN_BEFORE_TRAINING),
-        ),
-        gates=GateSpec(
-            absolute=(
-                AbsoluteGate("average_precision", params.min_average_precision),
-                AbsoluteGate("roc_auc", params.min_roc_auc),
-            ),
-            baseline=(BaselineGate("average_precision", ("baseline",)),),
-            **params.gate_options(),
-        ),
+        split=_split(params),
+        model=_model(params),
+        baselines=BASELINES,
+        metrics=_metrics(),
+        gates=_gates(params),
         test_filter=lambda test, table: handbook_test_filter(test, table, params.delay_days, history),
-        slices=(
-            Slice("amount", amount_band, "TX_AMOUNT below 25, 25-75, 75-220, 220 and above"),
-            Slice("night", night, "00:00-06:59 vs the rest of the day"),
-            Slice("weekend", weekend, "Saturday and Sunday vs weekdays"),
-            Slice("customer", customer_history, "new: fewer than 30 transactions in the customer's 30 days"),
-            Slice(
-                "terminal_risk",
-                terminal_risk,
-                "terminal's 30-day fraud share behind the delay: 0, <=5 %, >5 %",
-            ),
-        ),
-        # A week's average precision rests on a few dozen fraud cards: a window is "degraded" only when it
-        # falls a quarter below the test value (or below the absolute gate). Amounts move four features at
-        # once (the amount and the customer's three averages): three of fifteen is already drift. The
-        # weekend share of a window depends on which days it covers, so it is reported, never counted.
-        monitoring=MonitorThresholds(metric_margin=0.25, drift_share=0.2, exempt=("TX_DURING_WEEKEND",)),
+        slices=SLICES,
+        monitoring=MONITORING,
     )

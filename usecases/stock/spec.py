@@ -10,14 +10,26 @@ walk-forward folds inside the training window. Baselines: naive trailing volatil
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Literal
 
 from pydantic import Field
 
-from usecases.spec import Cadence, TrainingParams
+from usecases.spec import (
+    Baseline,
+    BaselineGate,
+    Cadence,
+    GateSpec,
+    Metrics,
+    ModelSpec,
+    Slice,
+    SplitSpec,
+    TrainingParams,
+    UseCaseSpec,
+)
 
-# The heavy imports (GX, arch, MLflow) live in the functions below: `Params` alone serves `--help` and the
-# Prefect UI's form.
+# Imports inside functions: `Params` alone serves `mlops --help` and the Prefect UI's form, so NumPy,
+# pandas, arch, GX and the stages behind the functions below load only when they run.
 
 # NYSE/Nasdaq close at 16:00 New York time; 16:30 leaves time for the day's bars to land. The time zone keeps
 # it after the close across daylight-saving changes.
@@ -206,58 +218,121 @@ def ticker(frame, train):
     return frame["Ticker"].astype(str).to_numpy()
 
 
-def build_spec(params: Params):
-    from datetime import timedelta
+# --- what the use case declares, per target: baselines, descriptions, slices, and the parameter-read parts --
 
-    from data_checks import stock as checks
-    from tasks.gate import BaselineGate, GateSpec
-    from tasks.split import SplitSpec
-    from usecases.spec import Baseline, Metrics, ModelSpec, Slice, UseCaseSpec
-    from usecases.stock.features import FEATURES, HAR_FEATURES, TARGETS, WARMUP, build_features
+VOLATILITY_BASELINES = (
+    Baseline("naive_5d", fit_naive("rv_5d"), "trailing 5-day realised volatility"),
+    Baseline("naive_22d", fit_naive("rv_22d"), "trailing 22-day realised volatility"),
+    Baseline("har", fit_har, "HAR-RV (Corsi 2009) on log 1/5/22-day realised volatility, train window"),
+)
+RETURN_BASELINES = (
+    Baseline("zero", fit_zero, "zero return"),
+    Baseline("majority", fit_majority, "the train window's majority direction (its median return)"),
+)
 
-    volatility = params.target == "volatility"
-    h = horizon(params)
-    target = TARGETS[params.target]
-    history = min_history(params)
-    if volatility:
-        baselines = (
-            Baseline("naive_5d", fit_naive("rv_5d"), "trailing 5-day realised volatility"),
-            Baseline("naive_22d", fit_naive("rv_22d"), "trailing 22-day realised volatility"),
-            Baseline(
-                "har", fit_har, "HAR-RV (Corsi 2009) on log 1/5/22-day realised volatility, train window"
-            ),
-        )
+DESCRIPTIONS = {
+    "volatility": (
+        "Stock volatility forecaster: realised volatility of the next 5 trading days (sqrt of the mean "
+        "squared daily log return), from past returns, realised and range-based volatility, momentum and "
+        "volume (all scale-free, per ticker). XGBoost on the log target, boosted from HAR-RV's forecast "
+        "(Corsi 2009) as base margin; gated against trailing 5- and 22-day realised volatility and the "
+        "champion. predict() returns volatility in daily log-return units."
+    ),
+    "return": (
+        "Stock return forecaster: the next trading day's log return (the implied next close is "
+        "close x exp(forecast)), from past returns, realised and range-based volatility, momentum and "
+        "volume (scale-free, per ticker). XGBoost, gated against a zero-return forecast and the majority "
+        "direction, and the champion."
+    ),
+}
+
+SLICES = (
+    Slice("regime", regime, "trailing 22-day volatility vs the training window's terciles"),
+    Slice("ticker", ticker, "one group per instrument (skipped with one)"),
+)
+
+
+def _gates(params: Params) -> GateSpec:
+    """MAE below the naive baselines' by the run's margin (and, for returns, direction better than the
+    majority's); the run's gate options."""
+    margin = params.baseline_margin
+    if params.target == "volatility":
         naive = ("naive_5d", "naive_22d")
-        gates = (BaselineGate("mae", naive, greater_is_better=False, relative_margin=params.baseline_margin),)
-        description = (
-            "Stock volatility forecaster: realised volatility of the next 5 trading days (sqrt of the mean "
-            "squared daily log return), from past returns, realised and range-based volatility, momentum and "
-            "volume (all scale-free, per ticker). XGBoost on the log target, boosted from HAR-RV's forecast "
-            "(Corsi 2009) as base margin; gated against trailing 5- and 22-day realised volatility and the "
-            "champion. predict() returns volatility in daily log-return units."
-        )
+        baseline = (BaselineGate("mae", naive, greater_is_better=False, relative_margin=margin),)
     else:
-        baselines = (
-            Baseline("zero", fit_zero, "zero return"),
-            Baseline("majority", fit_majority, "the train window's majority direction (its median return)"),
-        )
-        gates = (
-            BaselineGate(
-                "mae", ("zero", "majority"), greater_is_better=False, relative_margin=params.baseline_margin
-            ),
+        baseline = (
+            BaselineGate("mae", ("zero", "majority"), greater_is_better=False, relative_margin=margin),
             BaselineGate("directional_accuracy", ("majority",), greater_is_better=True),
         )
-        description = (
-            "Stock return forecaster: the next trading day's log return (the implied next close is "
-            "close x exp(forecast)), from past returns, realised and range-based volatility, momentum and "
-            "volume (scale-free, per ticker). XGBoost, gated against a zero-return forecast and the majority "
-            "direction, and the champion."
-        )
+    return GateSpec(baseline=baseline, **params.gate_options())
+
+
+def _split(params: Params) -> SplitSpec:
+    """Windows in trading days, the target's horizon between them."""
+    return SplitSpec(
+        test=params.test_steps,
+        validation=params.validation_steps,
+        gap=horizon(params),
+        train=params.train_steps,
+        unit="steps",
+        end=params.end,
+    )
+
+
+def _model(params: Params) -> ModelSpec:
+    """XGBoost on the conditional median; for volatility on the log target, boosted from HAR-RV's forecast.
+    Depth and leaf weight chosen by walk-forward folds."""
+    from usecases.stock.features import HAR_FEATURES
+
+    volatility = params.target == "volatility"
+    return ModelSpec(
+        params={
+            "objective": "reg:absoluteerror",  # the conditional median: what MAE rewards
+            "eval_metric": "mae",
+            "max_depth": params.max_depth,
+            "eta": params.learning_rate,
+            "min_child_weight": 50,
+            "subsample": 0.8,
+            "colsample_bytree": 0.8,
+            "lambda": 10.0,
+            # Thousands of rows: one thread is as fast, and OpenMP threads on a busy 2-core machine can
+            # spin-wait a fit 10-20x slower.
+            "nthread": 1,
+        },
+        num_boost_round=params.rounds,
+        early_stopping_rounds=100,
+        target_transform="log" if volatility else "identity",
+        offset_features=HAR_FEATURES if volatility else (),
+        search={"max_depth": [2, 3], "min_child_weight": [20, 100]},
+        folds=params.folds,
+    )
+
+
+def _metrics(params: Params) -> Metrics:
+    """MAE first (lower is better), on the columns the target's metrics read."""
+    from usecases.stock.features import TARGETS
+
+    volatility = params.target == "volatility"
+    return Metrics(
+        compute=volatility_metrics if volatility else return_metrics,
+        primary="mae",
+        greater_is_better=False,
+        reads=(TARGETS["volatility"],) if volatility else (TARGETS["return"], "close", "next_close"),
+    )
+
+
+def build_spec(params: Params) -> UseCaseSpec:
+    from data_checks import stock as checks
+    from usecases.stock.features import FEATURES, TARGETS, WARMUP, build_features
+
+    volatility = params.target == "volatility"
+    target = TARGETS[params.target]
+    history = min_history(params)
     return UseCaseSpec(
         name="stock",
         registered_model=registered_model(params),
         problem="regression",
-        description=description,
+        description=DESCRIPTIONS[params.target],
         load=load,
         raw_suite=lambda: checks.raw_suite(min_history=history),
         # Scoring needs only enough history to fill the longest feature window, not a training history.
@@ -272,46 +347,11 @@ def build_spec(params: Params):
         score_column=f"{params.target}_forecast",
         # the longest window (252 trading days) in calendar days, with room for holidays
         feature_history=timedelta(days=int(WARMUP * 7 / 5) + 30),
-        split=SplitSpec(
-            test=params.test_steps,
-            validation=params.validation_steps,
-            gap=h,
-            train=params.train_steps,
-            unit="steps",
-            end=params.end,
-        ),
-        model=ModelSpec(
-            params={
-                "objective": "reg:absoluteerror",  # the conditional median: what MAE rewards
-                "eval_metric": "mae",
-                "max_depth": params.max_depth,
-                "eta": params.learning_rate,
-                "min_child_weight": 50,
-                "subsample": 0.8,
-                "colsample_bytree": 0.8,
-                "lambda": 10.0,
-                # Thousands of rows: one thread is as fast, and OpenMP threads on a busy 2-core machine can
-                # spin-wait a fit 10-20x slower.
-                "nthread": 1,
-            },
-            num_boost_round=params.rounds,
-            early_stopping_rounds=100,
-            target_transform="log" if volatility else "identity",
-            offset_features=HAR_FEATURES if volatility else (),
-            search={"max_depth": [2, 3], "min_child_weight": [20, 100]},
-            folds=params.folds,
-        ),
-        baselines=baselines,
-        metrics=Metrics(
-            compute=volatility_metrics if volatility else return_metrics,
-            primary="mae",
-            greater_is_better=False,
-            reads=(TARGETS["volatility"],) if volatility else (TARGETS["return"], "close", "next_close"),
-        ),
-        gates=GateSpec(baseline=gates, **params.gate_options()),
-        tags={"target": params.target, "horizon_days": str(h)},
-        slices=(
-            Slice("regime", regime, "trailing 22-day volatility vs the training window's terciles"),
-            Slice("ticker", ticker, "one group per instrument (skipped with one)"),
-        ),
+        split=_split(params),
+        model=_model(params),
+        baselines=VOLATILITY_BASELINES if volatility else RETURN_BASELINES,
+        metrics=_metrics(params),
+        gates=_gates(params),
+        tags={"target": params.target, "horizon_days": str(horizon(params))},
+        slices=SLICES,
     )

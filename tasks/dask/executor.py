@@ -1,27 +1,61 @@
 """The gated-training flow's data stages, for the executor a run chose (`--executor local|dask`).
 
 The flow calls the same stages in the same order either way; `stages_for` gives it the in-process ones
-(`tasks/ingest.py`, `validate.py`, `features.py`, `split.py`, `train.py`) or their Dask counterparts
-(`tasks/distributed.py`, on the cluster `tasks/cluster.py` opens). Everything after training — evaluation on
-the collected validation and test windows, champion re-scoring, gates, registry — is the same code.
+(`tasks/ingest.py`, `validate.py`, `features.py`, `split.py`, `train.py`) or their Dask counterparts (this
+package's modules of the same names, on the cluster `cluster.py` opens), unless `unsupported` says what keeps
+the run off Dask. Everything after training — evaluation on the collected validation and test windows,
+champion re-scoring, gates, registry — is the same code.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
-from tasks.cluster import (
+from champion.store import run_logger
+from tasks import features, ingest, split, tracking, train, validate
+from tasks.dask.cluster import (
     DaskSettings,
     ExecutorError,
     dask_runner,
     release_memory,
     resolve_executor,
     scratch_folder,
+    submit,
 )
+from tasks.dask.features import featurize_distributed
+from tasks.dask.ingest import ingest_distributed, record_dataset
+from tasks.dask.split import in_memory_table, split_distributed
+from tasks.dask.train import train_distributed
+from tasks.dask.validate import validate_distributed
 
 if TYPE_CHECKING:
     from usecases.spec import TrainingParams, UseCaseSpec
+
+
+def unsupported(spec: UseCaseSpec, params: TrainingParams) -> list[str]:
+    """What keeps this run off the Dask executor (empty: nothing)."""
+    reasons = []
+    if spec.feature_history is None and not spec.feature_keys:
+        reasons.append(
+            "its features declare neither feature_keys nor a feature_history (they cannot be computed in "
+            "key shards or in time chunks)"
+        )
+    if spec.feature_keys and not spec.id_columns:
+        reasons.append("it declares feature_keys but no id_columns to put key shards' features back together")
+    if spec.split.unit != "days":
+        reasons.append(f"it splits by {spec.split.unit}, not calendar days")
+    if spec.raw_check_view is not None:
+        reasons.append("its raw checks need a cross-row view of the whole table")
+    if spec.model.search and spec.model.folds > 0:
+        reasons.append("it selects its model by walk-forward folds")
+    if spec.model.target_transform != "identity" or spec.model.offset_features:
+        reasons.append("its model learns a transformed target or a base margin")
+    if getattr(params, "init", "scratch") != "scratch":
+        reasons.append(f"--init {params.init} (fine-tuning runs on the local executor)")
+    return reasons
 
 
 class LocalStages:
@@ -34,50 +68,29 @@ class LocalStages:
         self.refusal = refusal  # raised by the first stage, inside the flow's run (recorded as failed)
 
     def ingest(self):
-        from tasks.ingest import ingest
-
         if self.refusal:
             raise ExecutorError(self.refusal)
-
-        return ingest(self.spec.load, self.params)
+        return ingest.ingest(self.spec.load, self.params)
 
     def validate(self, frame, suite_factory):
-        from tasks.validate import validate
-
-        return validate(frame, suite_factory, self.run_id)
+        return validate.validate(frame, suite_factory, self.run_id)
 
     def featurize(self, raw):
-        from tasks.features import featurize
-        from tasks.split import with_known_target
-
-        return with_known_target(featurize(raw, self.spec.build_features), self.spec.target)
+        return split.with_known_target(features.featurize(raw, self.spec.build_features), self.spec.target)
 
     def split(self, table):
-        from tasks.split import split
-
         spec = self.spec
-        return split(table, spec.split, spec.schema, spec.test_filter)
+        return split.split(table, spec.split, spec.schema, spec.test_filter)
 
     def log_datasets(self, raw, splits):
-        from flows.gated_training import _log_datasets
-
-        return _log_datasets(self.run_id, self.spec, raw, splits)
+        return tracking.log_input_table(self.run_id, self.spec.name, raw, splits)
 
     def train(self, splits, parent):
-        from tasks.train import train
-
         spec = self.spec
-        return train(splits, spec.model, spec.schema, spec.split, self.params.seed, self.run_id, parent)
+        return train.train(splits, spec.model, spec.schema, spec.split, self.params.seed, self.run_id, parent)
 
     def train_baselines(self, splits):
-        from tasks.train import train_baselines
-
-        return train_baselines(splits, self.spec.baselines, self.spec.schema, self.runner)
-
-    @property
-    def runner(self):
-        """Where the run's parallel tasks go (`tasks.cluster.submit`): None, the flow's own task runner."""
-        return None
+        return train.train_baselines(splits, self.spec.baselines, self.spec.schema)
 
     def in_memory(self, table):
         """The table as `evaluate_earlier` reads it."""
@@ -93,8 +106,6 @@ class DaskStages(LocalStages):
     name = "dask"
 
     def __init__(self, spec: UseCaseSpec, params: TrainingParams, run_id: str, settings: DaskSettings):
-        from tasks.distributed import unsupported
-
         reasons = unsupported(spec, params)
         refusal = (
             f"use case {spec.name} cannot run on the Dask executor: {'; '.join(reasons)}. "
@@ -104,14 +115,12 @@ class DaskStages(LocalStages):
         self.settings = settings
         self._exit = ExitStack()
         self._runner = self._scratch = None
-        self.windows = None  # tasks.distributed.DistributedWindows, after split
+        self.windows = None  # split.DistributedWindows, after split
 
     @property
     def runner(self):
         """prefect-dask's `DaskTaskRunner` on the cluster: the run's parallel tasks run on the workers."""
         if self._runner is None:
-            from tasks.tracking import run_logger
-
             run_logger().info("executor dask: %s", self.settings.describe())
             self._runner = self._exit.enter_context(dask_runner(self.settings))
             self._scratch = self._exit.enter_context(scratch_folder(self.settings))
@@ -132,51 +141,44 @@ class DaskStages(LocalStages):
         return max(len(self.client.scheduler_info()["workers"]), 1)
 
     def ingest(self):
-        from tasks.distributed import ingest_distributed
-
         if self.refusal:
             raise ExecutorError(self.refusal)
         rows = self.settings.partition_rows
         return ingest_distributed(self.client, self.spec, self.params, self.workers(), rows)
 
     def validate(self, frame, suite_factory):
-        from tasks.distributed import validate_distributed
-
         report = validate_distributed(frame, suite_factory, self.run_id, self.client)
         release_memory(self.client)
         return report
 
     def featurize(self, raw):
-        from tasks.distributed import featurize_distributed
-
         table = featurize_distributed(raw, self.spec, self.client, self.scratch, self.settings)
         release_memory(self.client)
         return table
 
     def split(self, table):
-        from tasks.distributed import split_distributed
-
         splits, self.windows = split_distributed(table, self.spec, self.params.seed, self.run_id, self.client)
         release_memory(self.client)
         return splits
 
     def log_datasets(self, raw, splits):
-        from tasks.distributed import log_datasets
-
-        return log_datasets(self.run_id, self.spec, raw, splits, self.windows, self.client)
+        return record_dataset(self.run_id, self.spec, raw, splits, self.windows.rows)
 
     def train(self, splits, parent):
-        from tasks.distributed import train_distributed
-
         if parent is not None:  # `unsupported` refused --init already; a parent here is a bug
             raise ExecutorError("fine-tuning runs on the local executor")
         candidate = train_distributed(splits, self.windows, self.spec, self.params.seed, self.client)
         release_memory(self.client)
         return candidate
 
-    def in_memory(self, table):
-        from tasks.distributed import in_memory_table
+    def train_baselines(self, splits):
+        """Each baseline a task run on a worker; the training rows (a sample) go to the cluster once, not once
+        per baseline."""
+        shared = dataclasses.replace(splits, train=self.client.scatter(splits.train))  # a Future to the rows
+        spec, to_workers = self.spec, functools.partial(submit, self.runner)
+        return train.train_baselines(shared, spec.baselines, spec.schema, to_workers)
 
+    def in_memory(self, table):
         return in_memory_table(self.windows, table, self.spec, self.params.earlier_windows, self.client)
 
     def close(self) -> None:

@@ -1,4 +1,4 @@
-"""Where a run's data work executes: in the flow's process (`local`) or on a Dask cluster (`dask`).
+"""The Dask cluster a run's data work executes on, and how that work is laid out on it.
 
 `--executor dask` (a field of `TrainingParams`, so also the Prefect form; the default comes from
 MLOPS_EXECUTOR, else `local`) connects to the scheduler at MLOPS_DASK_ADDRESS, or starts a `LocalCluster` of
@@ -8,14 +8,17 @@ out); MLOPS_DASK_PARTITION_ROWS, the rows a task holds — raw partitions and fe
 100,000); MLOPS_DASK_CHUNK_DAYS, the feature time chunks' length for use cases without feature keys (default:
 the use case's feature history); MLOPS_DASK_SCRATCH, a folder this process and the workers share, where a run
 writes its features once for the stages after them (default: the system's temporary folder).
-What runs there is `tasks/distributed.py`: Dask DataFrames, `dask.delayed` and `xgboost.dask`, and Prefect
-tasks submitted through prefect-dask's `DaskTaskRunner` (`dask_runner`, `submit`).
+Prefect tasks go to the workers through prefect-dask's `DaskTaskRunner` (`dask_runner`, `submit`).
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +35,8 @@ ENV_PARTITION_ROWS = "MLOPS_DASK_PARTITION_ROWS"
 # Rows a task holds (raw partitions, feature key shards): a worker's peak follows its tasks' size, not the
 # table's (at 8x the handbook, 100,000 keeps each below the whole table; 250,000 did not).
 PARTITION_ROWS = 100_000
+# Partitions per worker at least, so the raw checks and the feature shards run in parallel even from one file.
+PARTITIONS_PER_WORKER = 2
 # Dask settings of the workers: a shuffle's outgoing buffer and what it keeps in memory before writing to
 # disk (Dask's defaults, 1 GiB and 100 MiB a worker, would alone come near the share of the table a worker
 # is meant to hold).
@@ -110,7 +115,7 @@ class DaskSettings:
     @property
     def chunk(self):
         """The feature time chunks' length as a `pd.Timedelta`; None: the use case's feature history."""
-        import pandas as pd
+        import pandas as pd  # why: `mlops` commands import this module for its settings and errors alone
 
         return pd.Timedelta(days=self.chunk_days) if self.chunk_days else None
 
@@ -128,6 +133,7 @@ def dask_runner(settings: DaskSettings | None = None) -> Iterator[object]:
     """prefect-dask's `DaskTaskRunner` on the configured cluster, started. Prefect tasks submitted to it
     (`submit`) run on the workers as task runs of the flow run; its `client`, a `distributed.Client`, carries
     the Dask DataFrame work. On exit the client closes, and a cluster it started stops."""
+    # why: Dask loads only when a run uses it
     import dask
     import xgboost.dask  # noqa: F401  (registers XGBoost's Dask collective before the first training)
     from distributed import LocalCluster
@@ -181,9 +187,6 @@ def dask_runner(settings: DaskSettings | None = None) -> Iterator[object]:
 @contextmanager
 def scratch_folder(settings: DaskSettings) -> Iterator[Path]:
     """A folder of the run's own under `settings.scratch` (or the system's temp folder), removed after."""
-    import shutil
-    import tempfile
-
     if settings.scratch:
         Path(settings.scratch).mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="mlops-dask-", dir=settings.scratch))
@@ -195,9 +198,6 @@ def scratch_folder(settings: DaskSettings) -> Iterator[Path]:
 
 def _trim_memory() -> int:
     """On a worker: collect garbage and hand freed heap back to the system (glibc keeps it otherwise)."""
-    import ctypes
-    import gc
-
     gc.collect()
     try:
         return ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -212,12 +212,11 @@ def release_memory(client) -> None:
 
 
 def submit(runner, task, **parameters):
-    """`task` as a task run of the current flow run: on the flow's own task runner (`runner` None), or on a
-    Dask worker through the run's `DaskTaskRunner` — there a `distributed.Future` of the task's result, which
-    Dask collections can take as input. A worker reports to the flow run's Prefect API; where that is
-    Prefect's temporary in-process server, its address goes along (else each worker would start its own)."""
-    if runner is None:
-        return task.submit(**parameters)
+    """`task` as a task run of the current flow run, on a Dask worker through the run's `DaskTaskRunner`: a
+    `distributed.Future` of the task's result, which Dask collections can take as input. A worker reports to
+    the flow run's Prefect API; where that is Prefect's temporary in-process server, its address goes along
+    (else each worker would start its own)."""
+    # why: Prefect loads only with a run, not with the `mlops` commands that read this module's settings
     from prefect.context import get_run_context
     from prefect.settings import PREFECT_API_URL, temporary_settings
 

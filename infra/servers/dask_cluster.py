@@ -3,7 +3,7 @@ profile). Runs with `--executor dask` (or the Prefect form's `executor`) then us
 MLOPS_DASK_ADDRESS, which `make up` writes into client.env and runner.env and gives `mlops serve`.
 
 MLOPS_DASK_PORT (default 8786), MLOPS_DASK_WORKERS (2), MLOPS_DASK_THREADS (1), MLOPS_DASK_MEMORY_LIMIT
-("auto"): the same names the compose file and `tasks/cluster.py` read.
+("auto"): the same names the compose file and `tasks/dask/cluster.py` read.
 """
 
 from __future__ import annotations
@@ -11,6 +11,10 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
+from pathlib import Path
+
+from infra.servers.processes import Managed, port_open, wait_until
+from infra.servers.settings import ServerError
 
 # Managed names: each is in its process's command line (`python -m distributed.cli.<name>`).
 SCHEDULER, WORKER = "dask_scheduler", "dask_worker"
@@ -49,7 +53,7 @@ def worker_command(env: Mapping[str, str] | None = None) -> list[str]:
 def workers_connected(scheduler: str, timeout: float = 5.0) -> int:
     """How many workers the scheduler at `scheduler` has (0 when it does not answer)."""
     try:
-        from distributed import Client
+        from distributed import Client  # why: Dask only for `up --dask`
 
         with Client(scheduler, timeout=f"{timeout}s", set_as_default=False) as client:
             return len(client.scheduler_info()["workers"])
@@ -57,24 +61,20 @@ def workers_connected(scheduler: str, timeout: float = 5.0) -> int:
         return 0
 
 
-def up(state_dir, managed_class, wait_until, port_open, timeout: float) -> dict[str, str]:
+def up(state_dir: Path, timeout: float) -> dict[str, str]:
     """Start the scheduler, then the workers, unless running; wait for the workers; return the client env."""
-    scheduler, worker = managed_class(SCHEDULER, state_dir), managed_class(WORKER, state_dir)
+    scheduler, worker = Managed(SCHEDULER, state_dir), Managed(WORKER, state_dir)
     where = address()
+    port = int(where.rsplit(":", 1)[1])
     if scheduler.pid() is None:
-        port = int(where.rsplit(":", 1)[1])
         if port_open("127.0.0.1", port):
-            from infra.servers import ServerError
-
             raise ServerError(f"dask: port {port} is taken by another program; set MLOPS_DASK_PORT")
         print(f"  dask scheduler: started (pid {scheduler.start(scheduler_command(), {})}), {where}")
     else:
         print(f"  dask scheduler: already running (pid {scheduler.pid()}), {where}")
-    wait_until(
-        lambda: port_open("127.0.0.1", int(where.rsplit(":", 1)[1])), timeout, "Dask scheduler", scheduler
-    )
+    wait_until(lambda: port_open("127.0.0.1", port), timeout, "Dask scheduler", scheduler)
     if worker.pid() is None:
-        from tasks.cluster import worker_environment
+        from tasks.dask.cluster import worker_environment  # why: Dask's settings, only for `up --dask`
 
         pid = worker.start(worker_command(), worker_environment())
         print(f"  dask workers: started (pid {pid}), log {worker.log_file}")

@@ -1,0 +1,177 @@
+"""Every benchmark in bench/ runs: each script's `--smoke` mode (tiny simulated data, one repeat), called in
+this process through its `main(argv)`, writing its JSON to a temporary folder, never to bench/results/.
+
+The benchmarks that need a fraud champion (scoring, serving, compact) share one, trained once on the smoke
+data; the in-process ones share the session's Prefect test server, and the ones that start `mlops run` in
+fresh processes (pipeline, stock, scale) are pointed at it too (MLOPS_BENCH_PREFECT_API_URL), so no benchmark
+starts a Prefect server of its own (wall_clock's smoke mode included, whose full runs time the local server's
+start).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+RESULTS = BENCH / "results"
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def bench(name: str):
+    """bench/NAME.py as a module (under another name: bench/serving.py must not shadow `serving`)."""
+    module = sys.modules.get(f"bench_{name}")
+    if module is None:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+def check(doc: dict, out: Path, tables: set[str]) -> dict:
+    """The run wrote its JSON where it was told, as a smoke run, with every expected table filled."""
+    assert out.exists(), out
+    written = json.loads(out.read_text())
+    assert written["source"] == "smoke" and written["benchmark"] == doc["benchmark"]
+    assert tables <= set(written["tables"]), (tables, set(written["tables"]))
+    for key in tables:
+        t = written["tables"][key]
+        assert t["rows"], f"{doc['benchmark']}#{key} has no rows"
+        assert all(len(row) == len(t["columns"]) for row in t["rows"]), f"{doc['benchmark']}#{key}"
+    rendered = bench("_results").render(written)
+    assert rendered.count("|---|") >= len(tables)
+    return written
+
+
+@pytest.fixture(scope="module")
+def prefect_url(prefect_server):
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value()
+
+
+@pytest.fixture
+def subprocess_prefect(prefect_url, monkeypatch):
+    """Benchmarks that run `mlops run` in fresh processes use the session's Prefect server."""
+    monkeypatch.setenv("MLOPS_BENCH_PREFECT_API_URL", prefect_url)
+
+
+@pytest.fixture(scope="module")
+def smoke_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("bench-smoke")
+
+
+@pytest.fixture(scope="module")
+def champion_home(smoke_dir, prefect_server):
+    """One fraud champion on the smoke data, shared by scoring, serving and compact (scoring trains it)."""
+    return smoke_dir / "champion-home"
+
+
+@pytest.fixture(autouse=True)
+def restore_environment(monkeypatch):
+    """The scripts set MLOPS_HOME and the like in os.environ: undone after each test."""
+    import os
+
+    for name in ("MLOPS_HOME", "MLFLOW_TRACKING_URI", "MLOPS_PREFECT_SERVER", "PREFECT_LOGGING_LEVEL"):
+        if name in os.environ:
+            monkeypatch.setenv(name, os.environ[name])
+        else:
+            monkeypatch.delenv(name, raising=False)
+
+
+def test_scoring(champion_home, smoke_dir):
+    out = smoke_dir / "scoring.json"
+    doc = bench("scoring").main(["--smoke", "--home", str(champion_home), "--out", str(out)])
+    check(doc, out, {"batch"})
+
+
+def test_serving(champion_home, smoke_dir):
+    out = smoke_dir / "serving.json"
+    doc = bench("serving").main(["--smoke", "--home", str(champion_home), "--out", str(out)])
+    written = check(doc, out, {"latency"})
+    servers = {row[1] for row in written["tables"]["latency"]["rows"]}
+    assert servers == {"mlops serve-model", "mlflow models serve"}
+
+
+def test_compact(champion_home, smoke_dir):
+    out = smoke_dir / "compact.json"
+    doc = bench("compact").main(["--smoke", "--home", str(champion_home), "--out", str(out)])
+    written = check(doc, out, {"fraud"})
+    assert written["tables"]["fraud"]["rows"][0][0] == "teacher"
+
+
+def test_continual(smoke_dir, prefect_server):
+    out = smoke_dir / "continual.json"
+    doc = bench("continual").main(["--smoke", "--out", str(out)])
+    check(doc, out, {"fraud", "stock"})
+
+
+def test_monitoring(smoke_dir, prefect_server):
+    out = smoke_dir / "monitoring.json"
+    doc = bench("monitoring").main(["--smoke", "--out", str(out)])
+    check(doc, out, {"simulator", "stock"})
+
+
+def test_pipeline(smoke_dir, subprocess_prefect):
+    out = smoke_dir / "pipeline.json"
+    doc = bench("pipeline").main(["--smoke", "--out", str(out)])
+    check(doc, out, {"summary", "stages"})
+
+
+def test_stock(smoke_dir, subprocess_prefect):
+    out = smoke_dir / "stock.json"
+    doc = bench("stock").main(["--smoke", "--out", str(out)])
+    check(doc, out, {"volatility"})
+
+
+def test_scale(smoke_dir, subprocess_prefect):
+    out = smoke_dir / "scale.json"
+    doc = bench("scale").main(["--smoke", "--out", str(out)])
+    written = check(doc, out, {"curve", "stage_peaks", "extrapolation"})
+    assert [row[2] for row in written["tables"]["curve"]["rows"]] == ["dask"]
+
+
+def test_wall_clock(smoke_dir, subprocess_prefect):
+    out = smoke_dir / "wall_clock.json"
+    doc = bench("wall_clock").main(["--smoke", "--out", str(out)])
+    check(doc, out, {"wall", "imports"})
+
+
+def test_smoke_never_writes_results(smoke_dir):
+    """A smoke run refuses bench/results/ as its output, and defaults to a temporary folder."""
+    results = bench("_results")
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    results.add_arguments(parser, "scale")
+    assert not results.output_path(parser.parse_args(["--smoke"]), "scale").is_relative_to(RESULTS)
+    with pytest.raises(SystemExit):
+        results.output_path(parser.parse_args(["--smoke", "--out", str(RESULTS / "scale.json")]), "scale")
+    assert results.output_path(parser.parse_args([]), "scale") == RESULTS / "scale.json"
+
+
+def test_results_files_render():
+    """Every bench/results file renders, says where its figures come from, and every docs marker names one."""
+    import re
+
+    results = bench("_results")
+    for path in sorted(RESULTS.glob("*.json")):
+        doc = json.loads(path.read_text())
+        assert doc["benchmark"] == path.stem and (BENCH / f"{path.stem}.py").exists(), path
+        assert doc["source"] in ("run", "transcribed") and doc["provenance"], path
+        assert results.render(doc).count("|---|") >= len(doc["tables"])
+    docs = BENCH.parent / "docs"
+    hooks = importlib.util.spec_from_file_location("docs_hooks", docs / "hooks.py")
+    module = importlib.util.module_from_spec(hooks)
+    hooks.loader.exec_module(module)
+    for page in docs.glob("*.md"):
+        for name, table_id in module.MARKER.findall(page.read_text()):
+            doc = results.load(name)
+            assert not table_id or table_id in doc["tables"], (page.name, name, table_id)
+    assert not re.search(r"\| *\d[\d.,]* *\|", (BENCH.parent / "README.md").read_text()), "README: figures"

@@ -1,0 +1,86 @@
+"""The factory's shared words: registry aliases and tags, event names and resources, run parameter keys.
+
+Every module that writes one of these and every module that reads it back imports it from here, so a name is
+spelled once. Nothing here imports a stage, Prefect or MLflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+# --- registry: aliases -----------------------------------------------------------------------------------
+CHAMPION = "champion"  # what consumers load: models:/<name>@champion
+COMPACT_SUFFIX = "-compact"  # <name>-compact: the compact stand-in of <name> (tasks/compaction/)
+
+# --- registry: tags on a version ---------------------------------------------------------------------------
+FINGERPRINT_TAG = "lineage.fingerprint"  # hash of data, code and parameters: an identical rerun reuses it
+PARENT_TAG, INIT_TAG, UPDATE_TAG = "lineage.parent", "lineage.init", "lineage.update"
+WINDOWS_TAG, TRAINED_ON_TAG = "lineage.windows", "lineage.trained_on"
+PROMOTION_TAG = "promotion"  # the outcome of the last attempt to promote the version
+GATES_TAG = "gates"  # "passed 6/6" or "refused 1/6: champion.average_precision"
+
+# --- registry: tags on the registered model ----------------------------------------------------------------
+HISTORY_PREFIX = "champion.history."  # one tag per alias move, numbered
+
+# --- events (Prefect custom events) ------------------------------------------------------------------------
+DATA_ARRIVED = "mlops.data.arrived"
+"""Starts a training run: resource `mlops.dataset.<use case>`, payload `{"use_case", "path"}`."""
+MODEL_PROMOTED = "mlops.model.promoted"
+MODEL_REJECTED = "mlops.model.rejected"
+MODEL_ROLLED_BACK = "mlops.model.rolled-back"
+MODEL_DEGRADED = "mlops.model.degraded"
+"""Sent by monitoring when a version is not healthy: resource `mlflow.registered-model.<name>`, payload with
+the verdict, the drifted features and the monitored `data`."""
+
+
+def model_resource(registered_model: str) -> str:
+    """The resource id registry events are about."""
+    return f"mlflow.registered-model.{registered_model}"
+
+
+def dataset_resource(use_case: str) -> str:
+    """The resource id a `mlops.data.arrived` event names."""
+    return f"mlops.dataset.{use_case}"
+
+
+# --- run parameters ----------------------------------------------------------------------------------------
+PARAM_PREFIX = "param."  # a training run records each field of its `Params` as `param.<field>`
+
+
+def param_keys(params: Mapping[str, object]) -> dict[str, str]:
+    """A run's parameters as the keys its MLflow run records them under."""
+    return {f"{PARAM_PREFIX}{name}": str(value) for name, value in params.items()}
+
+
+def recorded_params(logged: Mapping[str, str]) -> dict[str, str]:
+    """The `Params` fields a run recorded (`param_keys` read back); fields recorded as None are left out."""
+    return {
+        key[len(PARAM_PREFIX) :]: value
+        for key, value in logged.items()
+        if key.startswith(PARAM_PREFIX) and value != "None"
+    }
+
+
+# --- the gate verdict as a tag -----------------------------------------------------------------------------
+
+
+def gates_summary(refused: list[str], total: int) -> str:
+    """One line: `passed 6/6`, or `refused 1/6: champion.average_precision`."""
+    if not refused:
+        return f"passed {total}/{total}"
+    return f"refused {len(refused)}/{total}: {', '.join(refused)}"
+
+
+def refused_gates(tags: Mapping[str, str]) -> list[str] | None:
+    """The names of the gates a version failed, read from its tags; None when it carries no verdict.
+
+    Reads the `gates` summary, or the per-gate `gate.<name>` tags that versions registered before it carry.
+    """
+    summary = tags.get(GATES_TAG)
+    if summary is not None:
+        _, _, names = summary.partition(": ")
+        return [n.strip() for n in names.split(",") if n.strip()] if summary.startswith("refused") else []
+    per_gate = {k[len("gate.") :]: v for k, v in tags.items() if k.startswith("gate.")}
+    if not per_gate:
+        return None
+    return [name for name, verdict in sorted(per_gate.items()) if not verdict.startswith("passed")]
