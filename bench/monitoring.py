@@ -181,12 +181,10 @@ def simulate_seed(seed: int) -> dict:
     return out
 
 
-def simulator(seeds: int, in_process: bool = False) -> dict:
+def _seed_results(seeds: int, in_process: bool) -> list[dict]:
+    """Every seed's world (`simulate_seed`), each in its own process unless `in_process`."""
     import subprocess
 
-    import numpy as np
-
-    started = time.perf_counter()
     results = []
     for seed in range(seeds):
         if in_process:
@@ -200,15 +198,15 @@ def simulator(seeds: int, in_process: bool = False) -> dict:
             print(f"seed {seed} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
             continue
         results.append(json.loads(lines[-1][5:]))
-    kinds = [k for k in _kinds("2018-01-01") if k != "none"]
-    took = time.perf_counter() - started
-    drift_week, weeks = CFG["drift_week"], CFG["weeks"]
-    print(
-        f"\n== simulator: {seeds} seed(s), {weeks} weekly windows, drift from week {drift_week} ({took:.0f}s)"
-    )
+    return results
+
+
+def _detection(results: list[dict]) -> list[list]:
+    """Per kind of drift, each seed's weeks to an alarm and the alarms before it; the clean worlds'."""
+    drift_week = CFG["drift_week"]
     print(f"{'drift':24}{'detected after (weeks), per seed':36}{'alarms before it':>18}")
     detection = []
-    for kind in kinds:
+    for kind in (k for k in _kinds("2018-01-01") if k != "none"):
         delays, early = [], 0
         for r in (r for r in results if not r.get("error")):
             alarms = [w["week"] for w in r["weeks"].get(kind, []) if w["status"] != "healthy"]
@@ -221,15 +219,27 @@ def simulator(seeds: int, in_process: bool = False) -> dict:
     alarms = sum(w["status"] != "healthy" for w in clean)
     print(f"clean worlds: {alarms} alarm(s) in {len(clean)} weeks")
     detection.append(["none (clean worlds)", f"{alarms} alarms in {len(clean)} weeks", None])
+    return detection
+
+
+def _estimate(results: list[dict]) -> list[list]:
+    """Estimated against realised average precision, clean weeks."""
+    import numpy as np
+
+    clean = [w for r in results for w in r["weeks"].get("none", [])]
     errors = [abs(w["estimated"] - w["realised"]) for w in clean if w["estimated"] and w["realised"]]
-    estimate_rows = []
-    if errors:
-        print(
-            f"estimated vs realised average precision, clean weeks: MAE {np.mean(errors):.3f} "
-            f"(max {np.max(errors):.3f}, {len(errors)} weeks)"
-        )
-        estimate_rows.append([len(errors), float(np.mean(errors)), float(np.max(errors))])
-    retrain_rows, notes = [], []
+    if not errors:
+        return []
+    print(
+        f"estimated vs realised average precision, clean weeks: MAE {np.mean(errors):.3f} "
+        f"(max {np.max(errors):.3f}, {len(errors)} weeks)"
+    )
+    return [[len(errors), float(np.mean(errors)), float(np.max(errors))]]
+
+
+def _retrained(results: list[dict]) -> tuple[list[list], list[str]]:
+    """Each seed's retraining on the card-testing world, and a note for every seed that failed."""
+    rows, notes = [], []
     for r in results:
         if r.get("error"):
             print(f"seed {r['seed']}: {r['error']}; its world is left out above")
@@ -237,13 +247,26 @@ def simulator(seeds: int, in_process: bool = False) -> dict:
         t = r.get("retrain")
         if t and "before" not in t:
             print(f"seed {r['seed']}, card testing: retraining after week {t['week']}: {t['decision']}")
-            retrain_rows.append([r["seed"], t["week"], None, None, t["decision"]])
+            rows.append([r["seed"], t["week"], None, None, t["decision"]])
         elif t:
             print(
                 f"seed {r['seed']}, card testing: retrained after week {t['week']}; average precision on "
                 f"the weeks after: {t['before']:.3f} (old champion) -> {t['after']:.3f} ({t['decision']})"
             )
-            retrain_rows.append([r["seed"], t["week"], t["before"], t["after"], t["decision"]])
+            rows.append([r["seed"], t["week"], t["before"], t["after"], t["decision"]])
+    return rows, notes
+
+
+def simulator(seeds: int, in_process: bool = False) -> dict:
+    started = time.perf_counter()
+    results = _seed_results(seeds, in_process)
+    took, drift_week, weeks = time.perf_counter() - started, CFG["drift_week"], CFG["weeks"]
+    print(
+        f"\n== simulator: {seeds} seed(s), {weeks} weekly windows, drift from week {drift_week} ({took:.0f}s)"
+    )
+    detection = _detection(results)
+    estimate_rows = _estimate(results)
+    retrain_rows, notes = _retrained(results)
     setup = (
         f"{seeds} seed(s); a champion trained on {CFG['train_days']} simulated days "
         f"({CFG['sim']['n_customers']:,} customers, {CFG['sim']['n_terminals']:,} terminals), then {weeks} "
@@ -312,15 +335,10 @@ def _retrain(tmp: Path, raw, weeks, start: str, model, spec, profile) -> dict | 
         values = [r["realised"] for r in rows if r["realised"] is not None]
         return float(np.nanmean(values)) if values else None
 
-    summary = (
-        MlflowClient()
-        .search_runs(
-            [MlflowClient().get_experiment_by_name("fraud").experiment_id],
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )[0]
-        .data.tags.get("decision.summary", "")
-    )
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("fraud").experiment_id
+    last = client.search_runs([experiment], order_by=["attributes.start_time DESC"], max_results=1)[0]
+    summary = last.data.tags.get("decision.summary", "")
     decision = "promoted" if code == 0 else f"exit {code}: {summary}"
     return {"week": week, "before": mean(old), "after": mean(new), "decision": decision}
 

@@ -59,6 +59,85 @@ def row(label: str, pipeline: float, hand: float | None, fmt: str = ".1f", ratio
     return text
 
 
+def report(label: str, pipe: dict, hand: dict) -> None:
+    """One configuration's figures, pipeline next to the hand-written script, and its time per stage."""
+    m = pipe["metrics"]
+    print(f"== {label}")
+    print(f"{'':34}{'pipeline':>12}{'hand-written':>14}{'ratio':>8}")
+    print(row("wall time, s (after imports)", pipe["seconds"], hand["seconds"]))
+    print(row("wall time, s (with imports)", pipe["seconds_with_imports"], hand["seconds_with_imports"]))
+    print(row("peak RSS, MB", pipe["peak_rss_mb"], hand["peak_rss_mb"], ".0f"))
+    print(
+        row(
+            "test average precision",
+            m["test_average_precision"],
+            hand["test_average_precision"],
+            ".3f",
+            ratio=False,
+        )
+        + f"   (handbook XGBoost {HANDBOOK_XGBOOST_AP})"
+    )
+    print(
+        row(
+            "baseline (LR) average precision",
+            m["baseline_test_average_precision"],
+            hand["baseline_test_average_precision"],
+            ".3f",
+            ratio=False,
+        )
+    )
+    print(row("test ROC AUC", m["test_roc_auc"], hand["test_roc_auc"], ".3f", ratio=False))
+    print(row("card precision@100", m["test_card_precision_at_100"], None, ".3f"))
+    print(f"exit code {pipe['exit_code']} ({pipe['decision']}); time per stage (s):")
+    for stage, seconds in sorted(pipe["stages"].items(), key=lambda kv: -kv[1]):
+        print(f"  {stage:30}{seconds:8.2f}")
+    print()
+
+
+def summary_rows(short: str, pipe: dict, hand: dict) -> list[list]:
+    """One configuration's rows of the summary table."""
+    m = pipe["metrics"]
+    return [
+        [f"wall time after imports, s ({short})", pipe["seconds"], hand["seconds"],
+         pipe["seconds"] / hand["seconds"]],
+        [f"wall time with imports, s ({short})", pipe["seconds_with_imports"],
+         hand["seconds_with_imports"], pipe["seconds_with_imports"] / hand["seconds_with_imports"]],
+        [f"peak RSS, GB ({short})", pipe["peak_rss_mb"] / 1024, hand["peak_rss_mb"] / 1024, None],
+        [f"test average precision ({short})", m["test_average_precision"],
+         hand["test_average_precision"], None],
+        [f"logistic regression, test average precision ({short})",
+         m["baseline_test_average_precision"], hand["baseline_test_average_precision"], None],
+        [f"test ROC AUC ({short})", m["test_roc_auc"], hand["test_roc_auc"], None],
+        [f"exit code ({short})", pipe["exit_code"], None, None],
+    ]  # fmt: skip
+
+
+def tables(data: str, boot: float, rows: list[list], first: tuple[str, dict]) -> dict:
+    """The summary table, and the time per stage of `first` (a configuration's short label and run)."""
+    stage_config, stage_pipe = first
+    number = {"format": "{:.3g}"}
+    summary = table(
+        "Fraud pipeline against the hand-written script",
+        ["what", {"name": "pipeline", **number}, {"name": "hand-written", **number},
+         {"name": "ratio", "format": ".2f"}],
+        rows,
+        method=(
+            f"`mlops run fraud --data {Path(data).name}` and `bench/handwritten.py` (same features, "
+            "training and MLflow logging; no checks, gates, registry or Prefect), each in a fresh process "
+            "with a fresh MLflow store; the handbook's own XGBoost reaches "
+            f"{HANDBOOK_XGBOOST_AP} on its 1-week protocol"
+        ),
+        excluded=f"the Prefect server's start ({boot:.0f} s here), paid once per machine",
+    )  # fmt: skip
+    stages = table(
+        f"Fraud pipeline, time per stage ({stage_config})",
+        ["stage", {"name": "seconds", "format": ".2f"}],
+        [[stage, seconds] for stage, seconds in sorted(stage_pipe["stages"].items(), key=lambda kv: -kv[1])],
+        method="the Prefect task runs' durations, summed per stage",
+    )
+    return {"summary": summary, "stages": stages}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="Fraud pipeline benchmark on the full handbook file.")
     parser.add_argument("--data", default=None, help="default: the handbook file")
@@ -76,89 +155,20 @@ def main(argv: list[str] | None = None) -> dict:
     if not Path(data).exists():
         sys.exit(f"benchmark data not found: {data}")
 
-    summary_rows, stage_rows, stage_config = [], [], ""
+    rows, runs = [], []
     with prefect_server() as (env, boot):
         print(f"data: {data}")
         print(f"Prefect server start (excluded below; a temporary server costs the same): {boot:.1f} s\n")
         for label, options in configs.items():
             hand = run_json([sys.executable, "bench/handwritten.py", data, *options], env)
             pipe = run_pipeline("fraud", ["--data", data, *options, *extra], env)
-            m = pipe["metrics"]
-            print(f"== {label}")
-            print(f"{'':34}{'pipeline':>12}{'hand-written':>14}{'ratio':>8}")
-            print(row("wall time, s (after imports)", pipe["seconds"], hand["seconds"]))
-            print(
-                row("wall time, s (with imports)", pipe["seconds_with_imports"], hand["seconds_with_imports"])
-            )
-            print(row("peak RSS, MB", pipe["peak_rss_mb"], hand["peak_rss_mb"], ".0f"))
-            print(
-                row(
-                    "test average precision",
-                    m["test_average_precision"],
-                    hand["test_average_precision"],
-                    ".3f",
-                    ratio=False,
-                )
-                + f"   (handbook XGBoost {HANDBOOK_XGBOOST_AP})"
-            )
-            print(
-                row(
-                    "baseline (LR) average precision",
-                    m["baseline_test_average_precision"],
-                    hand["baseline_test_average_precision"],
-                    ".3f",
-                    ratio=False,
-                )
-            )
-            print(row("test ROC AUC", m["test_roc_auc"], hand["test_roc_auc"], ".3f", ratio=False))
-            print(row("card precision@100", m["test_card_precision_at_100"], None, ".3f"))
-            print(f"exit code {pipe['exit_code']} ({pipe['decision']}); time per stage (s):")
-            for stage, seconds in sorted(pipe["stages"].items(), key=lambda kv: -kv[1]):
-                print(f"  {stage:30}{seconds:8.2f}")
-            print()
+            report(label, pipe, hand)
             short = label.split(" (")[0]
-            summary_rows += [
-                [f"wall time after imports, s ({short})", pipe["seconds"], hand["seconds"],
-                 pipe["seconds"] / hand["seconds"]],
-                [f"wall time with imports, s ({short})", pipe["seconds_with_imports"],
-                 hand["seconds_with_imports"], pipe["seconds_with_imports"] / hand["seconds_with_imports"]],
-                [f"peak RSS, GB ({short})", pipe["peak_rss_mb"] / 1024, hand["peak_rss_mb"] / 1024, None],
-                [f"test average precision ({short})", m["test_average_precision"],
-                 hand["test_average_precision"], None],
-                [f"logistic regression, test average precision ({short})",
-                 m["baseline_test_average_precision"], hand["baseline_test_average_precision"], None],
-                [f"test ROC AUC ({short})", m["test_roc_auc"], hand["test_roc_auc"], None],
-                [f"exit code ({short})", pipe["exit_code"], None, None],
-            ]  # fmt: skip
-            if not stage_rows:
-                stage_rows = [
-                    [stage, seconds]
-                    for stage, seconds in sorted(pipe["stages"].items(), key=lambda kv: -kv[1])
-                ]
-                stage_config = short
-
-    number = {"format": "{:.3g}"}
-    summary = table(
-        "Fraud pipeline against the hand-written script",
-        ["what", {"name": "pipeline", **number}, {"name": "hand-written", **number},
-         {"name": "ratio", "format": ".2f"}],
-        summary_rows,
-        method=(
-            f"`mlops run fraud --data {Path(data).name}` and `bench/handwritten.py` (same features, "
-            "training and MLflow logging; no checks, gates, registry or Prefect), each in a fresh process "
-            "with a fresh MLflow store; the handbook's own XGBoost reaches "
-            f"{HANDBOOK_XGBOOST_AP} on its 1-week protocol"
-        ),
-        excluded=f"the Prefect server's start ({boot:.0f} s here), paid once per machine",
-    )  # fmt: skip
-    stages = table(
-        f"Fraud pipeline, time per stage ({stage_config})",
-        ["stage", {"name": "seconds", "format": ".2f"}],
-        stage_rows,
-        method="the Prefect task runs' durations, summed per stage",
-    )
+            rows += summary_rows(short, pipe, hand)
+            runs.append((short, pipe))
     command = "uv run python bench/pipeline.py" + (" --smoke" if args.smoke else "")
-    doc = document("pipeline", command, {"summary": summary, "stages": stages}, smoke=args.smoke)
+    first = next(((short, pipe) for short, pipe in runs if pipe["stages"]), runs[-1])  # the first with stages
+    doc = document("pipeline", command, tables(data, boot, rows, first), smoke=args.smoke)
     write(out, doc)
     return doc
 

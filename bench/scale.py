@@ -42,6 +42,9 @@ from _results import SMOKE_FRAUD_OPTIONS, add_arguments, document, output_path, 
 
 HANDBOOK = {"customers": 5000, "terminals": 10000, "days": 183}
 ROWS_PER_FILE = 1_000_000
+STAGES = ["ingest", "validate", "features", "split", "train"]  # the curve's columns, µs per row
+PER_ROW = {"format": ".1f"}
+MB = {"format": ",.0f"}
 
 # Simulate in a child process (the generator's memory is not the pipeline's), sorted by time, in files.
 SIMULATE = r"""
@@ -293,12 +296,8 @@ def summarise(results: list[dict]) -> None:
             )
 
 
-def tables(results: list[dict], base: dict, workers: int = 2) -> dict:
-    """The docs' tables: the curve, the largest scale's peak per stage, cost per row, 1 B rows."""
-    ok = [r for r in results if "error" not in r]
-    stages = ["ingest", "validate", "features", "split", "train"]
-    per_row = {"format": ".1f"}
-    mb = {"format": ",.0f"}
+def _curve(ok: list[dict], base: dict, workers: int) -> dict:
+    """Every run: wall time, µs per row overall and per stage, peaks, test AP and exit code."""
     curve = [
         [
             f"{r['scale']}x",
@@ -306,7 +305,7 @@ def tables(results: list[dict], base: dict, workers: int = 2) -> dict:
             r["executor"],
             r["wall_with_imports"],
             1e6 * r["wall_with_imports"] / r["rows"],
-            *(1e6 * r["stages"].get(c, 0.0) / r["rows"] for c in stages),
+            *(1e6 * r["stages"].get(c, 0.0) / r["rows"] for c in STAGES),
             r["driver_mb"],
             r["worker_mb"] if r["executor"] == "dask" else None,
             r["table_mb"],
@@ -317,93 +316,111 @@ def tables(results: list[dict], base: dict, workers: int = 2) -> dict:
     ]
     rest = []
     for r in ok:
-        others = sum(v for k, v in r["stages"].items() if k not in stages)
+        others = sum(v for k, v in r["stages"].items() if k not in STAGES)
         rest.append(f"{r['scale']}x {r['executor']}: {1e6 * others / r['rows']:.1f}")
-    out = {
-        "curve": table(
-            "Scale curve: local executor and Dask, 1x to 8x the handbook's size",
-            [
-                "scale",
-                "rows",
-                "executor",
-                {"name": "wall s", "format": ".0f"},
-                {"name": "µs/row", **per_row},
-                *({"name": c, **per_row} for c in stages),
-                {"name": "driver peak MB", **mb},
-                {"name": "largest worker MB", **mb},
-                {"name": "table MB", **mb},
-                {"name": "test AP", "format": ".3f"},
-                "exit",
-            ],
-            curve,
-            units="stages in microseconds per row of the table; peaks in MB of resident memory",
-            method=(
-                f"the simulator at {base['customers']:,} customers, {base['terminals']:,} terminals and "
-                f"{base['days']} days times each scale in customers and terminals, as a directory of "
-                "Parquet files of 1 M rows; `mlops run fraud --data DIR` per executor in a fresh process "
-                f"(Dask: a LocalCluster of {workers} process worker(s) x 1 thread, started by the run); "
-                "psutil samples the run's process tree every 0.2 s; wall time is the whole process, "
-                'start-up included; "table" is the raw table in pandas'
-            ),
-            excluded="the Prefect server's start (one server for the benchmark)",
-            notes=[
-                f"the rest of each run (baselines, evaluation, champion, registry), µs/row: {'; '.join(rest)}"
+    return table(
+        "Scale curve: local executor and Dask, 1x to 8x the handbook's size",
+        [
+            "scale",
+            "rows",
+            "executor",
+            {"name": "wall s", "format": ".0f"},
+            {"name": "µs/row", **PER_ROW},
+            *({"name": c, **PER_ROW} for c in STAGES),
+            {"name": "driver peak MB", **MB},
+            {"name": "largest worker MB", **MB},
+            {"name": "table MB", **MB},
+            {"name": "test AP", "format": ".3f"},
+            "exit",
+        ],
+        curve,
+        units="stages in microseconds per row of the table; peaks in MB of resident memory",
+        method=(
+            f"the simulator at {base['customers']:,} customers, {base['terminals']:,} terminals and "
+            f"{base['days']} days times each scale in customers and terminals, as a directory of "
+            "Parquet files of 1 M rows; `mlops run fraud --data DIR` per executor in a fresh process "
+            f"(Dask: a LocalCluster of {workers} process worker(s) x 1 thread, started by the run); "
+            "psutil samples the run's process tree every 0.2 s; wall time is the whole process, "
+            'start-up included; "table" is the raw table in pandas'
+        ),
+        excluded="the Prefect server's start (one server for the benchmark)",
+        notes=[
+            f"the rest of each run (baselines, evaluation, champion, registry), µs/row: {'; '.join(rest)}"
+        ]
+        if rest
+        else [],
+    )  # fmt: skip
+
+
+def _stage_peaks(ok: list[dict]) -> dict:
+    """The largest scale: each process's peak while each stage ran."""
+    top = max(r["scale"] for r in ok)
+    columns = [*STAGES, "baselines", "evaluate", "rest"]
+    rows, notes = [], []
+    for r in (r for r in ok if r["scale"] == top):
+        roles = (("Dask driver", 0), ("Dask, largest worker", 1)) if r["executor"] == "dask" else (
+            ("local process", 0),)  # fmt: skip
+        for label, i in roles:
+            whole = r["driver_mb"] if i == 0 else r["worker_mb"]
+            rows.append([label, *((r["stage_mb"].get(c) or (None, None))[i] for c in columns), whole])
+        for role, names in r["peak_during"].items():
+            notes.append(f"{r['executor']} {role}: highest during {names}")
+    return table(
+        f"{top}x, peak MB while each stage ran",
+        ["peak MB", *({"name": c, **MB} for c in columns), {"name": "whole run", **MB}],
+        rows,
+        method="the highest sample of each process while one of the stage's task runs ran",
+        notes=notes,
+    )
+
+
+def _cost(ok: list[dict]) -> dict:
+    """Each executor's cost per row at each scale, against its smallest scale's."""
+    cost_rows = []
+    scales = sorted({r["scale"] for r in ok})
+    for executor in ("dask", "local"):
+        runs = {r["scale"]: r for r in ok if r["executor"] == executor}
+        if runs:
+            first = runs[min(runs)]
+            unit = first["wall_with_imports"] / first["rows"]
+            relative = [
+                runs[s]["wall_with_imports"] / runs[s]["rows"] / unit if s in runs else None for s in scales
             ]
-            if rest
-            else [],
-        ),  # fmt: skip
-    }
+            cost_rows.append([executor, *relative])
+    return table(
+        "Cost per row against the smallest scale",
+        ["executor", *({"name": f"{s}x", "format": ".2f"} for s in scales)],
+        cost_rows,
+    )
+
+
+def _extrapolation(dask: list[dict]) -> dict:
+    """1 B rows on a cluster, from the largest Dask run's cost per row."""
+    biggest = max(dask, key=lambda r: r["scale"])
+    core_us = 2 * 1e6 * biggest["wall_with_imports"] / biggest["rows"]  # 2 workers x 1 thread
+    core_hours = core_us * 1e-6 * 1e9 / 3600
+    return table(
+        "1 B rows on a cluster, from the largest Dask run",
+        ["cores", {"name": "minutes", "format": ".0f"}, {"name": "core-hours", "format": ".0f"},
+         {"name": "core-µs per row", "format": ".0f"}],
+        [[cores, core_hours * 60 / cores, core_hours, core_us] for cores in (64, 256, 1024)],
+        method=(
+            f"the {biggest['scale']}x Dask run's cost per row on 2 cores, assuming the data-parallel "
+            "stages scale linearly"
+        ),
+    )  # fmt: skip
+
+
+def tables(results: list[dict], base: dict, workers: int = 2) -> dict:
+    """The docs' tables: the curve, the largest scale's peak per stage, cost per row, 1 B rows."""
+    ok = [r for r in results if "error" not in r]
+    out = {"curve": _curve(ok, base, workers)}
     if ok:
-        top = max(r["scale"] for r in ok)
-        columns = [*stages, "baselines", "evaluate", "rest"]
-        rows, notes = [], []
-        for r in (r for r in ok if r["scale"] == top):
-            roles = (("Dask driver", 0), ("Dask, largest worker", 1)) if r["executor"] == "dask" else (
-                ("local process", 0),)  # fmt: skip
-            for label, i in roles:
-                whole = r["driver_mb"] if i == 0 else r["worker_mb"]
-                rows.append([label, *((r["stage_mb"].get(c) or (None, None))[i] for c in columns), whole])
-            for role, names in r["peak_during"].items():
-                notes.append(f"{r['executor']} {role}: highest during {names}")
-        out["stage_peaks"] = table(
-            f"{top}x, peak MB while each stage ran",
-            ["peak MB", *({"name": c, **mb} for c in columns), {"name": "whole run", **mb}],
-            rows,
-            method="the highest sample of each process while one of the stage's task runs ran",
-            notes=notes,
-        )
-        cost_rows = []
-        scales = sorted({r["scale"] for r in ok})
-        for executor in ("dask", "local"):
-            runs = {r["scale"]: r for r in ok if r["executor"] == executor}
-            if runs:
-                first = runs[min(runs)]
-                unit = first["wall_with_imports"] / first["rows"]
-                relative = [
-                    runs[s]["wall_with_imports"] / runs[s]["rows"] / unit if s in runs else None
-                    for s in scales
-                ]
-                cost_rows.append([executor, *relative])
-        out["cost"] = table(
-            "Cost per row against the smallest scale",
-            ["executor", *({"name": f"{s}x", "format": ".2f"} for s in scales)],
-            cost_rows,
-        )
+        out["stage_peaks"] = _stage_peaks(ok)
+        out["cost"] = _cost(ok)
         dask = [r for r in ok if r["executor"] == "dask"]
         if dask:
-            biggest = max(dask, key=lambda r: r["scale"])
-            core_us = 2 * 1e6 * biggest["wall_with_imports"] / biggest["rows"]  # 2 workers x 1 thread
-            core_hours = core_us * 1e-6 * 1e9 / 3600
-            out["extrapolation"] = table(
-                "1 B rows on a cluster, from the largest Dask run",
-                ["cores", {"name": "minutes", "format": ".0f"}, {"name": "core-hours", "format": ".0f"},
-                 {"name": "core-µs per row", "format": ".0f"}],
-                [[cores, core_hours * 60 / cores, core_hours, core_us] for cores in (64, 256, 1024)],
-                method=(
-                    f"the {biggest['scale']}x Dask run's cost per row on 2 cores, assuming the data-parallel "
-                    "stages scale linearly"
-                ),
-            )  # fmt: skip
+            out["extrapolation"] = _extrapolation(dask)
     return out
 
 

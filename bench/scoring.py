@@ -19,6 +19,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +84,114 @@ def best_of(repeat: int, fn) -> float:
     return min(times)
 
 
+@dataclass(frozen=True)
+class ModelStep:
+    """The model step alone on the whole feature table: seconds (best of `repeat`) and the model's shape."""
+
+    rows: int
+    inplace: float  # in-place prediction on the float32 matrix
+    cpu: float  # CPU seconds of one in-place prediction, over all threads
+    with_frame: float  # including the frame -> matrix conversion
+    generic: float  # MLflow's pyfunc predict
+    trees: int | None
+    depth: int | None
+
+
+def end_to_end(data: Path, chunk_rows: int) -> list[tuple[str, object]]:
+    """The scoring flow, chunked and in one piece: (label, its result)."""
+    from flows.scoring import batch_scoring
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, rows_per_chunk in ((f"chunks of {chunk_rows:,} rows", chunk_rows), ("in one piece", 0)):
+            result = batch_scoring(
+                "fraud", str(data), str(Path(tmp) / "scores.parquet"), chunk_rows=rows_per_chunk or None
+            )
+            rows.append((label, result))
+    return rows
+
+
+def model_step(version: str, data: Path, repeat: int) -> ModelStep:
+    import json
+
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    from champion.loading import load_scoring_model, spec_for
+
+    model = load_scoring_model(MODEL, version=version)
+    spec = spec_for("fraud", model)
+    raw = pd.read_parquet(data)
+    features = spec.build_features(raw)
+    matrix = features[list(model.columns)].to_numpy(np.float32)
+    inplace = best_of(repeat, lambda: model.predict_matrix(matrix))
+    cpu = time.process_time()
+    model.predict_matrix(matrix)
+    cpu = time.process_time() - cpu  # CPU seconds over all threads: what the machine's load cannot inflate
+    with_frame = best_of(repeat, lambda: model.predict(features))
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL}/{version}")
+    frame = features[list(model.columns)]
+    generic = best_of(min(repeat, 3), lambda: pyfunc.predict(frame))
+    trees = model._model.num_boosted_rounds() if model.flavor == "xgboost" else None
+    depth = None
+    if model.flavor == "xgboost":
+        config = json.loads(model._model.save_config())["learner"]["gradient_booster"]
+        depth = config.get("tree_train_param", {}).get("max_depth")
+    return ModelStep(len(features), inplace, cpu, with_frame, generic, trees, depth)
+
+
+def report(rows: list[tuple[str, object]], step: ModelStep, repeat: int) -> None:
+    n, inplace, with_frame, cpu, generic = step.rows, step.inplace, step.with_frame, step.cpu, step.generic
+    print(f"\nend to end ({n:,} rows; read, validate, features, validate, score, write):")
+    print(f"  {'mode':<28}{'rows/s':>12}{'total s':>9}{'model rows/s':>14}  seconds per step")
+    for label, r in rows:
+        steps = ", ".join(f"{k} {v:.2f}" for k, v in r.seconds.items() if k != "total")
+        print(
+            f"  {label:<28}{r.rows_per_second:>12,.0f}{r.seconds['total']:>9.1f}"
+            f"{r.model_rows_per_second:>14,.0f}  {steps}"
+        )
+    print(f"\nmodel step alone ({step.trees} trees, best of {repeat}):")
+    print(f"  {'in-place predict on float32 matrix':<44}{n / inplace:>14,.0f} rows/s  ({inplace:.3f} s)")
+    print(f"  {'same, incl. frame -> matrix':<44}{n / with_frame:>14,.0f} rows/s  ({with_frame:.3f} s)")
+    label = f"in-place, per CPU second (x{os.cpu_count()} cores)"
+    print(f"  {label:<44}{n / cpu:>14,.0f} rows/s  ({n / cpu * (os.cpu_count() or 1):,.0f} on idle cores)")
+    print(
+        f"  {'mlflow pyfunc predict (schema enforcement)':<44}{n / generic:>14,.0f} rows/s  ({generic:.3f} s)"
+    )
+
+
+def batch_table(
+    rows: list[tuple[str, object]], step: ModelStep, version: str, data: Path, repeat: int
+) -> dict:
+    n = step.rows
+    in_run = sorted(r.model_rows_per_second for _, r in rows)
+    return table(
+        "Batch scoring",
+        ["batch scoring", {"name": "rows/s", "format": ",.0f"}],
+        [
+            *[
+                [f"end to end, {label} (read, validate, features, validate, score, write)", r.rows_per_second]
+                for label, r in rows
+            ],
+            [
+                "model step (in-place XGBoost prediction), as timed inside the run",
+                f"{in_run[0]:,.0f} – {in_run[-1]:,.0f}",
+            ],
+            [f"model step alone, best of {repeat}", n / step.inplace],
+            ["model step including the frame → matrix conversion", n / step.with_frame],
+            ["MLflow's generic `pyfunc.predict` on the same frame, for comparison", n / step.generic],
+        ],
+        units="rows per second of wall time",
+        method=(
+            f"`{MODEL}` v{version} ({step.trees if step.trees is not None else '?'} trees"
+            + (f", depth {step.depth}" if step.depth else "")
+            + f") scoring `{data.name}` ({n:,} rows) on {os.cpu_count()} CPUs; the model step alone is "
+            f"the best of {repeat}"
+        ),
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -106,88 +215,14 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(f"no data at {data}")
     version = ensure_champion(args.home.resolve(), data, train_options)
 
-    import mlflow
-    import numpy as np
-    import pandas as pd
-
-    from champion.loading import load_scoring_model, spec_for
-    from flows.scoring import batch_scoring
-
     print(f"\n{MODEL} v{version} on {data.name}; {os.cpu_count()} CPUs", flush=True)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for label, rows_per_chunk in ((f"chunks of {chunk_rows:,} rows", chunk_rows), ("in one piece", 0)):
-            result = batch_scoring(
-                "fraud", str(data), str(Path(tmp) / "scores.parquet"), chunk_rows=rows_per_chunk or None
-            )
-            rows.append((label, result))
-
-    model = load_scoring_model(MODEL, version=version)
-    spec = spec_for("fraud", model)
-    raw = pd.read_parquet(data)
-    features = spec.build_features(raw)
-    matrix = features[list(model.columns)].to_numpy(np.float32)
-    n = len(features)
-    inplace = best_of(repeat, lambda: model.predict_matrix(matrix))
-    cpu = time.process_time()
-    model.predict_matrix(matrix)
-    cpu = time.process_time() - cpu  # CPU seconds over all threads: what the machine's load cannot inflate
-    with_frame = best_of(repeat, lambda: model.predict(features))
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL}/{version}")
-    frame = features[list(model.columns)]
-    generic = best_of(min(repeat, 3), lambda: pyfunc.predict(frame))
-    trees = model._model.num_boosted_rounds() if model.flavor == "xgboost" else None
-    depth = None
-    if model.flavor == "xgboost":
-        import json
-
-        config = json.loads(model._model.save_config())["learner"]["gradient_booster"]
-        depth = config.get("tree_train_param", {}).get("max_depth")
-
-    print(f"\nend to end ({n:,} rows; read, validate, features, validate, score, write):")
-    print(f"  {'mode':<28}{'rows/s':>12}{'total s':>9}{'model rows/s':>14}  seconds per step")
-    for label, r in rows:
-        steps = ", ".join(f"{k} {v:.2f}" for k, v in r.seconds.items() if k != "total")
-        print(
-            f"  {label:<28}{r.rows_per_second:>12,.0f}{r.seconds['total']:>9.1f}"
-            f"{r.model_rows_per_second:>14,.0f}  {steps}"
-        )
-    print(f"\nmodel step alone ({trees} trees, best of {repeat}):")
-    print(f"  {'in-place predict on float32 matrix':<44}{n / inplace:>14,.0f} rows/s  ({inplace:.3f} s)")
-    print(f"  {'same, incl. frame -> matrix':<44}{n / with_frame:>14,.0f} rows/s  ({with_frame:.3f} s)")
-    label = f"in-place, per CPU second (x{os.cpu_count()} cores)"
-    print(f"  {label:<44}{n / cpu:>14,.0f} rows/s  ({n / cpu * (os.cpu_count() or 1):,.0f} on idle cores)")
-    print(
-        f"  {'mlflow pyfunc predict (schema enforcement)':<44}{n / generic:>14,.0f} rows/s  ({generic:.3f} s)"
-    )
-
-    in_run = sorted(r.model_rows_per_second for _, r in rows)
-    batch = table(
-        "Batch scoring",
-        ["batch scoring", {"name": "rows/s", "format": ",.0f"}],
-        [
-            *[
-                [f"end to end, {label} (read, validate, features, validate, score, write)", r.rows_per_second]
-                for label, r in rows
-            ],
-            [
-                "model step (in-place XGBoost prediction), as timed inside the run",
-                f"{in_run[0]:,.0f} – {in_run[-1]:,.0f}",
-            ],
-            [f"model step alone, best of {repeat}", n / inplace],
-            ["model step including the frame → matrix conversion", n / with_frame],
-            ["MLflow's generic `pyfunc.predict` on the same frame, for comparison", n / generic],
-        ],
-        units="rows per second of wall time",
-        method=(
-            f"`{MODEL}` v{version} ({trees if trees is not None else '?'} trees"
-            + (f", depth {depth}" if depth else "")
-            + f") scoring `{data.name}` ({n:,} rows) on {os.cpu_count()} CPUs; the model step alone is "
-            f"the best of {repeat}"
-        ),
-    )
+    rows = end_to_end(data, chunk_rows)
+    step = model_step(version, data, repeat)
+    report(rows, step, repeat)
     command = "uv run python bench/scoring.py" + (" --smoke" if args.smoke else "")
-    doc = document("scoring", command, {"batch": batch}, smoke=args.smoke)
+    doc = document(
+        "scoring", command, {"batch": batch_table(rows, step, version, data, repeat)}, smoke=args.smoke
+    )
     write(out, doc)
     return doc
 

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,14 +76,33 @@ def timed(command: list[str], env: dict, check: bool = True, cwd: Path = ROOT) -
     return seconds
 
 
-def main(argv: list[str] | None = None) -> dict:
+@dataclass(frozen=True)
+class Timings:
+    """Every figure of one run, in seconds; the `*_before` ones are None (or empty) without `--before`."""
+
+    imports: dict
+    imports_before: dict
+    status_empty: float
+    status_before: float | None
+    first: float
+    runs: list
+    hands: list
+    runs_before: list
+    status: float
+    helps: float
+
+
+def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="default: the handbook file")
     parser.add_argument("--repeat", type=int, default=None, help="later runs and hand-written runs (2)")
     parser.add_argument("--before", default=None, help="Also measure this git revision's code.")
     add_arguments(parser, "wall_clock")
-    args = parser.parse_args(argv)
-    out = output_path(args, "wall_clock")
+    return parser
+
+
+def fill_defaults(args: argparse.Namespace) -> list[str]:
+    """--data and --repeat filled in; returns the `mlops run` options smoke mode adds."""
     gates: list[str] = []
     if args.smoke:
         args.data = args.data or str(smoke_fraud_data(Path(tempfile.gettempdir()) / "mlops-bench-smoke"))
@@ -90,38 +110,49 @@ def main(argv: list[str] | None = None) -> dict:
         gates = SMOKE_FRAUD_OPTIONS
     args.data = args.data or str(HANDBOOK)
     args.repeat = args.repeat or 2
-    tries = 1 if args.smoke else 2
-    if not Path(args.data).exists():
-        sys.exit(f"benchmark data not found: {args.data}")
-    Path(args.data).read_bytes()  # page cache warm for every contender alike
+    return gates
 
+
+def environment(tmp: str, smoke: bool) -> dict:
+    """The runs' environment: a fresh MLOPS_HOME and its own local Prefect server (or the smoke tests')."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_TRACKING"))}
+    env.update(
+        MLOPS_HOME=str(Path(tmp) / "home"),
+        MLOPS_LOCAL_PREFECT_PORT=str(4300 + os.getpid() % 500),
+        MLOPS_PREFECT_SERVER="background",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="true",
+    )
+    shared = os.environ.get("MLOPS_BENCH_PREFECT_API_URL")
+    if smoke and shared:  # the smoke tests' one Prefect server: no local server started here
+        env["PREFECT_API_URL"] = shared
+    return env
+
+
+def import_times(env: dict, old: _Before | None, smoke: bool, tries: int) -> tuple[dict, dict]:
+    """Each command's imports in a fresh interpreter, best of `tries`, now and (with `old`) before."""
+    imports, imports_before = {}, {}
+    # smoke: the cheapest import only (the code path is the same for every command)
+    for name, code in ({"mlops --help": IMPORTS["mlops --help"]} if smoke else IMPORTS).items():
+        now, was = [], []
+        for _ in range(tries):
+            now.append(timed([sys.executable, "-c", code], env))
+            if old:
+                was.append(old.timed([sys.executable, "-c", IMPORTS_BEFORE[name]]))
+        imports[name], imports_before[name] = min(now), min(was) if was else None
+    return imports, imports_before
+
+
+def measure(args: argparse.Namespace, gates: list[str], tries: int) -> Timings:
+    """Every contender, interleaved, so the load of a shared machine hits each alike."""
     with tempfile.TemporaryDirectory() as tmp:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_TRACKING"))}
-        env.update(
-            MLOPS_HOME=str(Path(tmp) / "home"),
-            MLOPS_LOCAL_PREFECT_PORT=str(4300 + os.getpid() % 500),
-            MLOPS_PREFECT_SERVER="background",
-            PREFECT_SERVER_ANALYTICS_ENABLED="false",
-            DO_NOT_TRACK="true",
-        )
-        shared = os.environ.get("MLOPS_BENCH_PREFECT_API_URL")
-        if args.smoke and shared:  # the smoke tests' one Prefect server: no local server started here
-            env["PREFECT_API_URL"] = shared
+        env = environment(tmp, args.smoke)
         mlops = [str(BIN / "mlops")]
         run = [*mlops, "run", "fraud", "--data", args.data, *gates]
         hand = [sys.executable, "bench/handwritten.py", args.data]
         old = _Before(args.before, env, tmp) if args.before else None
         try:
-            # Everything interleaved, so the load of a shared machine hits every contender alike.
-            imports, imports_before = {}, {}
-            # smoke: the cheapest import only (the code path is the same for every command)
-            for name, code in ({"mlops --help": IMPORTS["mlops --help"]} if args.smoke else IMPORTS).items():
-                now, was = [], []
-                for _ in range(tries):
-                    now.append(timed([sys.executable, "-c", code], env))
-                    if old:
-                        was.append(old.timed([sys.executable, "-c", IMPORTS_BEFORE[name]]))
-                imports[name], imports_before[name] = min(now), min(was) if was else None
+            imports, imports_before = import_times(env, old, args.smoke, tries)
             status_empty = timed([*mlops, "status", "fraud"], env)
             status_before = old.timed([sys.executable, "-c", old.app, "status", "fraud"]) if old else None
             first = timed(run, env)  # starts the local Prefect server
@@ -140,33 +171,42 @@ def main(argv: list[str] | None = None) -> dict:
             subprocess.run([*mlops, "server", "stop"], env=env, cwd=ROOT, capture_output=True)
             if old:
                 old.close()
+    return Timings(
+        imports, imports_before, status_empty, status_before, first, runs, hands, runs_before, status, helps
+    )
 
-    best_run, best_hand = min(runs or [first]), min(hands)
+
+def report(args: argparse.Namespace, t: Timings) -> None:
+    best_run, best_hand = min(t.runs or [t.first]), min(t.hands)
     print(f"data: {args.data}; best of {args.repeat}; wall clock of the whole process, start-up included\n")
     print(f"{'':48}{'seconds':>10}")
-    print(f"{'mlops run fraud, first run (starts Prefect)':48}{first:10.1f}")
-    every = ", ".join(f"{r:.1f}" for r in runs)
+    print(f"{'mlops run fraud, first run (starts Prefect)':48}{t.first:10.1f}")
+    every = ", ".join(f"{r:.1f}" for r in t.runs)
     print(f"{'mlops run fraud, later runs (best)':48}{best_run:10.1f}   all: {every}")
-    every = ", ".join(f"{h:.1f}" for h in hands)
+    every = ", ".join(f"{h:.1f}" for h in t.hands)
     print(f"{'hand-written script (best)':48}{best_hand:10.1f}   all: {every}")
     print(f"{'ratio, later run / hand-written':48}{best_run / best_hand:10.2f}   (target <= 1.5)")
-    print(f"{'first-run cost of the local Prefect server':48}{first - best_run:10.1f}")
-    print(f"{'mlops status fraud (empty registry)':48}{status_empty:10.1f}")
-    print(f"{'mlops status fraud (one model)':48}{status:10.1f}")
-    print(f"{'mlops --help':48}{helps:10.1f}")
+    print(f"{'first-run cost of the local Prefect server':48}{t.first - best_run:10.1f}")
+    print(f"{'mlops status fraud (empty registry)':48}{t.status_empty:10.1f}")
+    print(f"{'mlops status fraud (one model)':48}{t.status:10.1f}")
+    print(f"{'mlops --help':48}{t.helps:10.1f}")
     print("\nimport time before a command works (fresh interpreter, best of 2):")
-    for name, seconds in imports.items():
-        was = f"   before: {imports_before[name]:.2f}" if old else ""
+    for name, seconds in t.imports.items():
+        was = f"   before: {t.imports_before[name]:.2f}" if args.before else ""
         print(f"  {name:46}{seconds:10.2f}{was}")
-    if old:
+    if args.before:
         print(
             f"\nbefore ({args.before}), same run, interleaved: each command starts Prefect's temporary server"
         )
-        every = ", ".join(f"{r:.1f}" for r in runs_before)
-        print(f"{'mlops run fraud (best)':48}{min(runs_before):10.1f}   all: {every}")
-        print(f"{'ratio to the hand-written script':48}{min(runs_before) / best_hand:10.2f}")
-        print(f"{'mlops status fraud (empty registry)':48}{status_before:10.1f}")
+        every = ", ".join(f"{r:.1f}" for r in t.runs_before)
+        print(f"{'mlops run fraud (best)':48}{min(t.runs_before):10.1f}   all: {every}")
+        print(f"{'ratio to the hand-written script':48}{min(t.runs_before) / best_hand:10.2f}")
+        print(f"{'mlops status fraud (empty registry)':48}{t.status_before:10.1f}")
 
+
+def tables(args: argparse.Namespace, t: Timings, tries: int) -> dict:
+    """The docs' tables: what a user waits for, and the import times."""
+    best_run, best_hand = min(t.runs or [t.first]), min(t.hands)
     rev = args.before
     before = [rev] if rev else []  # a third column only when an earlier revision was measured
 
@@ -181,21 +221,21 @@ def main(argv: list[str] | None = None) -> dict:
             *({"name": f"before ({r})", "format": ".1f"} for r in before),
         ],
         [
-            ["`mlops run fraud`, first run (starts the local Prefect server)", first, *also(None)],
+            ["`mlops run fraud`, first run (starts the local Prefect server)", t.first, *also(None)],
             [
                 f"`mlops run fraud`, later runs (best of {args.repeat})",
                 best_run,
-                *also(rev and min(runs_before)),
+                *also(rev and min(t.runs_before)),
             ],
             [f"hand-written script (best of {args.repeat})", best_hand, *also(None)],
             [
                 "ratio, later run / hand-written (target ≤ 1.5)",
                 best_run / best_hand,
-                *also(rev and min(runs_before) / best_hand),
+                *also(rev and min(t.runs_before) / best_hand),
             ],
-            ["`mlops status fraud`, empty registry", status_empty, *also(status_before)],
-            ["`mlops status fraud`, one model", status, *also(None)],
-            ["`mlops --help`", helps, *also(None)],
+            ["`mlops status fraud`, empty registry", t.status_empty, *also(t.status_before)],
+            ["`mlops status fraud`, one model", t.status, *also(None)],
+            ["`mlops --help`", t.helps, *also(None)],
         ],
         method=(
             "wall clock of the whole process (interpreter start, imports, server connection, work, exit) on "
@@ -208,18 +248,31 @@ def main(argv: list[str] | None = None) -> dict:
         ),
         excluded="nothing but the data file's first read into the page cache",
     )
-    imports_table = table(
+    imports = table(
         "Import time before a command works",
         [
             "command",
             {"name": "seconds", "format": ".2f"},
             *({"name": f"before ({r})", "format": ".2f"} for r in before),
         ],
-        [[f"`{name}`", seconds, *also(imports_before[name])] for name, seconds in imports.items()],
+        [[f"`{name}`", seconds, *also(t.imports_before[name])] for name, seconds in t.imports.items()],
         method=f"a fresh interpreter importing what the command loads, best of {tries}",
     )
+    return {"wall": wall, "imports": imports}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = arguments().parse_args(argv)
+    out = output_path(args, "wall_clock")
+    gates = fill_defaults(args)
+    tries = 1 if args.smoke else 2
+    if not Path(args.data).exists():
+        sys.exit(f"benchmark data not found: {args.data}")
+    Path(args.data).read_bytes()  # page cache warm for every contender alike
+    timings = measure(args, gates, tries)
+    report(args, timings)
     command = "uv run python bench/wall_clock.py" + (" --smoke" if args.smoke else "")
-    doc = document("wall_clock", command, {"wall": wall, "imports": imports_table}, smoke=args.smoke)
+    doc = document("wall_clock", command, tables(args, timings, tries), smoke=args.smoke)
     write(out, doc)
     return doc
 
