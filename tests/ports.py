@@ -54,13 +54,29 @@ def owned_by_group(port: int, pgid: int) -> bool:
     return bool(pids) and groups == {pgid}
 
 
+def live_members(pgid: int) -> list[int]:
+    """The processes of group `pgid` that still run (zombies left: this machine's init may never reap an
+    orphan, and a zombie is no process left running)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(entry))
+    return members
+
+
 def end_group(pgid: int) -> bool:
-    """SIGKILL whatever is left of process group `pgid`; True if anything was."""
-    try:
+    """SIGKILL whatever is left of process group `pgid`; True if any of it was still running."""
+    running = bool(live_members(pgid))
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
-        return True
-    except ProcessLookupError:
-        return False
+    return running
 
 
 def start_on_a_free_port(

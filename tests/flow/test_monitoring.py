@@ -117,27 +117,21 @@ def test_shifted_amounts_are_named_as_drift_and_alert(world, monitor):
 
 
 def test_thresholds_are_overridable_per_run(world, monitor):
-    """The drifted amounts, watched with a PSI bar no feature reaches and a drift share no set of features
-    reaches: the same data that alerts with the defaults is not drift; the run records the thresholds used."""
+    """The drifted amounts with a PSI bar of 50 and a drift share of 1 for this run: every feature is judged
+    against PSI 50 (none passes it), and the share rule (with the defaults: 27 % of the features >= 20 %)
+    cannot fire; the run still alerts, on what the overrides leave: the KS test and the score's PSI."""
     code, out, run = monitor(
-        "--data",
-        str(world["amount"]),
-        "--since",
-        SINCE,
-        "--psi",
-        "50",
-        "--drift-share",
-        "1",
-        "--metric-margin",
-        "0.6",
+        "--data", str(world["amount"]), "--since", SINCE, "--psi", "50", "--drift-share", "1"
     )
-    assert code == 0, out
+    assert code == 4, out
     assert run is not None, "the call recorded no monitoring run"
-    assert run.data.tags["verdict"] == "healthy"
+    assert run.data.tags["verdict"] == "drift"
     assessment = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/assessment.json"))
-    assert not [f["feature"] for f in assessment["features"] if f["drifted"]]  # nothing moved by 50
-    assert assessment["drift_share"] == 0.0 and run.data.metrics["drift_share"] == 0.0
-    assert run.data.metrics["drift.TX_AMOUNT"] > 0.2  # the amounts did move: only the bar changed
+    reasons = [f["reason"] for f in assessment["features"]]
+    assert all("<= 50" in r and "> 50" not in r for r in reasons), reasons  # the run's own PSI bar
+    verdict = assessment["verdict"]["reasons"]
+    assert not any("features drifted" in r and "% >= " in r for r in verdict), verdict  # no share rule
+    assert any(r.startswith("score PSI") and "> 0.2" in r for r in verdict), verdict
 
 
 def test_unlabelled_newest_rows_and_no_label_column(world, monitor):
