@@ -14,8 +14,6 @@ import sys
 import tomllib
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("cli", "serving", "infra", "flows", "usecases", "tasks", "champion", "data_checks", "bench")
 MAX_MODULE_LINES = 500
@@ -27,7 +25,7 @@ LONG_OR_WIDE = {
     "cli/models.py:score": "a Typer command: one parameter per option",
     "cli/models.py:serve_model": "a Typer command: one parameter per option",
     "flows/scoring.py:batch_scoring": "a flow: one parameter per field of its Prefect form",
-    "usecases/fraud/simulator.py:simulate_transactions": "the handbook's generator step by step, as its docstring lists",
+    "usecases/fraud/simulator.py:simulate_transactions": "the handbook's generator, step by step",
 }
 
 
@@ -47,22 +45,31 @@ def _belongs(module: str, package: str) -> bool:
     return module == package or module.startswith(package + ".")
 
 
-@pytest.mark.parametrize("depth", range(1, len(_layers())), ids=lambda d: " : ".join(_layers()[d]))
-def test_importing_a_layer_pulls_in_no_module_of_a_layer_above(depth):
+def test_importing_a_layer_pulls_in_no_module_of_a_layer_above():
+    """Each layer in a fresh interpreter of its own (the probes run side by side: imports cost seconds)."""
     layers = _layers()
-    modules = [m for package in layers[depth] for m in _modules(package)]
-    above = [package for layer in layers[:depth] for package in layer]
-    probe = (
-        "import importlib, json, sys\n"
-        f"for name in {modules!r}: importlib.import_module(name)\n"
-        "print(json.dumps(sorted(sys.modules)))"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300, check=True
-    )
-    loaded = json.loads(done.stdout.splitlines()[-1])
-    upward = [m for m in loaded if any(_belongs(m, package) for package in above)]
-    assert modules and not upward, f"importing {layers[depth]} loaded {upward}"
+    probes = {}
+    for depth in range(1, len(layers)):
+        modules = [m for package in layers[depth] for m in _modules(package)]
+        assert modules, f"no modules in layer {layers[depth]}"
+        code = (
+            "import importlib, json, sys\n"
+            f"for name in {modules!r}: importlib.import_module(name)\n"
+            "print(json.dumps(sorted(sys.modules)))"
+        )
+        probes[depth] = subprocess.Popen(
+            [sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    upward = {}
+    for depth, probe in probes.items():
+        out, err = probe.communicate(timeout=300)
+        assert probe.returncode == 0, f"importing {layers[depth]} failed: {err[-2000:]}"
+        above = [package for layer in layers[:depth] for package in layer]
+        loaded = json.loads(out.splitlines()[-1])
+        found = [m for m in loaded if any(_belongs(m, package) for package in above)]
+        if found:
+            upward[" : ".join(layers[depth])] = found
+    assert not upward, f"importing a layer loaded modules of layers above it: {upward}"
 
 
 def _functions():
