@@ -54,19 +54,60 @@ KILL_POINTS = {
     # run's final status are not written
     "promote->report": ("tasks.report", "report", "entry"),
 }
-# What a run imports, loaded once by the launcher before it forks (a child imports only what is missing).
+# What a run imports, loaded once by the launcher before it forks (a child imports only what is missing): the
+# project's packages (but the Dask executor's, which a local run never loads) and what their stages import
+# inside functions.
+PROJECT = ("cli", "flows", "tasks", "champion", "usecases", "data_checks")
+NOT_PRELOADED = ("tasks.dask",)
 PRELOAD = (
-    "cli.main",
-    "flows.training",
-    "flows.gated_training",
     "mlflow",
     "mlflow.xgboost",
+    "mlflow.pyfunc",
+    "mlflow.tracing",
+    "mlflow.utils.git_utils",
+    "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.store.model_registry.sqlalchemy_store",
+    "alembic.runtime.migration",
+    "sqlalchemy.dialects.sqlite",
+    "sqlalchemy.dialects.postgresql.psycopg2",
+    "psycopg2",
     "prefect",
+    "prefect.flow_engine",
+    "prefect.task_engine",
+    "prefect.concurrency.sync",
+    "prefect.events",
+    "prefect.artifacts",
+    "prefect.utilities.visualization",
     "xgboost",
     "sklearn.linear_model",
+    "sklearn.metrics",
+    "sklearn.pipeline",
+    "sklearn.preprocessing",
     "great_expectations",
-    "psycopg2",
+    "pyarrow.parquet",
 )
+
+
+def _preload() -> None:
+    import importlib
+    import pkgutil
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # what tasks/evaluate.py chooses before it draws
+    names = ["matplotlib.pyplot", *PRELOAD]
+    for package in PROJECT:
+        module = importlib.import_module(package)
+        names += [
+            info.name
+            for info in pkgutil.walk_packages(module.__path__, f"{package}.")
+            if not info.name.startswith(NOT_PRELOADED)
+        ]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # moved or broken: each child imports what it needs, and reports that
+            print(f"fault_launcher: not preloaded: {name}: {exc}", file=sys.stderr, flush=True)
 
 
 def _fire(point: str) -> None:
@@ -173,13 +214,7 @@ def serve() -> int:
     from cli.servers import use_prefect_server
 
     use_prefect_server()  # as `mlops run` does, before anything imports Prefect
-    import importlib
-
-    for module in PRELOAD:
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:  # moved or broken: each child imports what it needs, and reports that
-            print(f"fault_launcher: not preloaded: {module}: {exc}", file=sys.stderr, flush=True)
+    _preload()
     extra = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
     assert not extra, f"a thread before fork would be missing in the children: {extra}"
     protocol.write(json.dumps({"ready": os.getpid()}) + "\n")

@@ -7,9 +7,6 @@ session's launcher, which imported the CLI once: tests/flow/fault_launcher.py), 
 own that the test ends.
 """
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -135,13 +132,13 @@ def test_two_runs_at_once_on_a_postgres_registry(launcher, tmp_path, postgres_ur
 
 
 HOLD_LOCK = """
-import os, sys, time
+import os, time
 from champion.lock import champion_lock
 with champion_lock("fraud-detector", timeout=120, holder="test"):
-    with open(sys.argv[1], "a") as log:
+    with open(os.environ["CRITICAL_LOG"], "a") as log:
         log.write(f"start {os.getpid()} {time.time()}\\n")
     time.sleep(0.8)
-    with open(sys.argv[1], "a") as log:
+    with open(os.environ["CRITICAL_LOG"], "a") as log:
         log.write(f"end {os.getpid()} {time.time()}\\n")
 """
 
@@ -159,22 +156,16 @@ def lock_uri(request, tmp_path):
         yield uri
 
 
-def test_the_lock_serialises_processes(tmp_path, lock_uri):
-    """Three processes take the champion lock at once: their critical sections never overlap."""
+def test_the_lock_serialises_processes(launcher, tmp_path, lock_uri):
+    """Three processes (forked by the launcher) take the champion lock at once: their critical sections never
+    overlap."""
     log = tmp_path / "critical.log"
-    env = {**os.environ, "MLOPS_REGISTRY_LOCK_URI": lock_uri, "PYTHONPATH": str(ROOT)}
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", HOLD_LOCK, str(log)], cwd=ROOT, env=env, start_new_session=True
-        )
-        for _ in range(3)
-    ]
-    try:
-        codes = [p.wait(120) for p in processes]
-    finally:
-        stragglers = [end_group(p.pid) for p in processes]
-    assert codes == [0, 0, 0]
-    assert stragglers == [False, False, False]
+    env = {"MLOPS_REGISTRY_LOCK_URI": lock_uri, "CRITICAL_LOG": str(log)}
+    outputs = [tmp_path / f"holder-{i}.log" for i in range(3)]
+    pids = [launcher.start([], output, env=env, python=HOLD_LOCK) for output in outputs]
+    done = [launcher.wait(pid, output, timeout=120) for pid, output in zip(pids, outputs, strict=True)]
+    assert [d.returncode for d in done] == [0, 0, 0], [d.stdout[-2000:] for d in done]
+    assert [d.stragglers for d in done] == [False, False, False]
     events = [line.split() for line in log.read_text().splitlines()]
     assert len(events) == 6
     for start, end in zip(events[::2], events[1::2], strict=True):
