@@ -6,6 +6,12 @@ CUSTOMER_ID, TERMINAL_ID, TX_AMOUNT, TX_FRAUD; other columns such as TX_FRAUD_SC
 loader parses TX_DATETIME with `pd.to_datetime(errors="coerce")` before validation, so an unparseable
 timestamp arrives here as NaT and is reported by the not-null check on TX_DATETIME.
 
+TX_FRAUD must be present but may be missing (null) on some rows: labels arrive after a delay, so a weekly
+extract's newest rows have none. Those rows feed the features (history) and are never a target
+(`tasks.split.with_known_target`). The label checks ignore them: GX's in-set and mean expectations leave
+nulls out (pd.NA, NaN and None alike), so the values must be 0 or 1 and the fraud rate is the mean over known
+labels. A column with (almost) no known label fails `MIN_KNOWN_LABEL_SHARE`.
+
 Suites are built fresh on every call (GX suites are mutable), and are not added to any data context:
 `tasks.validate.validate_frame` runs them against an in-memory batch.
 """
@@ -38,13 +44,32 @@ MIN_FRAUD_RATE = 0.0005
 MAX_FRAUD_RATE = 0.2
 # Fewer rows than this cannot fill the train / validation / test windows with enough frauds to score.
 MIN_ROWS = 1_000
+# Labels may be missing for the newest rows (the label delay), but a training extract with fewer than half its
+# labels known is a broken extract (an empty or mis-joined label column), not a delay: the default split
+# needs 49 labelled days, so a trainable extract with more unknown than known labels would need a label
+# delay of 7 weeks or more. A column with no known label at all fails here (its fraud rate, a mean over no
+# value, fails too, with no observed value).
+MIN_KNOWN_LABEL_SHARE = 0.5
 
 # GX compares the pandas dtype against these names: numpy names match numpy dtypes, pandas extension
 # dtypes must be given by their class name ("Int64Dtype"; the alias "Int64" is silently never matched).
-# Parquet gives int64; CSV gives int64 (or float64 when a value is missing, which the not-null check
-# reports); nullable loaders give Int64.
+# Parquet gives int64; CSV gives int64 (or float64 when a value is missing); nullable loaders give Int64.
 INTEGER_TYPES = ["int64", "int32", "Int64Dtype", "Int32Dtype"]
-LABEL_TYPES = ["int64", "int32", "int16", "int8", "Int64Dtype", "Int32Dtype", "Int16Dtype", "Int8Dtype"]
+# The label: integers, nullable integers (pandas' Parquet round trip of an Int64 column keeps pd.NA), and
+# float64, because that is what a label column with missing values arrives as from CSV (`pd.read_csv`) and
+# from Parquet written without pandas metadata (Spark, DuckDB, pyarrow: integer columns with nulls convert to
+# float64). No other float: no loader gives one for an integer column. Fractions (0.5) fail the in-set check.
+LABEL_TYPES = [
+    "int64",
+    "int32",
+    "int16",
+    "int8",
+    "Int64Dtype",
+    "Int32Dtype",
+    "Int16Dtype",
+    "Int8Dtype",
+    "float64",
+]
 NUMERIC_TYPES = ["float64", "float32", "Float64Dtype", "Float32Dtype", *INTEGER_TYPES]
 # pandas < 3 parses to nanoseconds, pandas 3 infers the unit (microseconds for most strings).
 DATETIME_TYPES = ["datetime64[ns]", "datetime64[us]", "datetime64[ms]", "datetime64[s]"]
@@ -74,7 +99,12 @@ AMOUNT_COLUMNS = [c for c in FEATURE_COLUMNS if c == "TX_AMOUNT" or "_AVG_AMOUNT
 
 
 def raw_suite() -> gx.ExpectationSuite:
-    """Schema, completeness, keys, ranges and label sanity of the raw transactions."""
+    """Schema, completeness, keys, ranges and label sanity of the raw transactions.
+
+    Every required column must be present and complete except TX_FRAUD, which may be missing on some rows
+    (not yet labelled) but must be known on at least `MIN_KNOWN_LABEL_SHARE` of them; the in-set and
+    fraud-rate checks read the known labels only (GX leaves nulls out of both).
+    """
     expectations: list[gxe.Expectation] = [
         gxe.ExpectTableRowCountToBeBetween(
             min_value=MIN_ROWS, description=f"at least {MIN_ROWS:,} transactions"
@@ -89,16 +119,24 @@ def raw_suite() -> gx.ExpectationSuite:
         gxe.ExpectColumnValuesToBeInTypeList(column=LABEL, type_list=LABEL_TYPES),
         gxe.ExpectColumnValuesToBeInTypeList(column="TX_DATETIME", type_list=DATETIME_TYPES),
     ]
-    expectations += [_not_null(column) for column in REQUIRED_COLUMNS]
+    expectations += [_not_null(column) for column in REQUIRED_COLUMNS if column != LABEL]
     expectations += [
+        gxe.ExpectColumnValuesToNotBeNull(  # `mostly`: a share, which the Dask merge recomputes from counts
+            column=LABEL,
+            mostly=MIN_KNOWN_LABEL_SHARE,
+            description=(
+                f"fewer than {MIN_KNOWN_LABEL_SHARE:.0%} of {LABEL} labels known: rows not labelled yet "
+                "are allowed, but training needs labelled transactions"
+            ),
+        ),
         gxe.ExpectColumnValuesToBeUnique(column="TRANSACTION_ID"),
         gxe.ExpectColumnValuesToBeBetween(column="TX_AMOUNT", min_value=0),
-        gxe.ExpectColumnValuesToBeInSet(column=LABEL, value_set=[0, 1]),
-        gxe.ExpectColumnMeanToBeBetween(
+        gxe.ExpectColumnValuesToBeInSet(column=LABEL, value_set=[0, 1]),  # nulls left out
+        gxe.ExpectColumnMeanToBeBetween(  # over known labels: GX's column mean skips nulls
             column=LABEL,
             min_value=MIN_FRAUD_RATE,
             max_value=MAX_FRAUD_RATE,
-            description=f"fraud rate within [{MIN_FRAUD_RATE}, {MAX_FRAUD_RATE}]",
+            description=f"fraud rate within [{MIN_FRAUD_RATE}, {MAX_FRAUD_RATE}] (mean of the known labels)",
         ),
     ]
     return gx.ExpectationSuite(name=RAW_SUITE_NAME, expectations=expectations)

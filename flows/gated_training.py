@@ -1,8 +1,10 @@
 """The one generic gated-training flow. Every use case runs through it with its own spec.
 
     ingest → validate raw → features → validate features → split → [load the model to start from] → train
-    (+ baselines) → evaluate → record the monitoring profile → [champion lock: re-score the champion on the
-    same test window, on earlier champions' test windows and per slice → gate → register → promote] → report
+    (+ baselines) → evaluate → record the monitoring profile → [refit up to the newest label] → [champion
+    lock: re-score the champion on the test window, compare it with the model to serve on the newest and
+    earlier windows' unseen rows, per slice → gate → register → promote] → [a trade-off: a person decides,
+    then promote] → report
 
 One MLflow run per flow run records params, the dataset, metrics, plots, the validation results and the gate
 report. Nothing reaches the registry unless the absolute and baseline gates pass, and the `champion` alias
@@ -26,13 +28,16 @@ from champion.promotion import (
     settle_unfinished_move,
 )
 from tasks import tracking
-from tasks.card import model_card, version_tags
+from tasks.approval import ask_for_approval
+from tasks.card import continual_record, model_card, version_tags
+from tasks.compare import compare, log_comparison
 from tasks.dask.executor import stages_for
-from tasks.evaluate import ChampionScore, Evaluation, evaluate, evaluate_champion, evaluate_earlier
+from tasks.evaluate import ChampionScore, Evaluation, evaluate, evaluate_champion
 from tasks.gate import GateResult, GateVerdict, gate
 from tasks.lineage import format_ranges, resolve_parent
 from tasks.monitoring.reference import record_profile
 from tasks.promote import promote_or_refuse
+from tasks.refit import log_served
 from tasks.register import LoggedCandidate, Registration, fingerprint, log_candidate, register
 from tasks.report import Decision, report
 from tasks.slices import evaluate_slices
@@ -71,7 +76,11 @@ class Trained:
 
     splits: Splits
     candidate: object
+    served: object  # the candidate, or its refit up to the newest label (`tasks/refit.py`)
     evaluation: Evaluation
+    judged: (
+        Evaluation  # what the absolute and baseline gates read: the refit's, on held-out rows, or the above
+    )
     logged: LoggedCandidate
     record: dict
 
@@ -93,6 +102,7 @@ def gated_training(spec: UseCaseSpec, params: TrainingParams) -> TrainingOutcome
     status = "FAILED"
     # In this process, or on a Dask cluster that opens with the first stage (tasks/dask/executor.py).
     stages = stages_for(spec, params, run_id)
+    spec = stages.spec  # as the executor runs it (the Dask executor: without refit, replay, recency, holdout)
     try:
         _log_params(client, run_id, spec, params)
         raw = stages.ingest()
@@ -109,16 +119,23 @@ def gated_training(spec: UseCaseSpec, params: TrainingParams) -> TrainingOutcome
         candidate = stages.train(splits, parent)
         baselines = stages.train_baselines(splits)
         evaluation = evaluate(candidate, baselines, splits, spec.metrics, spec.schema, run_id)
-        record_profile(spec, splits, evaluation, run_id)  # what monitoring compares new data against
-        logged = log_candidate(candidate, splits.test.head(5), run_id)
+        refitted = stages.refit(candidate, table, splits, evaluation)  # up to the newest label, if asked
+        served = refitted.served
+        record_profile(spec, *refitted.profile_inputs(splits, evaluation), run_id)  # monitoring's reference
+        if refitted.evaluation is not None:
+            log_served(refitted.evaluation, run_id)
+        logged = log_candidate(served, splits.test.head(5), run_id)
         record = {  # what the version is; tasks/card.py picks its tags and writes the rest into its card
             **_lineage(spec, run_id, raw, splits, data_digest),
-            **_training_lineage(spec, params, candidate, parent, data_digest),
+            **_training_lineage(spec, params, served, parent, data_digest),
+            **continual_record(spec.continual, served),
             "validation.raw": raw_check.headline(),
             "validation.features": feature_check.headline(),
             f"test_{spec.metrics.primary}": f"{evaluation.candidate.metrics[spec.metrics.primary]:.6f}",
         }
-        trained = Trained(splits, candidate, evaluation, logged, record)
+        trained = Trained(
+            splits, candidate, served, evaluation, refitted.evaluation or evaluation, logged, record
+        )
 
         decided = _gate_register_promote(spec, params, stages.in_memory(table), trained, run_id)
         decision = report(
@@ -162,33 +179,50 @@ def _gate_register_promote(spec: UseCaseSpec, params: TrainingParams, table, tra
     take turns here, each re-reading and re-scoring the champion it has to beat (champion/lock.py).
 
     Registration depends on the absolute and baseline gates only; the alias moves only if the champion gates
-    passed too. A version without the alias is invisible to consumers, who load by alias."""
-    splits, candidate, evaluation = trained.splits, trained.candidate, trained.evaluation
+    passed too. A version without the alias is invisible to consumers, who load by alias. A trade-off
+    (forgetting for adapting) waits for a person outside the lock, then promotes by compare-and-set."""
+    splits, evaluation = trained.splits, trained.evaluation
     lock = nullcontext() if params.dry_run else champion_lock(spec.registered_model, holder=f"run {run_id}")
     with lock:
         if not params.dry_run:  # the forgetting gate reads the history: no half-done move in it
             settle_unfinished_move(spec.registered_model)
         champion = evaluate_champion(spec.registered_model, splits, spec.metrics)
-        earlier = evaluate_earlier(
-            spec, table, candidate, evaluation, champion, params.earlier_windows, run_id
-        )
+        context = evaluation.candidate.context
+        comparison = compare(spec, table, splits, trained.served, context, champion, params.earlier_windows)
+        log_comparison(comparison, spec, run_id)
         slices = evaluate_slices(spec, splits, evaluation, champion, run_id)
-        verdict = gate(spec.gates, spec.metrics, evaluation, champion, earlier, slices)
+        verdict = gate(spec.gates, spec.metrics, trained.judged, champion, comparison, slices)
         if not verdict.registrable or params.dry_run:
             return Decided(champion, verdict, None, None)
         registration = register(
             trained.logged,
             spec.registered_model,
             spec.description,
-            model_card(spec, splits, evaluation, champion, verdict, trained.record, candidate),
+            model_card(spec, splits, evaluation, champion, verdict, trained.record, trained.served),
             version_tags(trained.record, verdict, spec.metrics.primary),
             run_id,
         )
         verdict = _hold_rolled_back(verdict, registration, evaluation.candidate.metrics, spec)
+        if not verdict.awaiting_approval:
+            promotion = promote_or_refuse(
+                spec.registered_model, registration.version, verdict, champion.version, run_id
+            )
+            return Decided(champion, verdict, registration, promotion)
+    # A trade-off: a person decides, without the lock (a day's wait must not hold up other runs); the move
+    # is then a compare-and-set from the champion the gates compared against.
+    approval = ask_for_approval(
+        spec.registered_model,
+        registration.version,
+        comparison.table(),
+        run_id,
+        spec.continual.approval_timeout,
+    )
+    verdict = verdict.decided(approval.approved, approval.by, approval.reason)
+    with champion_lock(spec.registered_model, holder=f"run {run_id}"):
         promotion = promote_or_refuse(
             spec.registered_model, registration.version, verdict, champion.version, run_id
         )
-        return Decided(champion, verdict, registration, promotion)
+    return Decided(champion, verdict, registration, promotion)
 
 
 def _start_run(client: MlflowClient, experiment: str, spec: UseCaseSpec) -> str:

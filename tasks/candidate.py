@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -62,6 +62,9 @@ class Candidate:
     trained_on: tuple[tuple[str, str], ...] = ()
     # The validation eval metric after every boosting round trained (past `best_iteration` too): the curve.
     curve: tuple[float, ...] = ()
+    # Refitted after the gates on every labelled row up to the newest label: the (first, last) day. The gates
+    # judged the candidate this one was refitted from (same parameters and rounds), on rows it never saw.
+    refit_on: tuple[str, str] | None = None
 
     @property
     def transformed(self) -> bool:
@@ -140,11 +143,31 @@ def fit_candidate(
     )
 
 
+def refit_candidate(
+    candidate: Candidate, rows: pd.DataFrame, weights: np.ndarray | None, model: ModelSpec, schema: Schema
+) -> Candidate:
+    """`candidate`'s recipe fitted again on `rows`: its parameters and as many rounds as early stopping
+    chose (there is no later window left to stop on), its transform, an offset fitted again on these rows."""
+    label = pyfunc_model.forward(rows[schema.target].to_numpy(), candidate.target_transform)
+    offset = fit_offset(rows, model.offset_features, label) if candidate.offset is not None else None
+    dtrain = xgb.DMatrix(
+        rows[list(candidate.features)],
+        label=label,
+        base_margin=pyfunc_model.offset_margin(rows, offset),
+        weight=weights,
+    )
+    rounds = candidate.best_iteration + 1
+    booster = xgb.train(candidate.params, dtrain, num_boost_round=rounds, verbose_eval=False)
+    return replace(candidate, booster=booster, offset=offset, rounds_trained=rounds, curve=())
+
+
 def _matrices(
     splits: Splits, features: tuple[str, ...], labels: tuple[np.ndarray, np.ndarray], margins: Sequence
 ) -> tuple[xgb.DMatrix, xgb.DMatrix]:
     """The training and validation windows as XGBoost matrices, with their labels and base margins."""
-    dtrain = xgb.DMatrix(splits.train[list(features)], label=labels[0], base_margin=margins[0])
+    dtrain = xgb.DMatrix(
+        splits.train[list(features)], label=labels[0], base_margin=margins[0], weight=splits.weights
+    )
     dval = xgb.DMatrix(splits.validation[list(features)], label=labels[1], base_margin=margins[1])
     return dtrain, dval
 

@@ -17,6 +17,7 @@ from usecases import vocabulary
 from usecases.vocabulary import (
     FINGERPRINT_TAG,
     GATES_TAG,
+    HOLDOUT_TAG,
     PARENT_TAG,
     TRAINED_ON_TAG,
     UPDATE_TAG,
@@ -35,10 +36,24 @@ TAGGED = (
     "lineage.code_version",
     WINDOWS_TAG,
     TRAINED_ON_TAG,
+    HOLDOUT_TAG,
     FINGERPRINT_TAG,
     PARENT_TAG,
     UPDATE_TAG,
 )
+
+
+def continual_record(continual, served) -> dict[str, str]:
+    """How the version keeps learning: the held-out keys it never saw (a tag: the gates read it back), and
+    for the card the refit, replay and recency it was trained with."""
+    replay = {0: "none", None: "all history"}.get(continual.replay, continual.replay)
+    refit = "no" if served.refit_on is None else f"{served.refit_on[0]} .. {served.refit_on[1]}"
+    return {
+        HOLDOUT_TAG: continual.holdout.label if continual.holdout is not None else "",
+        "training.refit": f"{refit} ({served.rounds_trained} rounds)" if served.refit_on else refit,
+        "training.replay": f"{replay} (negatives kept: {continual.replay_negatives:g})",
+        "training.half_life": "none" if continual.half_life is None else f"{continual.half_life:g}",
+    }
 
 
 def gates_summary(verdict: GateVerdict) -> str:
@@ -114,6 +129,9 @@ def model_card(
 | test {primary} | {_number(primary, evaluation.candidate.metrics[primary])} |
 | trees | {candidate.booster.num_boosted_rounds()} (best round {candidate.best_iteration}) |
 | started from | {origin} |
+| refit up to the newest label | {record.get("training.refit", "no")} |
+| replay; half-life | {record.get("training.replay", "none")}; {record.get("training.half_life", "none")} |
+| held-out keys (never trained on) | {record.get(HOLDOUT_TAG) or "none"} |
 | MLflow run | `{record["lineage.run_id"]}` |
 | data | `{record.get("lineage.data_source", "unknown")}`, digest `{record["lineage.data_digest"]}` |
 | validation | {record.get("validation.raw", "-")}; {record.get("validation.features", "-")} |

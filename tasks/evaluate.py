@@ -4,10 +4,8 @@ Whatever depends on a choice (e.g. the decision threshold) is calibrated on the 
 model separately, then applied unchanged to test. Metrics are logged as `test_<metric>` for the candidate and
 `<baseline>_test_<metric>` for each baseline; plots go to the MLflow run under `plots/`.
 
-Earlier windows (`evaluate_earlier`, for the forgetting gate): the candidate and the champion also scored on
-the test windows of the last K promoted versions that the input still covers. Rows inside a window either
-model was trained on (its `lineage.trained_on`, the candidate's training window and its parent's) are left
-out: a score there is in-sample and says nothing about forgetting.
+The champion is re-scored here on the test window (the card's table, the slice gate); the champion and
+forgetting gates compare on the rows neither model trained on (`tasks/compare.py`).
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ from mlflow import MlflowClient
 
 from champion.loading import load_scoring_model
 from champion.store import run_logger
-from tasks.lineage import in_ranges, promoted_windows, trained_on
 from tasks.split import Splits
 from tasks.stage import mlflow_stage, stage
 from usecases.vocabulary import CHAMPION
@@ -31,7 +28,7 @@ from usecases.vocabulary import CHAMPION
 if TYPE_CHECKING:
     import matplotlib.pyplot as plt
 
-    from usecases.spec import Metrics, Schema, UseCaseSpec
+    from usecases.spec import Metrics, Schema
 
 
 def _pyplot():
@@ -280,125 +277,3 @@ def evaluate_champion(registered_model: str, splits: Splits, metrics_spec: Metri
     return ChampionScore(
         str(version.version), scored.metrics, scored=scored, model=model, tags=dict(version.tags)
     )
-
-
-@dataclass(frozen=True)
-class EarlierWindows:
-    """The candidate and the champion on earlier champions' test windows (newest first)."""
-
-    # {"label", "version", "window", "rows", "positives", "candidate", "champion"} per window scored
-    windows: list[dict]
-    # Why no window was scored (None when some were); and what happened to each window considered.
-    skipped: str | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-@mlflow_stage
-def evaluate_earlier(
-    spec: UseCaseSpec,
-    table: pd.DataFrame,
-    candidate,
-    evaluation: Evaluation,
-    champion: ChampionScore,
-    k: int,
-    run_id,
-) -> EarlierWindows:
-    """Score candidate and champion on the test windows of the last `k` promoted versions; log
-    `earlier_window.<i>.<primary>` (candidate), `earlier_window.<i>.champion_<primary>` and
-    `forgetting_<primary>` (mean candidate - champion, sign-adjusted: negative = forgot)."""
-    primary, log = spec.metrics.primary, run_logger()
-    if k <= 0:
-        return EarlierWindows([], "off (--earlier-windows 0)")
-    if champion.version is None:
-        return EarlierWindows([], "no current champion")
-    if champion.error is not None or champion.model is None:
-        return EarlierWindows([], f"champion v{champion.version} could not be re-scored")
-    promoted = promoted_windows(spec.registered_model, k)
-    if not promoted:
-        return EarlierWindows([], "no promoted version with a recorded test window")
-    times = table[spec.time_column]
-    first, last = str(times.min().date()), str(times.max().date())
-    in_sample = sorted({*candidate.trained_on, *trained_on(champion.tags)})
-    models = (
-        (candidate.predict, evaluation.candidate.context),
-        (champion.model.predict, champion.scored.context),
-    )
-    windows, notes = [], []
-    for entry in promoted:
-        lo, hi = entry["test"]
-        label = f"v{entry['version']} test {lo} .. {hi}"
-        if lo < first or hi > last:
-            notes.append(f"{label}: not covered by the input ({first} .. {last})")
-            continue
-        rows, note = _out_of_sample(spec, table, (lo, hi), in_sample)
-        if note:
-            notes.append(f"{label}: {note}")
-        if rows.empty:
-            continue
-        mine, theirs = (spec.metrics.compute(rows, np.asarray(m(rows), float), c)[primary] for m, c in models)
-        if not (np.isfinite(mine) and np.isfinite(theirs)):
-            notes.append(f"{label}: {primary} undefined on the {len(rows)} rows left")
-            continue
-        positives = int(rows[spec.target].sum()) if spec.problem == "binary" else None
-        windows.append(
-            {
-                "label": label,
-                "version": entry["version"],
-                "window": (lo, hi),
-                "rows": len(rows),
-                "positives": positives,
-                "candidate": float(mine),
-                "champion": float(theirs),
-            }
-        )
-    _log_earlier(windows, spec.metrics, run_id)
-    for note in notes:
-        log.info("earlier windows: %s", note)
-    for w in windows:
-        log.info(
-            "earlier window %s: candidate %s %.4g, champion %.4g",
-            w["label"],
-            primary,
-            w["candidate"],
-            w["champion"],
-        )
-    skipped = None if windows else "no earlier window out of sample: " + "; ".join(notes)
-    return EarlierWindows(windows, skipped, notes)
-
-
-def _out_of_sample(
-    spec: UseCaseSpec, table: pd.DataFrame, window: tuple[str, str], in_sample: list[tuple[str, str]]
-) -> tuple[pd.DataFrame, str | None]:
-    """The table's rows in `window` (through the use case's test filter) outside every range in
-    `in_sample`, and a note when some were left out."""
-    rows = table[in_ranges(table[spec.time_column], [window])]
-    if spec.test_filter is not None:
-        rows = spec.test_filter(rows, table)
-    seen = in_ranges(rows[spec.time_column], in_sample).to_numpy()
-    rows = rows[~seen].reset_index(drop=True)
-    if not seen.any():
-        return rows, None
-    where = ", ".join(f"{lo} .. {hi}" for lo, hi in in_sample)
-    what = "all" if rows.empty else f"{int(seen.sum())} of"
-    return rows, f"{what} its {int(seen.sum()) + len(rows)} rows in-sample (trained on {where})"
-
-
-def _log_earlier(windows: list[dict], metrics: Metrics, run_id: str) -> None:
-    """Each window's candidate and champion metric, its support, and the mean change (forgetting)."""
-    primary = metrics.primary
-    stamp = int(pd.Timestamp.now().value // 1_000_000)
-    logged, params = [], []
-    for i, w in enumerate(windows, 1):
-        logged += [
-            mlflow.entities.Metric(f"earlier_window.{i}.{primary}", w["candidate"], stamp, 0),
-            mlflow.entities.Metric(f"earlier_window.{i}.champion_{primary}", w["champion"], stamp, 0),
-        ]
-        support = f"{w['rows']} rows" + (
-            f", {w['positives']} positives" if w["positives"] is not None else ""
-        )
-        params.append(mlflow.entities.Param(f"earlier_window.{i}", f"{w['label']} ({support})"))
-    if windows:
-        sign = 1 if metrics.greater_is_better else -1
-        forgetting = float(np.mean([sign * (w["candidate"] - w["champion"]) for w in windows]))
-        logged.append(mlflow.entities.Metric(f"forgetting_{primary}", forgetting, stamp, 0))
-    MlflowClient().log_batch(run_id, metrics=logged, params=params)

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from tasks.stage import stage
 from usecases.spec import GateSpec
 
 if TYPE_CHECKING:
-    from tasks.evaluate import ChampionScore, EarlierWindows, Evaluation
+    from tasks.compare import Comparison, Window
+    from tasks.evaluate import ChampionScore, Evaluation
     from tasks.slices import SliceReport
     from usecases.spec import Metrics
 
@@ -34,6 +35,8 @@ class GateResult:
     threshold: float
     passed: bool
     detail: str
+    # Refused as it stands, but a trade-off a person may approve (forgetting for adapting).
+    needs_approval: bool = False
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,26 @@ class GateVerdict:
     @property
     def promotable(self) -> bool:
         return all(r.passed for r in self.results)
+
+    @property
+    def awaiting_approval(self) -> bool:
+        """Registrable, and only refused by trade-offs a person may approve."""
+        refusals = self.refusals
+        return self.registrable and bool(refusals) and all(r.needs_approval for r in refusals)
+
+    def decided(self, approved: bool, by: str, reason: str) -> GateVerdict:
+        """The verdict after a person (or the timeout) decided the trade-offs: passed when approved."""
+        word = "approved" if approved else "rejected"
+        return GateVerdict(
+            tuple(
+                replace(
+                    r, passed=approved, needs_approval=False, detail=f"{r.detail}; {word} by {by}: {reason}"
+                )
+                if r.needs_approval
+                else r
+                for r in self.results
+            )
+        )
 
     @property
     def refusals(self) -> list[GateResult]:
@@ -168,16 +191,19 @@ def champion_gate(
     champion: ChampionScore | None,
     primary: str,
     greater_is_better: bool,
+    newest: Window | None = None,
 ) -> GateResult:
     """The candidate's primary metric at most `spec.champion_margin` worse than the champion's on the same
-    test window; passed when there is no champion, refused when it could not be re-scored."""
-    value = float(metrics[primary])
+    rows: the newest window's rows neither trained on (`newest`, from `tasks/compare.py`) when given, else the
+    test window. Passed when there is no champion, refused when it could not be re-scored."""
+    value = float(metrics[primary]) if newest is None else newest.candidate
     if champion is not None and champion.error is not None:
         detail = f"champion v{champion.version} could not be re-scored: {champion.error}"
         return GateResult("champion", "champion", primary, value, float("nan"), False, detail)
     if champion is None or champion.metrics is None:
         return GateResult("champion", "champion", primary, value, float("nan"), True, "no current champion")
-    reference = float(champion.metrics[primary])
+    reference = float(champion.metrics[primary]) if newest is None else newest.champion
+    where = "the same test window" if newest is None else f"{newest.label}, {newest.support}, {newest.basis}"
     threshold = _margin_threshold(reference, spec.champion_margin, greater_is_better, better=False)
     ok = _beats(value, threshold, greater_is_better, inclusive=True)
     op = ">=" if greater_is_better else "<="
@@ -190,39 +216,45 @@ def champion_gate(
         passed=ok,
         detail=(
             f"{primary} {value:.4g} {'' if ok else 'not '}{op} {threshold:.4g} "
-            f"(champion v{champion.version} {reference:.4g} on the same test window, "
-            f"margin {spec.champion_margin:.0%})"
+            f"(champion v{champion.version} {reference:.4g} on {where}, margin {spec.champion_margin:.0%})"
         ),
     )
 
 
-def forgetting_gate(
-    spec: GateSpec,
-    windows: list[dict],
-    primary: str,
-    greater_is_better: bool,
-    skipped: str | None = None,
-) -> GateResult:
-    """GEM's backward transfer against the champion: on the earlier champions' test windows,
-    forgetting = mean(candidate - champion) (sign-adjusted: positive is better); refused below
-    -margin x mean |champion|. `windows`: [{"label", "candidate", "champion"}]; `skipped`: why none."""
-    name = f"forgetting.{primary}"
-    if not windows:
-        return GateResult(name, "champion", primary, float("nan"), float("nan"), True, f"skipped: {skipped}")
+def _change(w: Window, greater_is_better: bool) -> float:
+    """(candidate - champion) relative to the champion, sign-adjusted: positive is better."""
     sign = 1.0 if greater_is_better else -1.0
-    deltas = [sign * (w["candidate"] - w["champion"]) for w in windows]
-    value = float(sum(deltas) / len(deltas))
-    scale = sum(abs(w["champion"]) for w in windows) / len(windows)
-    threshold = -spec.forgetting_margin * scale
-    ok = not math.isnan(value) and value >= threshold
-    worst = min(range(len(windows)), key=lambda i: deltas[i] if not math.isnan(deltas[i]) else -math.inf)
-    w = windows[worst]
-    detail = (
-        f"mean {primary} change vs the champion over {len(windows)} earlier window(s) {value:+.4g} "
-        f"{'>=' if ok else 'not >='} {threshold:.4g} (margin {spec.forgetting_margin:.0%}); worst on "
-        f"{w['label']}: candidate {w['candidate']:.4g} vs champion {w['champion']:.4g}"
+    return sign * (w.candidate - w.champion) / max(abs(w.champion), 1e-12)
+
+
+def forgetting_gate(
+    spec: GateSpec, comparison: Comparison, primary: str, greater_is_better: bool
+) -> GateResult:
+    """Forgetting or adapting: on the earlier windows (pooled) the candidate may be at most
+    `forgetting_margin` worse than the champion (relative). Worse than that, it is a trade-off a person
+    decides (`needs_approval`) when it gains more than `adapt_margin` on the newest window, and refused when
+    it does not: forgetting without adapting."""
+    name = f"forgetting.{primary}"
+    earlier, newest = comparison.pooled, comparison.newest
+    if earlier is None:
+        why = comparison.skipped or "no earlier window with rows neither model trained on"
+        return GateResult(name, "champion", primary, float("nan"), float("nan"), True, f"skipped: {why}")
+    loss, tolerance = _change(earlier, greater_is_better), -spec.forgetting_margin
+    gain = _change(newest, greater_is_better) if newest is not None else float("nan")
+    said = (
+        f"{earlier.label} ({earlier.support}): candidate {earlier.candidate:.4g} vs champion "
+        f"{earlier.champion:.4g}, {loss:+.1%} (tolerance {tolerance:.0%})"
     )
-    return GateResult(name, "champion", primary, value, threshold, ok, detail)
+    gained = (
+        f"; newest window {gain:+.1%}" if newest is not None else "; no newest window to weigh it against"
+    )
+    if loss >= tolerance:
+        return GateResult(name, "champion", primary, loss, tolerance, True, f"kept: {said}{gained}")
+    if gain > spec.adapt_margin:
+        detail = f"trade-off, a person decides: {said}{gained} (> {spec.adapt_margin:.0%} adapting)"
+        return GateResult(name, "champion", primary, loss, tolerance, False, detail, needs_approval=True)
+    detail = f"forgot without adapting: {said}{gained} (not > {spec.adapt_margin:.0%})"
+    return GateResult(name, "champion", primary, loss, tolerance, False, detail)
 
 
 def slice_gates(
@@ -320,26 +352,24 @@ def gate(
     metrics: Metrics,
     evaluation: Evaluation,
     champion: ChampionScore,
-    earlier: EarlierWindows | None = None,
+    comparison: Comparison | None = None,
     slices: SliceReport | None = None,
 ) -> GateVerdict:
-    """The pure decision (`evaluate_gates`) on this run's evaluation and the re-scored champion, then the
-    forgetting gate on the earlier windows and the slice gates."""
-    verdict = evaluate_gates(
-        spec,
-        evaluation.candidate.metrics,
-        evaluation.baseline_metrics,
-        champion,
-        metrics.primary,
-        metrics.greater_is_better,
-    )
-    more = []
-    if earlier is not None:
-        more.append(
-            forgetting_gate(
-                spec, earlier.windows, metrics.primary, metrics.greater_is_better, earlier.skipped
-            )
-        )
+    """Absolute and baseline gates on the candidate's test metrics; the champion gate on the newest window's
+    unseen rows (`comparison`; the test window without one); the forgetting gate; the slice gates."""
+    primary, greater = metrics.primary, metrics.greater_is_better
+    newest = comparison.newest if comparison is not None else None
+    results = [
+        *absolute_gates(spec, evaluation.candidate.metrics),
+        *baseline_gates(spec, evaluation.candidate.metrics, evaluation.baseline_metrics),
+        champion_gate(spec, evaluation.candidate.metrics, champion, primary, greater, newest),
+    ]
+    if comparison is not None:
+        results.append(forgetting_gate(spec, comparison, primary, greater))
     if slices is not None:
-        more.extend(slice_gates(spec, slices, metrics.primary, metrics.greater_is_better))
-    return GateVerdict((*verdict.results, *more))
+        gated = slice_gates(spec, slices, primary, greater)
+        if comparison is not None and comparison.champion_saw_test:  # in-sample: no fair comparison by group
+            why = f"skipped: {comparison.champion_saw_test}"
+            gated = [replace(r, passed=True, detail=why) if r.name.startswith("slice.") else r for r in gated]
+        results.extend(gated)
+    return GateVerdict(tuple(results))

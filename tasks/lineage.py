@@ -26,7 +26,6 @@ from mlflow import MlflowClient
 from mlflow.models import Model
 
 from champion.loading import ModelNotFoundError, resolve_version
-from champion.promotion import read_history
 from champion.store import run_logger
 from tasks.stage import stage
 from usecases.vocabulary import CHAMPION, TRAINED_ON_TAG, WINDOWS_TAG
@@ -193,34 +192,6 @@ def resolve_parent(
 
 def _is_pyfunc(local: Path) -> bool:
     return "xgboost" not in Model.load(str(local)).flavors
-
-
-def promoted_windows(registered_model: str, k: int) -> list[dict]:
-    """The test windows of the last `k` distinct promoted versions, newest first:
-    [{"version", "test": (lo, hi), "trained_on": ((lo, hi), ...)}]. Versions without windows are skipped."""
-    if k <= 0:
-        return []
-    client = MlflowClient()
-    try:
-        history = read_history(client, registered_model)
-    except Exception:  # no registered model yet
-        return []
-    seen, out = set(), []
-    for entry in reversed(history):
-        version = str(entry.get("version", ""))
-        if not version or version in seen:
-            continue
-        seen.add(version)
-        try:
-            tags = dict(client.get_model_version(registered_model, version).tags)
-        except Exception:
-            continue
-        test = parse_windows(tags.get(WINDOWS_TAG)).get("test")
-        if test is not None:
-            out.append({"version": version, "test": test, "trained_on": trained_on(tags)})
-        if len(out) == k:
-            break
-    return out
 
 
 def in_ranges(times: pd.Series, ranges) -> pd.Series:

@@ -7,6 +7,7 @@ gates. The flow in `flows/gated_training.py` knows nothing else about it.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
@@ -78,15 +79,59 @@ class TrainingParams(BaseModel):
         default=3,
         ge=0,
         le=20,
-        description="Forgetting gate: test windows of the last K promoted versions the candidate is also "
-        "scored on, next to the champion; 0: off.",
+        description="Forgetting gate: the K windows (as long as the test window) before the test window, "
+        "where candidate and champion are scored on the rows neither trained on; 0: off.",
     )
     forgetting_margin: float = Field(
         default=0.05,
         ge=0.0,
         le=1.0,
-        description="Forgetting gate: how much worse than the champion on the earlier windows (mean, "
-        "relative to the champion's mean there) a candidate may be.",
+        description="Forgetting gate: how much worse than the champion on the earlier windows (relative to "
+        "the champion there) a candidate may be.",
+    )
+    adapt_margin: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=10.0,
+        description="Forgetting gate: a candidate worse on the earlier windows but better than the champion "
+        "on the newest by more than this (relative) is a trade-off a person decides; otherwise refused.",
+    )
+    approval_hours: float = Field(
+        default=24.0,
+        gt=0,
+        le=24 * 30,
+        description="A trade-off waits this long for a person (Prefect form or `mlops approve`), then is "
+        "refused. Runs without a Prefect server refuse at once.",
+    )
+    refit: bool = Field(
+        default=False,
+        description="After the gates' candidate is trained, refit it with the rounds early stopping chose on "
+        "every labelled row up to the newest label; the refit is what is registered and served.",
+    )
+    replay: int | None = Field(
+        default=0,
+        ge=0,
+        description="Replay: this many days (steps) of history before the training window join it, every "
+        "positive kept and negatives sampled (replay_negatives); 0: none; empty: all history.",
+    )
+    replay_negatives: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1.0,
+        description="Replay: the share of older negatives kept (weighted up by its inverse).",
+    )
+    half_life: float | None = Field(
+        default=None,
+        gt=0,
+        description="Recency: a row this many days (steps) older than the newest training row weighs half; "
+        "empty: every row the same.",
+    )
+    holdout_share: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=0.5,
+        description="Held-out keys (the use case's, e.g. cards): this share never trains any model, so "
+        "champion and forgetting gates always have rows neither model saw; 0: none.",
     )
     slice_margin: float = Field(
         default=0.1,
@@ -120,6 +165,27 @@ class TrainingParams(BaseModel):
     def gate_options(self) -> dict:
         """The gate settings every `GateSpec` takes from the run's parameters (`GATE_SETTINGS`)."""
         return {name: getattr(self, name) for name in GATE_SETTINGS}
+
+    def continual(self, holdout_key: str | None = None) -> ContinualSpec:
+        """How this run keeps learning (`ContinualSpec`), from its parameters; `holdout_key`: the use case's
+        column whose values are held out (none: no holdout)."""
+        holdout = Holdout(holdout_key, self.holdout_share) if holdout_key and self.holdout_share > 0 else None
+        return ContinualSpec(
+            refit=self.refit,
+            replay=self.replay,
+            replay_negatives=self.replay_negatives,
+            half_life=self.half_life,
+            holdout=holdout,
+            approval_timeout=timedelta(hours=self.approval_hours),
+        )
+
+
+def with_default(name: str, value: object):
+    """`TrainingParams`' field `name` with another default, for a use case's `Params` (its description and
+    bounds kept): e.g. `refit: bool = with_default("refit", True)`."""
+    field_info = copy.copy(TrainingParams.model_fields[name])
+    field_info.default = value
+    return field_info
 
 
 class MonitorParams(BaseModel):
@@ -275,9 +341,11 @@ class GateSpec:
     baseline: tuple[BaselineGate, ...] = ()
     # Champion gate on the primary metric: the candidate may be at most this much worse (relative).
     champion_margin: float = 0.0
-    # Forgetting: mean (candidate - champion) over earlier champions' test windows may be at most this much
-    # below zero, relative to the champion's mean there (a margin in metric units would mean nothing for MAE).
+    # Forgetting: (candidate - champion) on the earlier windows may be at most this much below zero, relative
+    # to the champion there (a margin in metric units would mean nothing for MAE).
     forgetting_margin: float = 0.05
+    # ... unless the candidate gains more than this (relative) on the newest window: then a person decides.
+    adapt_margin: float = 0.1
     # Slices: no group with at least these rows (and positives, binary) may be worse than the champion's
     # same group by more than this (relative); groups below the support are reported, not gated.
     slice_margin: float = 0.1
@@ -315,11 +383,39 @@ class MonitorThresholds:
     exempt: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Holdout:
+    """Keys (fraud: cards) no model trains on, by a salted hash: the same in every run (`label` on the
+    version), so every window has rows that models honouring it never saw."""
+
+    key: str
+    share: float
+    salt: str = "holdout-1"
+
+    @property
+    def label(self) -> str:
+        return f"{self.key} {self.share:g} {self.salt}"
+
+
+@dataclass(frozen=True)
+class ContinualSpec:
+    """How a model keeps learning (the fields of `TrainingParams` of the same names say how each works)."""
+
+    refit: bool = False
+    replay: int | None = 0
+    replay_negatives: float = 1.0
+    half_life: float | None = None
+    holdout: Holdout | None = None
+    approval_timeout: timedelta = timedelta(hours=24)
+
+
 # The GateSpec fields a run sets from its parameters (same names in `TrainingParams`).
 GATE_SETTINGS = tuple(f.name for f in fields(GateSpec) if f.name not in ("absolute", "baseline"))
 # Parameters that decide gates or names, not the model: an identical rerun with other values reuses the
 # version (the fingerprint is looked up within one registered model anyway).
-NON_MODEL_PARAMS = frozenset({"registered_model", "dry_run", "earlier_windows", *GATE_SETTINGS})
+NON_MODEL_PARAMS = frozenset(
+    {"registered_model", "dry_run", "earlier_windows", "approval_hours", *GATE_SETTINGS}
+)
 
 
 # --- compaction (tasks/compaction/): gates and plan, the compaction deployment's form --------------------
@@ -421,6 +517,8 @@ class UseCaseSpec:
     monitoring: MonitorThresholds | None = None
     # Slices: per-group test metrics for candidate, baselines and champion, and the slice gates.
     slices: tuple[Slice, ...] = ()
+    # Refit, replay, recency and held-out keys (`ContinualSpec`); default: none of them.
+    continual: ContinualSpec = field(default_factory=ContinualSpec)
 
     @property
     def scoring_suites(self) -> tuple[Callable[[], object], Callable[[], object]]:

@@ -16,8 +16,19 @@ COMPACT_SUFFIX = "-compact"  # <name>-compact: the compact stand-in of <name> (t
 FINGERPRINT_TAG = "lineage.fingerprint"  # hash of data, code and parameters: an identical rerun reuses it
 PARENT_TAG, INIT_TAG, UPDATE_TAG = "lineage.parent", "lineage.init", "lineage.update"
 WINDOWS_TAG, TRAINED_ON_TAG = "lineage.windows", "lineage.trained_on"
+HOLDOUT_TAG = "lineage.holdout"  # the held-out keys the version never trained on (`usecases.spec.Holdout`)
 PROMOTION_TAG = "promotion"  # the outcome of the last attempt to promote the version
 GATES_TAG = "gates"  # "passed 6/6" or "refused 1/6: champion.average_precision"
+
+# --- registry and run: a trade-off a person decided (tasks/approval.py), on the version and its run -------
+APPROVAL_TAG = "approval"  # one of the outcomes below
+APPROVAL_PENDING, APPROVAL_APPROVED, APPROVAL_REJECTED = "pending", "approved", "rejected"
+APPROVAL_TIMED_OUT, APPROVAL_UNATTENDED = "timed out", "unattended"
+APPROVAL_BY_TAG = "approval.by"  # who or what decided: "Prefect UI form", "mlops approve (<user>)", "timeout"
+APPROVAL_REASON_TAG = "approval.reason"
+APPROVAL_AT_TAG = "approval.at"  # when it was decided (UTC, ISO 8601)
+APPROVAL_FLOW_RUN_TAG = "approval.flow_run_id"  # the paused Prefect flow run that waits for the answer
+FLOW_RUN_TAG = "prefect.flow_run_id"  # on a training run: the Prefect flow run it belongs to
 
 # --- registry: tags on the registered model ----------------------------------------------------------------
 HISTORY_PREFIX = "champion.history."  # one tag per alias move, numbered

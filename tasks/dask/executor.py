@@ -15,7 +15,7 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
 from champion.store import run_logger
-from tasks import features, ingest, split, tracking, train, validate
+from tasks import features, ingest, refit, split, tracking, train, validate
 from tasks.dask.cluster import (
     DaskSettings,
     ExecutorError,
@@ -30,6 +30,7 @@ from tasks.dask.ingest import ingest_distributed, record_dataset
 from tasks.dask.split import in_memory_table, split_distributed
 from tasks.dask.train import train_distributed
 from tasks.dask.validate import validate_distributed
+from usecases.spec import ContinualSpec
 
 if TYPE_CHECKING:
     from usecases.spec import TrainingParams, UseCaseSpec
@@ -80,7 +81,7 @@ class LocalStages:
 
     def split(self, table):
         spec = self.spec
-        return split.split(table, spec.split, spec.schema, spec.test_filter)
+        return split.split(table, spec.split, spec.schema, spec.test_filter, spec.continual)
 
     def log_datasets(self, raw, splits):
         return tracking.log_input_table(self.run_id, self.spec.name, raw, splits)
@@ -92,8 +93,11 @@ class LocalStages:
     def train_baselines(self, splits):
         return train.train_baselines(splits, self.spec.baselines, self.spec.schema)
 
+    def refit(self, candidate, table, splits, evaluation):
+        return refit.refit(candidate, table, splits, evaluation, self.spec)
+
     def in_memory(self, table):
-        """The table as `evaluate_earlier` reads it."""
+        """The table as `tasks.compare.compare` reads it."""
         return table
 
     def close(self) -> None:
@@ -111,6 +115,9 @@ class DaskStages(LocalStages):
             f"use case {spec.name} cannot run on the Dask executor: {'; '.join(reasons)}. "
             "Run it with --executor local."
         )
+        if spec.continual != ContinualSpec():  # why: xgboost.dask fits the training window as it is
+            run_logger().info("executor dask: no refit, replay, recency weights nor held-out keys")
+            spec = dataclasses.replace(spec, continual=ContinualSpec())
         super().__init__(spec, params, run_id, refusal if reasons else None)
         self.settings = settings
         self._exit = ExitStack()
@@ -177,6 +184,9 @@ class DaskStages(LocalStages):
         shared = dataclasses.replace(splits, train=self.client.scatter(splits.train))  # a Future to the rows
         spec, to_workers = self.spec, functools.partial(submit, self.runner)
         return train.train_baselines(shared, spec.baselines, spec.schema, to_workers)
+
+    def refit(self, candidate, table, splits, evaluation):
+        return refit.Refitted(candidate)  # the spec's continual part was dropped: see __init__
 
     def in_memory(self, table):
         return in_memory_table(self.windows, table, self.spec, self.params.earlier_windows, self.client)

@@ -4,7 +4,7 @@ The windows come from `tasks.split.split_frame` on the labelled days alone; test
 reads (`support_rows`) are collected here, the training and validation windows stay on the workers, hashed
 over them, for `xgboost.dask`. Baselines (and the monitoring profile's training distribution) see a
 stratified sample of the training window (`BASELINE_ROWS`), recorded on the MLflow run.
-`in_memory_table` gives `tasks.evaluate.evaluate_earlier` what it reads of the table.
+`in_memory_table` gives `tasks.compare.compare` what it reads of the table.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from champion.store import run_logger
-from tasks.lineage import promoted_windows
-from tasks.split import SplitError, Splits, split_frame
+from tasks.split import SplitError, Splits, earlier_windows, split_frame
 from tasks.stage import stage
 
 if TYPE_CHECKING:
@@ -148,15 +147,14 @@ def _spread(frame: dd.DataFrame, client, on: str) -> dd.DataFrame:
 
 
 def in_memory_table(windows: DistributedWindows, table: dd.DataFrame, spec: UseCaseSpec, k: int, client):
-    """What `tasks.evaluate.evaluate_earlier` reads of the table: the support rows plus every row of the last
-    `k` promoted versions' test windows (read inside the champion lock, like the windows themselves)."""
-    promoted = promoted_windows(spec.registered_model, k) if k > 0 else []
-    if not promoted:
-        return windows.support
+    """What `tasks.compare.compare` reads of the table: the support rows plus every row of the test window
+    and of the `k` windows of its length before it."""
     time_column, day = spec.time_column, pd.Timedelta(days=1)
+    spans = [split_frame(windows.support, spec.split, time_column).windows["test"]]
+    spans += earlier_windows(windows.support, spec.split, time_column, k)  # the support holds every day
     pieces = [
         table[(table[time_column] >= pd.Timestamp(lo)) & (table[time_column] < pd.Timestamp(hi) + day)]
-        for lo, hi in (entry["test"] for entry in promoted)
+        for lo, hi in spans
     ]
     with client.as_current():  # the feature chunks covering those windows, computed again on the workers
         frames = client.gather(client.compute(pieces))

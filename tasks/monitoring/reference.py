@@ -64,7 +64,7 @@ def build_profile(
     comes from the validation window, which the booster did not fit (only early-stopped on). The test metrics
     (`scored.metrics`, computed with `scored.context`) are the bar the verdict compares against.
     """
-    problem, train = schema.problem, splits.train
+    problem, train = schema.problem, splits.recent_train
     if problem not in ("binary", "regression"):
         raise ValueError(f"problem must be 'binary' or 'regression', not {problem!r}")
     missing = [f for f in schema.features if f not in train.columns]

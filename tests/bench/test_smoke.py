@@ -118,6 +118,20 @@ def test_monitoring(smoke_dir, prefect_server):
     check(doc, out, {"simulator", "stock"})
 
 
+def test_heal(smoke_dir):
+    """In-process stages only (`.fn`): no MLflow store, no Prefect server."""
+    out = smoke_dir / "heal.json"
+    doc = bench("heal").main(["--smoke", "--out", str(out)])
+    written = check(doc, out, {"summary", "weekly", "checks"})
+    rows = written["tables"]["summary"]["rows"]
+    assert {(r[0], r[1]) for r in rows} == {
+        (world, strategy)
+        for world in ("no drift", "card testing")
+        for strategy in ("calendar (today)", "default loop")
+    }
+    assert all(sum(r[8]) == 3 for r in rows)  # a gate decision for each weekly run R1..R3
+
+
 def test_pipeline(smoke_dir, subprocess_prefect):
     out = smoke_dir / "pipeline.json"
     doc = bench("pipeline").main(["--smoke", "--out", str(out)])

@@ -190,15 +190,24 @@ def test_dask_run_promotes_on_the_local_runs_windows(
     assert scratch.is_dir() and list(scratch.iterdir()) == []  # used, and the run's folder gone with it
     dask_run = latest_run(champion_home)
     assert dask_run.data.params["param.executor"] == "dask"
-    for window in ("train", "validation", "test"):
+    for window in ("validation", "test"):
         assert dask_run.data.params[f"window.{window}"] == local.data.params[f"window.{window}"]
+    # The Dask executor trains on the training window as it is (no replay, recency, holdout nor refit): the
+    # same last day, where the local run's window reaches back by its replay.
+    dask_train, local_train = (run.data.params["window.train"].split(" ") for run in (dask_run, local))
+    assert dask_train[2] == local_train[2] and local_train[0] < dask_train[0], (dask_train, local_train)
     assert dask_run.data.params["baselines.training_rows"].startswith("all ")  # small: no sampling
     gates = gate_report(champion_home, dask_run)
-    champion = gates["champion"]
-    assert champion["threshold"] == pytest.approx(local.data.metrics["test_average_precision"], abs=1e-12)
+    # The champion (the local refit) trained through this test window and this model honoured no held-out
+    # cards: no row is unseen by both, so the champion gate compares on the test window and the slice gates
+    # only report.
+    assert "on the same test window" in gates["champion"]["detail"], gates["champion"]
+    assert gates["slice.amount"]["detail"].startswith("skipped: champion v1 trained on"), gates[
+        "slice.amount"
+    ]
     ap_local = local.data.metrics["test_average_precision"]
     ap_dask = dask_run.data.metrics["test_average_precision"]
-    assert abs(ap_dask - ap_local) < 0.05, (ap_local, ap_dask)  # a small window: a loose check here
+    assert abs(ap_dask - ap_local) < 0.1, (ap_local, ap_dask)  # other recipes on a small window: loose
     client = registry_client(champion_home)
     versions = sorted(str(v.version) for v in client.search_model_versions(f"name = '{MODEL}'"))
     refused = sorted(name for name, gate in gates.items() if not gate["passed"])

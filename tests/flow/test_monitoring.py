@@ -147,9 +147,13 @@ def test_unlabelled_newest_rows_and_no_label_column(world, monitor):
     none = world["tmp"] / "none.parquet"
     frame.drop(columns=["TX_FRAUD", "TX_FRAUD_SCENARIO"]).to_parquet(none)
     code, out, run = monitor("--data", str(none), "--since", SINCE)
-    # without any label the terminal-risk features are all 0: they drift, and the run says so
+    # without any label the terminal-risk features are all 0: they drift, and with them the estimated average
+    # precision of the served model falls (its calibration: its own scores on held-out cards) past the margin
     assert code == 4, out
-    assert run.data.tags["verdict"] == "drift"
+    assert run.data.tags["verdict"] == "degraded"
+    assessment = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/assessment.json"))
+    drifted = {f["feature"] for f in assessment["features"] if f["drifted"]}
+    assert {"TERMINAL_ID_RISK_7DAY_WINDOW", "TERMINAL_ID_RISK_30DAY_WINDOW"} <= drifted, drifted
     assert run.data.metrics["labelled_rows"] == 0
     assert "realised_average_precision" not in run.data.metrics
     assert "estimated_average_precision" in run.data.metrics

@@ -5,6 +5,7 @@ input is in tests/flow/test_bad_input.py), 1 other failures.
 """
 
 import json
+import re
 from pathlib import Path
 
 import mlflow
@@ -13,6 +14,8 @@ import pandas as pd
 import pytest
 from conftest import SMALL_FRAUD_RUN
 from conftest import registry_client as client
+
+from tasks.lineage import parse_windows
 
 SMALL = ["--customers", "300", "--terminals", "600", "--days", "70"]
 MODEL = "fraud-detector"
@@ -51,7 +54,12 @@ def test_first_run_promotes_and_records_everything(mlops, mlops_home):
     for tag in ("lineage.data_digest", "lineage.code_version", "lineage.fingerprint", "lineage.windows"):
         assert version.tags.get(tag), tag
     assert version.tags["gates"].startswith("passed ") and version.tags["test_average_precision"]
-    assert len(version.tags) <= 12, sorted(version.tags)
+    assert len(version.tags) <= 13, sorted(version.tags)
+    # healing by default: the served model is refitted up to the newest label, a tenth of the cards held out
+    assert version.tags["lineage.holdout"] == "CUSTOMER_ID 0.1 holdout-1"
+    windows = parse_windows(version.tags["lineage.windows"])
+    assert version.tags["lineage.trained_on"].endswith(windows["test"][1])
+    assert "| refit up to the newest label | " in version.description
     card = version.description
     assert card.startswith("# fraud-detector\n") and "Card-fraud detector" in card
     assert "| metric | candidate | baseline | champion" not in card  # no champion yet: no column for one
@@ -157,3 +165,42 @@ def test_handbook_slice_trains_and_promotes(mlops, mlops_home, handbook_path, tm
     # the handbook's published XGBoost AUC on a 1-week protocol is 0.862: a slice must land near it
     assert run.data.metrics["test_roc_auc"] > 0.8
     assert run.data.metrics["test_average_precision"] > run.data.metrics["baseline_test_average_precision"]
+
+
+def test_an_extract_whose_newest_week_is_unlabelled_trains_on_its_known_labels(mlops, mlops_home, tmp_path):
+    """A weekly extract as it is held: the last 7 days not labelled yet (Int64 with pd.NA, in Parquet). The
+    raw suite accepts it, those rows feed the features only, and the windows count back from the newest
+    known label: the test window ends on that day and no window holds an unlabelled row."""
+    from usecases.fraud.simulator import simulate_transactions
+
+    raw = simulate_transactions(n_customers=300, n_terminals=600, n_days=70, seed=42)
+    recent = raw["TX_DATETIME"] > raw["TX_DATETIME"].max() - pd.Timedelta(days=7)
+    raw["TX_FRAUD"] = raw["TX_FRAUD"].astype("Int64").mask(recent)
+    path = tmp_path / "extract.parquet"
+    raw.to_parquet(path)
+    assert pd.read_parquet(path)["TX_FRAUD"].dtype == "Int64" and 3000 < recent.sum() < 5000
+
+    # without replay and held-out cards, so that each window's rows are exactly the raw rows of its days
+    flat = ("--replay", "0", "--holdout-share", "0")
+    result = mlops("--data", str(path), "--min-roc-auc", "0", "--min-average-precision", "0", *flat)
+    assert result.exit_code == 0, result.output
+    version = champion(mlops_home)
+    assert str(version.version) == "1", version
+    params = client(mlops_home).get_run(version.run_id).data.params
+    assert params["param.data"] == str(path)
+
+    days = raw["TX_DATETIME"].dt.normalize()
+    last_known = days[~recent].max()
+    assert last_known < days.max()
+    windows = {}
+    for name in ("train", "validation", "test"):
+        lo, hi, rows = re.fullmatch(r"(\S+) \.\. (\S+) \((\d+) rows\)", params[f"window.{name}"]).groups()
+        windows[name] = (pd.Timestamp(lo), pd.Timestamp(hi), int(rows))
+    assert windows["test"][1] == last_known, params["window.test"]
+    for name, (lo, hi, rows) in windows.items():
+        labels = raw.loc[(days >= lo) & (days <= hi), "TX_FRAUD"]
+        assert labels.notna().all(), name  # no unlabelled row in any window: none was a target
+        if name == "test":  # cards already known to be compromised are left out of the test window
+            assert 0 < rows < len(labels), params["window.test"]
+        else:
+            assert rows == len(labels), (name, params[f"window.{name}"])

@@ -22,6 +22,9 @@ The integration test (`-m server`) does what an operator and the UI do, against 
    flow runs (parameters), artifacts, deployments and run logs.
 
 Teardown stops every process it started and drops the databases, also when a step fails.
+
+`test_a_paused_run_is_approved_rejected_or_timed_out` uses the same stack: runs that ask a person for approval
+(tests/approval_runs.py) pause, and `mlops approve` answers them, or the timeout refuses.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -41,6 +45,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import approval_runs
 import httpx
 import pytest
 from conftest import needs
@@ -237,7 +242,10 @@ def stack(tmp_path_factory):
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("PREFECT_", "MLFLOW_", "MLOPS_MLFLOW_RUNNER_", "MLOPS_DATA_ROOTS"))
+        # nor the tests' MLOPS_PREFECT_SERVER=ephemeral: as in an operator's shell, runs pause for approval
+        if not k.startswith(
+            ("PREFECT_", "MLFLOW_", "MLOPS_MLFLOW_RUNNER_", "MLOPS_DATA_ROOTS", "MLOPS_PREFECT_SERVER")
+        )
     }
     env.update(
         QUIET,
@@ -612,3 +620,156 @@ def _prefect_records(api: httpx.Client) -> dict[str, str]:
             offset += 200
         records[f"prefect {kind}"] = json.dumps(items)
     return records
+
+
+# -- a trade-off decided by a person: the pause, `mlops approve`, the timeout -------------------------------
+@pytest.mark.server
+@pytest.mark.timeout(1500)  # the servers' start (minutes, shared with the module) counts when run alone
+def test_a_paused_run_is_approved_rejected_or_timed_out(stack, tmp_path):
+    """Runs that ask for approval (tests/approval_runs.py says which) pause on the real servers: `mlops
+    approve` approves one by its Prefect flow run id and rejects one by its MLflow run id, a third given 3 s
+    times out and is refused, each outcome on the version and the run; wrong answers exit 2 (another use
+    case, an unknown run, a run no longer paused, a pause for something else). The runs and the two
+    answers are processes side by side (each costs seconds of imports); the wrong answers run in-process."""
+    api = httpx.Client(
+        base_url=stack.settings.prefect_api_url,
+        headers=_basic(stack.env["PREFECT_API_AUTH_STRING"]),
+        timeout=30,
+    )
+    auth = (stack.env["MLFLOW_TRACKING_USERNAME"], stack.env["MLFLOW_TRACKING_PASSWORD"])
+    mlflow = httpx.Client(base_url=f"{stack.settings.mlflow_url}/api/2.0/mlflow", auth=auth, timeout=30)
+    names = {case: f"approval-{case}-{uuid.uuid4().hex[:6]}" for case in ("approve", "reject", "timeout")}
+    logs = {case: tmp_path / f"{case}.log" for case in (*names, "other")}
+    started: dict[str, subprocess.Popen] = {}
+    try:
+        for case, seconds in (("approve", 300), ("reject", 300), ("timeout", 3)):
+            started[case] = approval_runs.start(
+                approval_runs.command(names[case], seconds), stack.env, logs[case]
+            )
+        other_pause = [
+            sys.executable,
+            str(approval_runs.APPROVAL_FLOW),
+            "--timeout",
+            "1500",
+        ]  # resumed at the end
+        started["other"] = approval_runs.start(other_pause, stack.env, logs["other"])
+        paused = {
+            case: approval_runs.wait_until_paused(mlflow, api, names[case], started[case], logs[case], 600)
+            for case in ("approve", "reject")
+        }
+        for run in paused.values():
+            _waits_for_approval(api, run.flow_run_id)
+        stack.step("approval: two runs paused on the server, waiting for the approval form")
+        other = _paused_flow_run(api, "other-pause", started["other"], logs["other"])
+        code = started["timeout"].wait(120)
+        assert code == approval_runs.EXIT_CODES["timed out"], approval_runs.tail(logs["timeout"])
+        timed_out = approval_runs.asked(mlflow, names["timeout"])
+        stack.step("approval: the run given 3 s timed out")
+
+        answers = {
+            "approve": ("--run", paused["approve"].flow_run_id, "--reason", "newest week wins"),
+            "reject": ("--run", paused["reject"].run_id, "--reject", "--reason", "old weeks count"),
+        }
+        sending = {
+            case: subprocess.Popen(
+                [*MLOPS, "approve", "fraud", *args],
+                env=stack.env,
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for case, args in answers.items()
+        }
+        _wrong_answers_exit_2(stack, paused["approve"].flow_run_id, timed_out.flow_run_id, other)
+        for case, process in sending.items():
+            out, _ = process.communicate(timeout=180)
+            stack.outputs.append(out)
+            verb = {"approve": "approved", "reject": "rejected"}[case]
+            assert process.returncode == 0 and f"sent: {verb}" in out, out
+        stack.step("approval: `mlops approve` sent two answers (and refused four wrong ones)")
+
+        _outcomes_recorded(api, mlflow, {**paused, "timeout": timed_out}, started, logs)
+        assert api.post(f"/flow_runs/{other}/resume", json={}).json()["status"] == "ACCEPT"
+        assert started["other"].wait(60) == 0, approval_runs.tail(logs["other"])
+        stack.step("approval: approved, rejected, timed out: each recorded on the version and its run")
+    finally:
+        for process in started.values():  # only what this test started, should a step have failed
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+def _waits_for_approval(api: httpx.Client, flow_run_id: str) -> None:
+    """Paused on the server with a deadline, waiting for the approval form (its saved schema's fields)."""
+    state = api.get(f"/flow_runs/{flow_run_id}").json()["state"]
+    assert state["type"] == "PAUSED" and state["state_details"]["pause_timeout"], state
+    keyset = state["state_details"]["run_input_keyset"]
+    schema = api.get(f"/flow_runs/{flow_run_id}/input/{keyset['schema']}").json()
+    assert {"approve", "reason", "decided_by"} == set(schema["properties"]), schema
+    assert "reason" in schema.get("required", []), schema
+
+
+def _paused_flow_run(api: httpx.Client, flow: str, process: subprocess.Popen, log: Path) -> str:
+    query = {"flows": {"name": {"any_": [flow]}}, "flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}}}
+    deadline = time.monotonic() + 240
+    while not (found := api.post("/flow_runs/filter", json=query).json()):
+        assert process.poll() is None, approval_runs.tail(log)
+        assert time.monotonic() < deadline, f"no paused {flow} run\n{approval_runs.tail(log)}"
+        time.sleep(0.5)
+    return found[0]["id"]
+
+
+def _wrong_answers_exit_2(stack: Stack, waiting: str, finished: str, other: str) -> None:
+    """`mlops approve` in this process, as a person's shell on the stack (the CLI's own parser): each wrong
+    answer exits 2 and says why, and sends nothing."""
+    import mlflow
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    wrong = {
+        "a fraud model, not stock": ("stock", "--run", waiting),
+        "unknown run": ("fraud", "--run", str(uuid.uuid4())),
+        "not paused": ("fraud", "--run", finished),
+        "paused, but not for an approval": ("fraud", "--run", other),
+    }
+    prefect = {
+        PREFECT_API_URL: stack.env["PREFECT_API_URL"],
+        PREFECT_API_AUTH_STRING: stack.env["PREFECT_API_AUTH_STRING"],
+    }
+    with pytest.MonkeyPatch.context() as patch, temporary_settings(updates=prefect):
+        for key in (
+            "PREFECT_API_URL",
+            "MLFLOW_TRACKING_URI",
+            "MLFLOW_TRACKING_USERNAME",
+            "MLFLOW_TRACKING_PASSWORD",
+        ):
+            patch.setenv(key, stack.env[key])
+        try:
+            for says, args in wrong.items():
+                result = CliRunner().invoke(app, ["approve", *args, "--reason", "x"], env={"COLUMNS": "300"})
+                stack.outputs.append(result.output)
+                assert result.exit_code == 2 and says in result.output, (args, result.output)
+        finally:
+            mlflow.set_tracking_uri(None)
+
+
+def _outcomes_recorded(
+    api: httpx.Client, mlflow: httpx.Client, runs: dict, started: dict, logs: dict
+) -> None:
+    """Each run ended (Completed: the timed-out one too, set Running again after Prefect failed its expired
+    pause) and its outcome, reason and decider are on the version and on its MLflow run alike."""
+    expected = {
+        "approve": ("approved", "newest week wins", "mlops approve ("),
+        "reject": ("rejected", "old weeks count", "mlops approve ("),
+        "timeout": ("timed out", "no answer within 0:00:03: refused", "timeout"),
+    }
+    for case, run in runs.items():
+        outcome, reason, by = expected[case]
+        assert started[case].wait(120) == approval_runs.EXIT_CODES[outcome], approval_runs.tail(logs[case])
+        on_version, on_run = approval_runs.recorded(mlflow, run.registered_model, run.version, run.run_id)
+        assert on_version == on_run, (on_version, on_run)
+        assert (on_version["approval"], on_version["approval.reason"]) == (outcome, reason), on_version
+        assert on_version["approval.by"].startswith(by), on_version
+        assert on_version["approval.flow_run_id"] == run.flow_run_id
+        assert api.get(f"/flow_runs/{run.flow_run_id}").json()["state_type"] == "COMPLETED", case

@@ -13,7 +13,13 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from data_checks.fraud import raw_suite  # noqa: E402
-from usecases.fraud.simulator import CARD_TESTING_SCENARIO, Drift, simulate_transactions  # noqa: E402
+from usecases.fraud.simulator import (  # noqa: E402
+    BUST_OUT_SCENARIO,
+    CARD_TESTING_SCENARIO,
+    NIGHT_RAID_SCENARIO,
+    Drift,
+    simulate_transactions,
+)
 
 N_CUSTOMERS, N_TERMINALS, N_DAYS = 300, 600, 60
 SIZE = {"n_customers": N_CUSTOMERS, "n_terminals": N_TERMINALS, "n_days": N_DAYS, "seed": 11}
@@ -65,12 +71,16 @@ KINDS = {
     "new terminals": {"new_terminal_share": 0.3},
     "new customers": {"new_customer_share": 0.25},
     "card testing": {"card_testing_cards_per_day": 4},
+    "night raids": {"night_raid_cards_per_day": 4},
+    "bust-out": {"bust_out_cards_per_day": 3},
     "all at once": {
         "amount_factor": 1.5,
         "hour_shift": 5.5,
         "new_terminal_share": 0.2,
         "new_customer_share": 0.2,
         "card_testing_cards_per_day": 3,
+        "night_raid_cards_per_day": 2,
+        "bust_out_cards_per_day": 2,
     },
 }
 
@@ -188,6 +198,51 @@ def test_card_testing_is_a_new_fraud_scenario_from_the_start(base, drifted):
     pd.testing.assert_frame_equal(without_ids(others), without_ids(base))
 
 
+@pytest.mark.parametrize(
+    ("kind", "scenario", "per_day", "size", "within"),
+    [
+        ("night raids", NIGHT_RAID_SCENARIO, 4, (3, 8), (0, 6)),
+        ("bust-out", BUST_OUT_SCENARIO, 3, (4, 10), (8, 19)),
+    ],
+)
+def test_burst_scenarios_add_labelled_bursts_from_the_start(
+    base, drifted, kind, scenario, per_day, size, within
+):
+    frame = drifted[kind]
+    added = frame[frame["TX_FRAUD_SCENARIO"] == scenario]
+    assert scenario not in set(base["TX_FRAUD_SCENARIO"])
+    assert added["TX_DATETIME"].min() >= START and (added["TX_FRAUD"] == 1).all()
+    low, high = (
+        Drift(START).night_raid_amounts if scenario == NIGHT_RAID_SCENARIO else Drift(START).bust_out_amounts
+    )
+    assert added["TX_AMOUNT"].between(low, high).all()
+    if scenario == BUST_OUT_SCENARIO:  # just under scenario 1's rule: every earlier label there is genuine
+        assert added["TX_AMOUNT"].lt(220).all() and added["TX_AMOUNT"].gt(200).any()
+    assert added["TX_DATETIME"].dt.hour.between(*within).all()
+    # Per day: `per_day` cards, one burst each of `size` payments, at several terminals.
+    bursts = added.groupby(["TX_TIME_DAYS", "CUSTOMER_ID"]).size()
+    assert (bursts.groupby(level="TX_TIME_DAYS").size() == per_day).all()
+    assert bursts.index.get_level_values("TX_TIME_DAYS").nunique() == N_DAYS - 30
+    assert bursts.between(*size).all() and bursts.nunique() > 2
+    assert added.groupby(["TX_TIME_DAYS", "CUSTOMER_ID"])["TERMINAL_ID"].nunique().gt(1).mean() > 0.9
+    # Added rows only: every other row is the one simulated without drift.
+    others = frame[frame["TX_FRAUD_SCENARIO"] != scenario]
+    pd.testing.assert_frame_equal(without_ids(others), without_ids(base))
+
+
+def test_scenarios_draw_from_streams_of_their_own(drifted):
+    """Turning one concept drift on does not change the rows another draws."""
+    together = simulate(card_testing_cards_per_day=4, night_raid_cards_per_day=4, bust_out_cards_per_day=3)
+    for kind, scenario in (
+        ("card testing", CARD_TESTING_SCENARIO),
+        ("night raids", NIGHT_RAID_SCENARIO),
+        ("bust-out", BUST_OUT_SCENARIO),
+    ):
+        alone = drifted[kind]
+        mine = lambda f, s=scenario: without_ids(f[f["TX_FRAUD_SCENARIO"] == s])  # noqa: E731
+        pd.testing.assert_frame_equal(mine(together), mine(alone))
+
+
 def test_start_inside_a_day_starts_with_the_next_day(base):
     start = START + pd.Timedelta(hours=12)
     frame = simulate_transactions(**SIZE, drift=Drift(start, card_testing_cards_per_day=2, amount_factor=3))
@@ -207,6 +262,10 @@ def test_start_inside_a_day_starts_with_the_next_day(base):
         {"card_testing_cards_per_day": -1},
         {"card_testing_cards_per_day": 1.5},
         {"card_testing_max_amount": 0},
+        {"night_raid_cards_per_day": -2},
+        {"bust_out_cards_per_day": 0.5},
+        {"night_raid_amounts": (50.0, 10.0)},
+        {"bust_out_amounts": (0.0, 100.0)},
     ],
 )
 def test_rejects_bad_drift(bad):

@@ -72,46 +72,91 @@ def test_nan_metric_never_passes():
 # ------------------------------------------------------------------------- forgetting (backward transfer)
 
 
-def _windows(*pairs):
-    return [{"label": f"v{i} test w{i}", "candidate": c, "champion": h} for i, (c, h) in enumerate(pairs, 1)]
+def _comparison(earlier, newest=None):
+    """`earlier`/`newest`: (candidate, champion) on the pooled earlier windows and the newest window."""
+    from tasks.compare import Comparison, Window
+
+    def window(label, pair):
+        return Window(label, ("2018-09-01", "2018-09-07"), 900, 40, *pair, "held-out keys")
+
+    return Comparison(
+        newest=window("newest", newest) if newest else None,
+        pooled=window("earlier pooled", earlier) if earlier else None,
+    )
 
 
-def test_forgetting_gate_passes_when_the_candidate_keeps_the_earlier_windows():
+def test_forgetting_gate_passes_within_tolerance_on_the_earlier_windows():
     from tasks.gate import forgetting_gate
 
-    result = forgetting_gate(SPEC, _windows((0.70, 0.68), (0.60, 0.61)), "average_precision", True)
-    assert result.passed and result.kind == "champion" and result.name == "forgetting.average_precision"
-    assert math.isclose(result.value, (0.02 - 0.01) / 2)
+    result = forgetting_gate(SPEC, _comparison((0.66, 0.68), (0.7, 0.6)), "average_precision", True)
+    assert result.passed and not result.needs_approval and result.name == "forgetting.average_precision"
+    assert math.isclose(result.value, -0.02 / 0.68) and math.isclose(result.threshold, -0.05)
+    assert result.detail.startswith("kept:")
 
 
-def test_forgetting_gate_refuses_below_minus_margin_and_names_the_worst_window():
+def test_forgetting_without_adapting_is_refused():
     from tasks.gate import forgetting_gate
-    from usecases.spec import GateSpec
 
-    spec = GateSpec(forgetting_margin=0.05)
-    result = forgetting_gate(spec, _windows((0.69, 0.70), (0.40, 0.60)), "average_precision", True)
-    assert not result.passed
-    assert math.isclose(result.value, (-0.01 - 0.20) / 2)
-    assert math.isclose(result.threshold, -0.05 * 0.65)
-    assert "v2 test w2" in result.detail and "0.4" in result.detail and "0.6" in result.detail
+    # 10 % worse on the earlier windows, 2 % better on the newest: below the 10 % adapt margin.
+    result = forgetting_gate(SPEC, _comparison((0.54, 0.60), (0.612, 0.60)), "average_precision", True)
+    assert not result.passed and not result.needs_approval
+    assert "forgot without adapting" in result.detail and "+2.0%" in result.detail
+
+
+def test_forgetting_for_adapting_is_a_trade_off_for_a_person():
+    from tasks.gate import GateVerdict, forgetting_gate
+
+    result = forgetting_gate(SPEC, _comparison((0.54, 0.60), (0.80, 0.30)), "average_precision", True)
+    assert not result.passed and result.needs_approval and "trade-off" in result.detail
+    verdict = GateVerdict((*verdict_results(), result))
+    assert verdict.registrable and not verdict.promotable and verdict.awaiting_approval
+    approved = verdict.decided(True, "Prefect UI form", "card testing is the bigger loss")
+    assert approved.promotable and not approved.awaiting_approval
+    assert "approved by Prefect UI form: card testing" in approved.results[-1].detail
+    rejected = verdict.decided(False, "timeout", "no answer within 24 h")
+    assert not rejected.promotable and not rejected.awaiting_approval
+    assert "rejected by timeout" in rejected.refusals[0].detail
+
+
+def test_a_trade_off_beside_another_refusal_is_not_sent_to_a_person():
+    from tasks.gate import GateVerdict, forgetting_gate
+
+    trade_off = forgetting_gate(SPEC, _comparison((0.54, 0.60), (0.80, 0.30)), "average_precision", True)
+    worse = verdict({"average_precision": 0.7, "mae": 0.05}, champion={"average_precision": 0.9})
+    assert not GateVerdict((*worse.results, trade_off)).awaiting_approval
+
+
+def verdict_results():
+    return verdict({"average_precision": 0.7, "mae": 0.05}).results
 
 
 def test_forgetting_gate_is_sign_adjusted_for_lower_is_better():
     from tasks.gate import forgetting_gate
-    from usecases.spec import GateSpec
 
-    spec = GateSpec(forgetting_margin=0.05)
-    better = forgetting_gate(spec, _windows((0.9, 1.0)), "mae", False)  # lower MAE: a gain
-    worse = forgetting_gate(spec, _windows((1.2, 1.0)), "mae", False)
+    better = forgetting_gate(SPEC, _comparison((0.9, 1.0)), "mae", False)  # lower MAE: a gain
+    worse = forgetting_gate(SPEC, _comparison((1.2, 1.0)), "mae", False)
     assert better.passed and better.value > 0
     assert not worse.passed and math.isclose(worse.value, -0.2)
+    assert "no newest window to weigh it against" in worse.detail
 
 
 def test_forgetting_gate_skipped_with_its_reason():
+    from tasks.compare import Comparison
     from tasks.gate import forgetting_gate
 
-    result = forgetting_gate(SPEC, [], "average_precision", True, skipped="no current champion")
+    result = forgetting_gate(SPEC, Comparison(skipped="no current champion"), "average_precision", True)
     assert result.passed and math.isnan(result.value) and "skipped: no current champion" in result.detail
+
+
+def test_champion_gate_compares_on_the_newest_windows_unseen_rows_when_given():
+    from tasks.gate import champion_gate
+
+    champion = ChampionScore("4", {"average_precision": 0.9})
+    newest = _comparison(None, (0.75, 0.70)).newest
+    on_test = champion_gate(SPEC, {"average_precision": 0.8}, champion, "average_precision", True)
+    on_unseen = champion_gate(SPEC, {"average_precision": 0.8}, champion, "average_precision", True, newest)
+    assert not on_test.passed and on_unseen.passed  # 0.8 < 0.9 on test; 0.75 >= 0.70 * 0.98 unseen
+    assert "held-out keys" in on_unseen.detail and "900 rows" in on_unseen.detail
 
 
 # ----------------------------------------------------------------------------------------------- slices

@@ -46,6 +46,24 @@ _CARD_TESTING_GAP_SECONDS = (5, 120)
 
 
 @dataclass(frozen=True)
+class _Burst:
+    """A concept drift made of bursts: per day, distinct cards each get `size` payments `gap` seconds apart
+    (inclusive ranges), within `hours` [start, end) seconds of the day, at random terminals."""
+
+    scenario: int
+    size: tuple[int, int]
+    gap: tuple[int, int]
+    hours: tuple[int, int]
+
+
+# Night raids (drift scenario 5): 3-8 mid-sized payments, 1-20 min apart, between 00:00 and 06:59 (the night
+# flag). Bust-out (drift scenario 6): 4-10 purchases just under scenario 1's 220, 5-45 min apart, 08:00-20:00.
+NIGHT_RAID_SCENARIO, BUST_OUT_SCENARIO = 5, 6
+_NIGHT_RAID = _Burst(NIGHT_RAID_SCENARIO, (3, 8), (60, 1200), (1, 7 * 3600))
+_BUST_OUT = _Burst(BUST_OUT_SCENARIO, (4, 10), (300, 2700), (8 * 3600, 20 * 3600))
+
+
+@dataclass(frozen=True)
 class Drift:
     """A change of the simulated world from `start` on, for `simulate_transactions(..., drift=Drift(...))`.
 
@@ -71,6 +89,14 @@ class Drift:
       seen it): each day, this many distinct cards (any customer) are tested by fraudsters with a burst
       of 3 to 10 payments of less than `card_testing_max_amount`, 5 s to 2 min apart, at random
       terminals. These rows are added to the simulated ones and labelled fraud.
+    - night_raid_cards_per_day: scenario 5: each day, this many distinct cards are raided at night: a
+      burst of 3 to 8 payments of `night_raid_amounts` (uniform, rounded to cents), 1 to 20 min apart,
+      all between 00:00 and 06:59, at random terminals. Genuine payments of such amounts happen at night
+      too (about a fifth of all payments are at night); what no earlier label shows is the burst at night.
+    - bust_out_cards_per_day: scenario 6: each day, this many distinct cards are "busted out": 4 to 10
+      purchases of `bust_out_amounts`, just under scenario 1's 220 (every earlier label there says
+      genuine), 5 to 45 min apart between 08:00 and 20:00, at random terminals.
+    Each concept drift adds its rows to the simulated ones, labelled fraud, from a random stream of its own.
     """
 
     start: str | date | datetime | pd.Timestamp
@@ -80,6 +106,10 @@ class Drift:
     new_customer_share: float = 0.0
     card_testing_cards_per_day: int = 0
     card_testing_max_amount: float = 5.0
+    night_raid_cards_per_day: int = 0
+    night_raid_amounts: tuple[float, float] = (30.0, 150.0)
+    bust_out_cards_per_day: int = 0
+    bust_out_amounts: tuple[float, float] = (150.0, 219.99)
 
     def __post_init__(self) -> None:
         pd.Timestamp(self.start)  # raises on an unparseable date
@@ -96,6 +126,14 @@ class Drift:
                 f"card_testing_cards_per_day must be a non-negative integer, got "
                 f"{self.card_testing_cards_per_day!r}"
             )
+        for name in ("night_raid_cards_per_day", "bust_out_cards_per_day"):
+            value = getattr(self, name)
+            if int(value) != value or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        for name in ("night_raid_amounts", "bust_out_amounts"):
+            low, high = getattr(self, name)
+            if not 0.01 <= low < high:
+                raise ValueError(f"{name} must be (low, high) with 0.01 <= low < high, got {(low, high)!r}")
         if not self.card_testing_max_amount > 0.01:
             raise ValueError(
                 f"card_testing_max_amount must exceed 0.01, got {self.card_testing_max_amount!r}"
@@ -142,8 +180,9 @@ def simulate_transactions(
         raise ValueError("n_customers, n_terminals and n_days must be non-negative")
     # Independent streams per stage: changing how one stage draws does not shift the others. Drift draws
     # from further children of the same seed sequence (the first five are the same whatever the count).
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(8)]
-    rng_cust, rng_term, rng_tx, rng_s2, rng_s3, rng_new_cust, rng_new_term, rng_card = streams
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(10)]
+    rng_cust, rng_term, rng_tx, rng_s2, rng_s3, rng_new_cust, rng_new_term, rng_card = streams[:8]
+    rng_night, rng_bust = streams[8:]
 
     # --- Profiles -----------------------------------------------------------------------------------
     cust_xy, mean_amount, mean_nb_tx_per_day = _customer_profiles(rng_cust, n_customers)
@@ -201,14 +240,28 @@ def simulate_transactions(
             amount[times_chosen > m] *= _CUSTOMER_FRAUD_AMOUNT_FACTOR
         fraud[chosen], scenario[chosen] = 1, 3
 
-    if first_drift_day < n_days and drift.card_testing_cards_per_day > 0 and n_terminals > 0:
+    if first_drift_day < n_days and n_terminals > 0:
         n_cards = n_customers + _new_customer_count(drift, n_customers)
-        tested = _card_testing(rng_card, drift, first_drift_day, n_days, n_cards, n_terminals)
-        if tested[0].size:
+        added = []
+        if drift.card_testing_cards_per_day > 0:
+            added.append(_card_testing(rng_card, drift, first_drift_day, n_days, n_cards, n_terminals))
+        world = (first_drift_day, n_days, n_cards, n_terminals)
+        if drift.night_raid_cards_per_day > 0:
+            added.append(
+                _bursts(
+                    rng_night, _NIGHT_RAID, drift.night_raid_cards_per_day, drift.night_raid_amounts, world
+                )
+            )
+        if drift.bust_out_cards_per_day > 0:
+            added.append(
+                _bursts(rng_bust, _BUST_OUT, drift.bust_out_cards_per_day, drift.bust_out_amounts, world)
+            )
+        if any(rows[0].size for rows in added):
             # Appended after the handbook's scenarios, so they neither see nor change these rows; a stable
             # sort keeps every earlier row (and every row before the drift) where it was.
-            columns = (customer, terminal, amount, seconds, day, fraud, scenario)
-            columns = [np.concatenate((a, b)) for a, b in zip(columns, tested, strict=True)]
+            columns = [customer, terminal, amount, seconds, day, fraud, scenario]
+            for rows in added:
+                columns = [np.concatenate((a, b)) for a, b in zip(columns, rows, strict=True)]
             order = np.lexsort((columns[0], columns[3]))
             customer, terminal, amount, seconds, day, fraud, scenario = (a[order] for a in columns)
             n = seconds.size
@@ -349,6 +402,30 @@ def _card_testing(
     terminal = rng.integers(0, n_terminals, size=burst.size)
     ones = np.ones(burst.size, dtype=np.int64)
     return cards[burst], terminal, amount, seconds, day, ones, ones * CARD_TESTING_SCENARIO
+
+
+def _bursts(rng, burst: _Burst, per_day: int, amounts: tuple[float, float], world) -> tuple[np.ndarray, ...]:
+    """A burst scenario's rows (customer, terminal, amount, seconds, day, fraud, scenario), days >= first:
+    `per_day` cards a day, amounts uniform in `amounts`; `world` = (first day, days, cards, terminals)."""
+    first_day, n_days, n_cards, n_terminals = world
+    days = np.arange(first_day, n_days)
+    per_day = min(int(per_day), n_cards)
+    cards = _sample_without_replacement(rng, n_cards, per_day, days.size).ravel()
+    sizes = rng.integers(burst.size[0], burst.size[1] + 1, size=cards.size)
+    rows = np.repeat(np.arange(cards.size), sizes)
+    gaps = rng.integers(burst.gap[0], burst.gap[1] + 1, size=rows.size)
+    first_row = np.cumsum(sizes) - sizes
+    gaps[first_row] = 0  # the burst's first payment is at its start
+    offset = np.cumsum(gaps)
+    offset -= np.repeat(offset[first_row], sizes)
+    # Every burst fits in the hours: it starts early enough for its longest possible length.
+    start = rng.integers(burst.hours[0], burst.hours[1] - burst.size[1] * burst.gap[1], size=cards.size)
+    day = np.repeat(days, per_day)[rows]
+    seconds = day * SECONDS_PER_DAY + start[rows] + offset
+    amount = np.round(rng.uniform(*amounts, size=rows.size), 2).clip(*amounts)
+    terminal = rng.integers(0, n_terminals, size=rows.size)
+    ones = np.ones(rows.size, dtype=np.int64)
+    return cards[rows], terminal, amount, seconds, day, ones, ones * burst.scenario
 
 
 def _terminals_within_radius(
