@@ -24,9 +24,11 @@ from pydantic import BaseModel, Field
 
 
 def form_order(model: type[BaseModel]) -> list[str]:
-    """`data` first, then the fields the model's own class declares, then the inherited ones."""
+    """`data` first, then the fields the model's own class declares, then the inherited ones (a use case's new
+    default for an inherited field keeps the field where every use case's form has it)."""
     fields = list(model.model_fields)
-    own = [n for n in model.__annotations__ if n in model.model_fields]
+    inherited = set(getattr(model.__base__, "model_fields", {}))
+    own = [n for n in model.__annotations__ if n in model.model_fields and n not in inherited]
     ordered = [n for n in ("data",) if n in fields]
     ordered += [n for n in own if n not in ordered]
     return ordered + [n for n in fields if n not in ordered]

@@ -190,10 +190,12 @@ def test_dask_run_promotes_on_the_local_runs_windows(
     assert scratch.is_dir() and list(scratch.iterdir()) == []  # used, and the run's folder gone with it
     dask_run = latest_run(champion_home)
     assert dask_run.data.params["param.executor"] == "dask"
-    for window in ("validation", "test"):
-        assert dask_run.data.params[f"window.{window}"] == local.data.params[f"window.{window}"]
+    assert dask_run.data.params["window.test"] == local.data.params["window.test"]
     # The Dask executor trains on the training window as it is (no replay, recency, holdout nor refit): the
-    # same last day, where the local run's window reaches back by its replay.
+    # same validation days (all cards: the local one leaves the held-out cards out) and the same last training
+    # day, where the local run's window reaches back by its replay.
+    days = (run.data.params["window.validation"].split(" (")[0] for run in (dask_run, local))
+    assert len(set(days)) == 1
     dask_train, local_train = (run.data.params["window.train"].split(" ") for run in (dask_run, local))
     assert dask_train[2] == local_train[2] and local_train[0] < dask_train[0], (dask_train, local_train)
     assert dask_run.data.params["baselines.training_rows"].startswith("all ")  # small: no sampling

@@ -10,7 +10,8 @@ from usecases.stock.spec import Params as StockParams
 
 def test_data_first_then_the_use_cases_own_fields_then_the_generic_ones():
     order = form_order(StockParams)
-    own = [n for n in StockParams.__annotations__ if n != "data"]
+    own = [n for n in StockParams.__annotations__ if n != "data" and n not in TrainingParams.model_fields]
+    assert "half_life" in StockParams.__annotations__ and "half_life" not in own  # a new default, same place
     generic = [n for n in TrainingParams.model_fields if n != "data"]
     assert order == ["data", *own, *generic]
     assert form_order(MonitorParams) == list(MonitorParams.model_fields)  # no base class: as declared
