@@ -55,6 +55,7 @@ from infra.servers.processes import Managed
 from infra.servers.settings import QUIET, SECRETS, Settings, read_env_file
 from infra.servers.stack import discard_stack
 from usecases import spec_module
+from usecases.spec import TrainingParams
 
 ROOT = Path(__file__).resolve().parents[2]
 MLOPS = [sys.executable, "-m", "cli.main"]
@@ -91,7 +92,7 @@ def test_schedules():
     from infra.deployments import training_plans
 
     plans = {plan.flow_name: plan for plan in training_plans()}
-    assert plans["fraud-training"].timing.cron == "0 2 * * *"  # daily
+    assert plans["fraud-training"].timing.cron == "0 2 * * 1"  # weekly: a week of new labels per run
     stock = plans["stock-training"].timing  # weekdays, after the 16:00 New York close, across DST
     assert stock.cron.endswith("* * 1-5") and stock.timezone == "America/New_York"
     hour, minute = int(stock.cron.split()[1]), int(stock.cron.split()[0])
@@ -112,7 +113,7 @@ def test_deployment_parameters_render_as_a_typed_form():
         assert set(fields) == set(Params.model_fields), plan.full_name
         # the spec's order: data, the use case's own fields as declared, then the generic ones
         order = sorted(fields, key=lambda name: fields[name]["position"])
-        own = [n for n in Params.__annotations__ if n != "data"]
+        own = [n for n in Params.__annotations__ if n != "data" and n not in TrainingParams.model_fields]
         assert order[0] == "data" and order[1 : 1 + len(own)] == own, order
         assert all(field.get("description") for field in fields.values()), plan.full_name
         bounded = [f for f in fields.values() if "minimum" in f or "maximum" in f]
@@ -383,7 +384,7 @@ def test_server_mode_end_to_end(stack, tmp_path):
     assert "fraud-training/fraud-detector" in deployed.stdout
     stack.step("`mlops deploy` done")
     deployment = api.get("/deployments/name/fraud-training/fraud-detector").json()
-    assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 2 * * *"]
+    assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 2 * * 1"]
     limit = deployment.get("global_concurrency_limit") or {}
     assert deployment.get("concurrency_limit") == 1 or limit.get("limit") == 1, deployment
     assert {"mlops", "training", "use-case:fraud", "model:fraud-detector"} <= set(deployment["tags"])
