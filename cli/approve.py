@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 
 from champion import store
-from cli.servers import _require_prefect_server, reflow
+from cli.servers import reflow, require_prefect_server
 from usecases import SPEC_MODULES
 from usecases.vocabulary import APPROVAL_FLOW_RUN_TAG, FLOW_RUN_TAG
 
@@ -61,7 +61,7 @@ def approve(
     if not reason.strip():
         console.print("[bold red]input rejected[/]: --reason is empty; say why, it is recorded")
         raise typer.Exit(EXIT_BAD_INPUT)
-    _require_prefect_server()  # exits 2 when there is none, or it refuses this client
+    require_prefect_server()  # exits 2 when there is none, or it refuses this client
     store.configure()
     answer = {
         "approve": not reject,

@@ -116,7 +116,7 @@ def _check_use_cases(use_cases: list[str] | None) -> list[str] | None:
     return use_cases
 
 
-def _require_prefect_server() -> str:
+def require_prefect_server() -> str:
     """The Prefect API these commands act on; refuse Prefect's throwaway in-process server."""
     use_prefect_server()
     from prefect.settings import PREFECT_API_URL
@@ -234,7 +234,7 @@ def deploy(
     if dry_run:
         typer.echo(_describe(_plans(use_cases), work_pool))
         return
-    api = _require_prefect_server()  # before the plans import Prefect: it reads its settings once
+    api = require_prefect_server()  # before the plans import Prefect: it reads its settings once
     plans = _plans(use_cases)
     if work_pool:
         _ensure_process_pool(work_pool)
@@ -310,7 +310,7 @@ def serve(
     <MLOPS_HOME>/data and the project's data/ folder); others are refused.
     """
     use_cases = _check_use_cases(use_case)
-    api = _require_prefect_server()
+    api = require_prefect_server()
     tracking = os.environ.get("MLFLOW_TRACKING_URI")
     if not tracking:
         err.print(
@@ -370,7 +370,7 @@ def notify_data(
             err.print(f"[bold red]{path} is not a file[/] (--no-check sends a path only the runner sees)")
             raise typer.Exit(2)
         path = str(resolved)
-    _require_prefect_server()
+    require_prefect_server()
     from infra.deployments import data_arrived_event
 
     event = asyncio.run(_emit(data_arrived_event(use_case, path)))

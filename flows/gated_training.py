@@ -32,12 +32,11 @@ from tasks.approval import ask_for_approval
 from tasks.card import continual_record, model_card, version_tags
 from tasks.compare import compare, log_comparison
 from tasks.dask.executor import stages_for
-from tasks.evaluate import ChampionScore, Evaluation, evaluate, evaluate_champion
+from tasks.evaluate import ChampionScore, Evaluation, evaluate, evaluate_champion, log_scores
 from tasks.gate import GateResult, GateVerdict, gate
 from tasks.lineage import format_ranges, resolve_parent
 from tasks.monitoring.reference import record_profile
 from tasks.promote import promote_or_refuse
-from tasks.refit import log_served
 from tasks.register import LoggedCandidate, Registration, fingerprint, log_candidate, register
 from tasks.report import Decision, report
 from tasks.slices import evaluate_slices
@@ -123,7 +122,7 @@ def gated_training(spec: UseCaseSpec, params: TrainingParams) -> TrainingOutcome
         served = refitted.served
         record_profile(spec, *refitted.profile_inputs(splits, evaluation), run_id)  # monitoring's reference
         if refitted.evaluation is not None:
-            log_served(refitted.evaluation, run_id)
+            log_scores(run_id, refitted.evaluation, "served")
         logged = log_candidate(served, splits.test.head(5), run_id)
         record = {  # what the version is; tasks/card.py picks its tags and writes the rest into its card
             **_lineage(spec, run_id, raw, splits, data_digest),

@@ -211,15 +211,7 @@ def evaluate(
     client = MlflowClient()
     scored = score_model(candidate.predict, splits, metrics_spec)
     scored_baselines = {b.name: score_model(b.predict, splits, metrics_spec) for b in baselines}
-    logged = {f"test_{k}": v for k, v in scored.metrics.items()}
-    for name, s in scored_baselines.items():
-        logged.update({f"{name}_test_{k}": v for k, v in s.metrics.items()})
-    mlflow_metrics = [
-        mlflow.entities.Metric(k, float(v), int(pd.Timestamp.now().value // 1_000_000), 0)
-        for k, v in logged.items()
-        if np.isfinite(v)
-    ]
-    client.log_batch(run_id, metrics=mlflow_metrics)
+    log_scores(run_id, Evaluation(scored, scored_baselines), "test")
     _log_figures(client, run_id, _plots(problem, splits, target, time_column, scored, "candidate"), "")
     best = _best_baseline(scored_baselines, metrics_spec)
     if best is not None:
@@ -238,6 +230,17 @@ def evaluate(
         ", ".join(f"{n} {s.metrics[metrics_spec.primary]:.4g}" for n, s in scored_baselines.items()),
     )
     return Evaluation(scored, scored_baselines)
+
+
+def log_scores(run_id: str, evaluation: Evaluation, where: str) -> None:
+    """`<where>_<metric>` for the candidate and `<baseline>_<where>_<metric>` for each baseline (finite ones)
+    on the MLflow run: `test_` for the candidate's test window, `served_` for a refit's held-out rows."""
+    logged = {f"{where}_{k}": v for k, v in evaluation.candidate.metrics.items()}
+    for name, s in evaluation.baselines.items():
+        logged.update({f"{name}_{where}_{k}": v for k, v in s.metrics.items()})
+    stamp = int(pd.Timestamp.now().value // 1_000_000)
+    metrics = [mlflow.entities.Metric(k, float(v), stamp, 0) for k, v in logged.items() if np.isfinite(v)]
+    MlflowClient().log_batch(run_id, metrics=metrics)
 
 
 def _best_baseline(scored: Mapping[str, Scored], metrics_spec) -> str | None:

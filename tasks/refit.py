@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-import mlflow
 import numpy as np
 import pandas as pd
 
@@ -41,7 +40,6 @@ class Refitted:
     # The refit and the refitted baselines on the test window's held-out rows (contexts calibrated by the
     # candidate and baselines on validation); None: the gates judge the candidate's test evaluation.
     evaluation: Evaluation | None = None
-    note: str = ""
     held_test: pd.DataFrame | None = None  # the test window's held-out rows `evaluation` scored
 
     def profile_inputs(self, splits: Splits, evaluation: Evaluation) -> tuple[Splits, Evaluation]:
@@ -67,9 +65,8 @@ def refit(
     if not spec.continual.refit:
         return Refitted(candidate)
     if candidate.parent_uri is not None:
-        note = f"no refit: fine-tuned from {candidate.parent_uri}, served as trained"
-        log.info(note)
-        return Refitted(candidate, note=note)
+        log.info("no refit: fine-tuned from %s, served as trained", candidate.parent_uri)
+        return Refitted(candidate)
     target = spec.target if spec.problem == "binary" else None
     rows, weights, span = training_rows(table, spec.split, spec.time_column, target, spec.continual, "test")
     served = refit_candidate(candidate, rows, weights, spec.model, spec.schema)
@@ -82,7 +79,7 @@ def refit(
     )
     judged, note, held = _judge(served, rows, splits, evaluation, spec)
     log.info(note)
-    return Refitted(served, judged, note, held)
+    return Refitted(served, judged, held)
 
 
 def _judge(served, rows, splits, evaluation, spec) -> tuple[Evaluation | None, str, pd.DataFrame | None]:
@@ -106,13 +103,3 @@ def _judge(served, rows, splits, evaluation, spec) -> tuple[Evaluation | None, s
     candidate = scored.pop("candidate")
     note = f"gates judge the refit and refitted baselines on the test window's {len(test)} held-out rows"
     return Evaluation(candidate, scored), note, test
-
-
-def log_served(evaluation: Evaluation, run_id: str) -> None:
-    """What the gates judged: `served_<metric>` and `<baseline>_served_<metric>` on the MLflow run."""
-    stamp = int(pd.Timestamp.now().value // 1_000_000)
-    logged = {f"served_{k}": v for k, v in evaluation.candidate.metrics.items()}
-    for name, scored in evaluation.baselines.items():
-        logged.update({f"{name}_served_{k}": v for k, v in scored.metrics.items()})
-    metrics = [mlflow.entities.Metric(k, float(v), stamp, 0) for k, v in logged.items() if np.isfinite(v)]
-    mlflow.MlflowClient().log_batch(run_id, metrics=metrics)

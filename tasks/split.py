@@ -123,11 +123,13 @@ def split_frame(
     parts = {
         name: table[inside & (trained if name != "test" else True)].reset_index(drop=True)
         for name, inside in rows.items()
+        if continual is None or name != "train"  # with `continual`, `training_rows` cuts the training rows
     }
     weights, replayed = None, 0
     if continual is not None:  # replay and recency weights
-        parts["train"], weights, span = training_rows(table, spec, time_column, target, continual)
-        replayed = int((parts["train"][time_column] < bounds["train"][0]).sum())  # older rows come first
+        train, weights, span = training_rows(table, spec, time_column, target, continual)
+        parts = {"train": train, **parts}
+        replayed = int((train[time_column] < bounds["train"][0]).sum())  # older rows come first
         bounds["train"] = tuple(pd.Timestamp(day).to_datetime64() for day in span)  # replay reaches back
     if test_filter is not None:
         parts["test"] = test_filter(parts["test"], table).reset_index(drop=True)
