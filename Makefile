@@ -51,7 +51,7 @@ clean:
 # Postgres, with the settings docker-compose.yml uses, plus `mlops serve`. State: .mlops/servers/.
 .PHONY: up down
 
-up: install  ## start MLflow + Prefect servers and `mlops serve` (DASK=1: a Dask cluster too); idempotent
+up: install  ## start MLflow + Prefect servers, Redis and `mlops serve` (DASK=1: a Dask cluster too); idempotent
 	$(UV) run python -m infra.servers up $(if $(filter 1,$(DASK)),--dask) $(ARGS)
 
 down: install  ## stop what `make up` started and the local Prefect server; ARGS=--purge also drops databases

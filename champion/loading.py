@@ -42,6 +42,12 @@ class ScoringModel:
     source: str
     _model: object = field(repr=False, default=None)
 
+    @property
+    def booster(self):
+        """The XGBoost Booster of an xgboost-flavoured version (reason codes read its contributions); None for
+        a pyfunc version, whose booster sits behind MLflow's wrapper."""
+        return self._model if self.flavor == "xgboost" else None
+
     def predict_matrix(self, matrix: np.ndarray) -> np.ndarray:
         """Scores for a float matrix whose columns are `columns`, in that order (already checked)."""
         if self.flavor == "xgboost":

@@ -74,8 +74,16 @@ def score(
         help="local, or dask: partitions scored on a Dask cluster (MLOPS_DASK_ADDRESS, else a LocalCluster). "
         "Default: MLOPS_EXECUTOR, else local.",
     ),
+    explain: int = typer.Option(
+        0,
+        "--explain",
+        metavar="K",
+        help="Add each row's K strongest reason codes (reason_i, reason_i_feature, reason_i_contribution, "
+        "from XGBoost's contributions); 0: none. Local executor only.",
+        min=0,
+    ),
 ) -> None:
-    """Score a file with the champion (or --version/--alias): id columns, score, model_version."""
+    """Score a file with the champion (or --version/--alias): id columns, score, model_version [, reasons]."""
     _check_use_case(use_case)
     if version is not None and alias is not None:
         console.print("[bold red]input rejected[/]: give --version or --alias, not both")
@@ -85,6 +93,7 @@ def score(
     use_prefect_server()
     from flows.scoring import batch_scoring
     from tasks.dask.cluster import ExecutorError
+    from tasks.explain import ExplainUnsupported
     from tasks.ingest import DataReadError
     from tasks.score import InputOrderError
     from tasks.validate import DataValidationError
@@ -100,8 +109,16 @@ def score(
             chunk_rows=chunk_rows or None,
             show_progress=sys.stderr.isatty(),
             executor=executor,
+            explain=explain,
         )
-    except (DataReadError, DataValidationError, InputOrderError, ModelNotFoundError, ExecutorError) as exc:
+    except (
+        DataReadError,
+        DataValidationError,
+        InputOrderError,
+        ModelNotFoundError,
+        ExecutorError,
+        ExplainUnsupported,
+    ) as exc:
         console.print(f"[bold red]input rejected[/]: {exc}")
         console.print(f"Nothing was written to {output}.")
         raise typer.Exit(EXIT_BAD_INPUT) from None
@@ -145,13 +162,40 @@ def serve_model(
         "--compact",
         help="Serve the compact champion (`<registered model>-compact`, from `mlops compact`) instead.",
     ),
+    state: str | None = typer.Option(
+        None,
+        "--state",
+        metavar="URL",
+        help="Where POST /transactions keeps per-key state: redis://HOST:PORT/DB. Default: MLOPS_REDIS_URL "
+        "(`make up` sets it), else this process's memory (lost on exit).",
+        show_default=False,
+    ),
+    lateness: float = typer.Option(
+        3600,
+        "--lateness",
+        help="Seconds an event may arrive behind the newest one; later ones get 422.",
+        min=0,
+    ),
+    history: str | None = typer.Option(
+        None,
+        "--history",
+        metavar="PATH|none",
+        help="Raw events (.parquet/.csv) that fill the state on start. Default: the served version's own "
+        "training data, when the state is empty; `none`: start empty.",
+        show_default=False,
+    ),
 ) -> None:
-    """Serve predictions from the champion over HTTP, following the alias without restarts."""
+    """Serve the champion over HTTP (POST /predict on features, POST /transactions on raw events), following
+    the alias without restarts."""
     # Before XGBoost loads OpenMP: idle prediction threads sleep instead of spinning, so they do not steal
     # the CPU the event loop needs between requests (p99 of one-row requests: ~20 ms -> ~2 ms on 2 cores).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     _check_use_case(use_case)
-    from serving.app import TOKEN_ENV, TokenError, load_token, serve
+    from datetime import timedelta
+
+    from serving.app import RealTime, serve
+    from serving.auth import TOKEN_ENV, TokenError, load_token
+    from serving.online.store import REDIS_URL_ENV
 
     try:
         token = load_token(token_file)
@@ -165,11 +209,16 @@ def serve_model(
         name = f"{name}-compact"  # the compact model's registry name (tasks/compaction/)
     source = f"the token in {token_file}" if token_file else TOKEN_ENV
     console.print(
-        f"serving {name}@{alias} on http://{host}:{port} (POST /predict, GET /health); "
-        f"checking the alias every {poll_seconds:g} s; predictions "
+        f"serving {name}@{alias} on http://{host}:{port} (POST /predict, /transactions, /labels; "
+        f"GET /health); checking the alias every {poll_seconds:g} s; predictions "
         + (f"require {source} as a bearer token" if token else "are open to anyone who reaches the port")
     )
-    serve(name, host=host, port=port, alias=alias, poll_seconds=poll_seconds, token=token)
+    state = state or os.environ.get(REDIS_URL_ENV) or None
+    if state and not state.startswith(("redis://", "rediss://", "unix://")):
+        console.print(f"[bold red]--state must be a redis://, rediss:// or unix:// URL[/], got {state!r}")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    realtime = RealTime(use_case, state, timedelta(seconds=lateness), history)
+    serve(name, host=host, port=port, alias=alias, poll_seconds=poll_seconds, token=token, realtime=realtime)
 
 
 def status(

@@ -141,6 +141,7 @@ def temp_servers_stack(base: Path, timeout: float = 300.0) -> Iterator[Stack]:
         MLOPS_DB_PREFIX=f"mlops_shots_{secrets.token_hex(6)}",
         MLOPS_MLFLOW_PORT=str(free_port()),
         MLOPS_PREFECT_PORT=str(free_port()),
+        MLOPS_REDIS_PORT=str(free_port()),
         MLOPS_MLFLOW_WORKERS="1",
         MLOPS_HOME=str(base / "mlops"),
         MLOPS_DATA_ROOTS=str(base / "data"),

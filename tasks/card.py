@@ -4,8 +4,9 @@ Tags stay short and few because every tag is a line in the registry's versions t
 lineage the pipeline reads back (data digest, code version, windows, fingerprint, parent), the primary test
 metric and a one-line gate verdict. Everything else a person wants to read — every metric beside the
 baselines and the champion on the same window, each gate's value and threshold, the data windows, the
-validation results, how to load the model — is in the card (the version's description, which MLflow renders
-as markdown) and, for machines, in the run's `gate_report.json`.
+validation results, what moves its scores (mean |contribution| per feature, overall and per slice), how to
+load the model — is in the card (the version's description, which MLflow renders as markdown) and, for
+machines, in the run's `gate_report.json` and `contributions.json` (with `plots/contributions.png`).
 """
 
 from __future__ import annotations
@@ -90,6 +91,48 @@ def gates_list(verdict: GateVerdict) -> str:
     )
 
 
+def contributions_table(table) -> str:
+    """Markdown: one row per feature (largest overall first), its mean |contribution| overall and per slice
+    group (`tasks.explain.mean_abs_contributions`), then the rows behind each column."""
+    columns = list(table.columns)
+    head = "| feature | " + " | ".join(columns) + " |"
+    rule = "|---|" + "---:|" * len(columns)
+    rows = [
+        f"| `{feature}` | " + " | ".join(_number("", v) for v in values) + " |"
+        for feature, values in zip(table.index, table.to_numpy().tolist(), strict=True)
+    ]
+    support = table.attrs.get("rows", {})
+    counts = "| rows | " + " | ".join(f"{support.get(c, 0):,}" for c in columns) + " |"
+    return "\n".join([head, rule, *rows, counts])
+
+
+CARD_FEATURES = 5  # the card lists the strongest few; every feature, per slice group: contributions.json
+
+
+def contributions_section(spec, splits, candidate, run_id: str | None) -> str:
+    """The card's global picture, short (a version's description is at most 5,000 characters in a database
+    registry): the features that move the version's scores most on the test window; per slice group, in
+    `contributions.json` and `plots/contributions.png` of the run."""
+    # lazy: XGBoost and matplotlib only when a card is written; `mlops status` reads tags through this module
+    from tasks.explain import log_global_picture
+
+    try:
+        table = log_global_picture(spec, splits, candidate, run_id)
+    except (
+        Exception
+    ) as exc:  # e.g. a refreshed booster TreeSHAP cannot walk: the card says so, the run goes on
+        return f"Not available: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}."
+    rows, sampled = table.attrs["rows"]["overall"], table.attrs["sampled_from"]
+    on = f"{rows:,} test rows" + (f" (a seeded sample of {sampled:,})" if sampled > rows else "")
+    margin = "log-odds" if spec.problem == "binary" else "trees' output, before any target transform"
+    top = table[["overall"]].head(CARD_FEATURES)
+    top.attrs = {"rows": {"overall": rows}}
+    return f"""Mean |contribution| to the margin ({margin}) on {on}, the {len(top)} strongest of \
+{len(table)} features (XGBoost's TreeSHAP). Per slice group: `contributions.json`, `plots/contributions.png`.
+
+{contributions_table(top)}"""
+
+
 def model_card(
     spec,
     splits,
@@ -156,6 +199,10 @@ On the test window, beside the baselines and the champion re-scored on the same 
 ## Features ({len(spec.features)})
 
 {features}
+
+## What moves the scores
+
+{contributions_section(spec, splits, candidate, record.get("lineage.run_id"))}
 
 ## Load it
 

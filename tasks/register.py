@@ -111,6 +111,20 @@ def find_registered(client: MlflowClient, name: str, fingerprint_value: str):
     return min(versions, key=lambda v: int(v.version)) if versions else None
 
 
+# A database registry holds at most 5,000 characters of a version's description (MLflow's schema).
+MAX_DESCRIPTION = 5_000
+
+
+def fitted_card(client: MlflowClient, card: str, run_id: str) -> str:
+    """The card as the version's description; one too long for the registry goes whole to the run as
+    `model_card.md` and the description keeps its beginning and says where the rest is."""
+    if len(card) <= MAX_DESCRIPTION:
+        return card
+    client.log_text(run_id, card, "model_card.md")
+    note = f"\n\n… longer than the registry holds: the whole card is `model_card.md` of run {run_id}.\n"
+    return card[: MAX_DESCRIPTION - len(note)] + note
+
+
 @mlflow_stage
 def register(
     logged: LoggedCandidate,
@@ -141,7 +155,7 @@ def register(
         source=logged.model_uri,
         run_id=run_id,
         tags=dict(tags),
-        description=version_card,
+        description=fitted_card(client, version_card, run_id),
         model_id=logged.model_id,
     )
     log.info("registered %s v%s", registered_model, version.version)

@@ -12,8 +12,12 @@ that share the chunk's last timestamp wait for the next chunk, so ties are order
 Chunking needs the input in time order (it checks and says so otherwise); `chunk_rows=None` scores it in
 one piece.
 
-The output (id columns, score column, `model_version`) is written to a temporary file beside the target and
-renamed into place at the end: a failure at any chunk leaves no output, not a partial one.
+With `explain` K > 0 each row also gets its K strongest reason codes (tasks/explain.py): `reason_{i}` (the
+use case's sentence), `reason_{i}_feature` and `reason_{i}_contribution` (to the margin), i = 1..K.
+
+The output (id columns, score column, `model_version`, any reason columns) is written to a temporary file
+beside the target and renamed into place at the end: a failure at any chunk leaves no output, not a partial
+one.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from champion.loading import ScoringModel, load_scoring_model
 from champion.store import run_logger
+from tasks.explain import explainable, reason_column_names, reason_columns
 from tasks.ingest import READERS, DataReadError, read_table
 from tasks.stage import mlflow_stage, stage
 
@@ -156,7 +161,7 @@ class ScoringResult:
     rows_in: int
     rows_out: int
     chunks: int
-    seconds: dict[str, float]  # read, validate, features, model, write, total
+    seconds: dict[str, float]  # read, validate, features, model, [explain,] write, total
 
     @property
     def rows_per_second(self) -> float:
@@ -212,11 +217,12 @@ class _ChunkedScoring:
     """One input scored chunk by chunk: each chunk with the history its features need before it, the rows
     sharing its last timestamp held for the next chunk, the time spent per step."""
 
-    def __init__(self, spec, model: ScoringModel, writer: AtomicTableWriter, log, check_features: bool):
+    def __init__(self, spec, model: ScoringModel, writer: AtomicTableWriter, log, explain: int = 0):
         self.spec, self.model, self.writer, self.log = spec, model, writer, log
-        self.check_features = check_features
+        self.explain = explain
         self.raw_suite, self.feature_suite = spec.scoring_suites
-        self.seconds = dict.fromkeys(("read", "validate", "features", "model", "write"), 0.0)
+        steps = ("read", "validate", "features", "model", *(("explain",) if explain else ()), "write")
+        self.seconds = dict.fromkeys(steps, 0.0)
         self.context = self.pending = None  # already-scored rows kept as history; rows waiting for the next
         self.emitted_upto = None  # every row before this time has been written
         self.rows_in = self.chunks = 0
@@ -245,9 +251,8 @@ class _ChunkedScoring:
         t0 = time.perf_counter()
         features = spec.build_features(frame)
         seconds["features"] += time.perf_counter() - t0
-        if self.check_features:
-            what = f"features, chunk {self.chunks}"
-            seconds["validate"] += check_frame(features, self.feature_suite, what, self.log)
+        what = f"features, chunk {self.chunks}"
+        seconds["validate"] += check_frame(features, self.feature_suite, what, self.log)
         self._write(features, self.emitted_upto, cutoff)
         if cutoff is not None:
             self.emitted_upto = cutoff
@@ -276,9 +281,16 @@ class _ChunkedScoring:
         out = own[list(spec.id_columns)].reset_index(drop=True)
         out[spec.score_column] = scores
         out[VERSION_COLUMN] = model.version
+        if self.explain:
+            matrix = own[list(model.columns)].to_numpy(np.float32)
+            for column, values in reason_columns(model, matrix, self.explain, spec.reason).items():
+                out[column] = values
+        t2 = time.perf_counter()
         self.writer.write(out)
         self.seconds["model"] += t1 - t0
-        self.seconds["write"] += time.perf_counter() - t1
+        if self.explain:
+            self.seconds["explain"] += t2 - t1
+        self.seconds["write"] += time.perf_counter() - t2
 
 
 @stage
@@ -289,16 +301,19 @@ def score_file(
     output_path: str,
     chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
     show_progress: bool = False,
-    check_features: bool = True,
+    explain: int = 0,
 ) -> ScoringResult:
-    """Validate, featurize and score `input_path` chunk by chunk into `output_path` (atomically)."""
+    """Validate, featurize and score `input_path` chunk by chunk into `output_path` (atomically); with
+    `explain` K > 0, each row's K strongest reason codes beside its score."""
     log = run_logger()
     started = time.perf_counter()
     if chunk_rows and spec.feature_history is None:
         log.info("use case %s declares no feature_history: scoring the input in one piece", spec.name)
         chunk_rows = None
-    outputs = [*spec.id_columns, spec.score_column, VERSION_COLUMN]
-    run = _ChunkedScoring(spec, model, AtomicTableWriter(output_path), log, check_features)
+    if explain:
+        explainable(model)  # ExplainUnsupported before anything is read or written
+    outputs = [*spec.id_columns, spec.score_column, VERSION_COLUMN, *reason_column_names(explain)]
+    run = _ChunkedScoring(spec, model, AtomicTableWriter(output_path), log, explain)
     writer, seconds = run.writer, run.seconds
     progress = _progress(count_rows(input_path), show_progress and sys.stderr.isatty())
     try:

@@ -409,6 +409,22 @@ class ContinualSpec:
     approval_timeout: timedelta = timedelta(hours=24)
 
 
+@dataclass(frozen=True)
+class OnlineSpec:
+    """Features computed one raw event at a time from per-key state (the model server's POST /transactions):
+    each key's events within `history`, kept by `serving/online/`, and the use case's `compute`."""
+
+    event_id: str  # integer id: an event posted twice counts once; labels name it
+    time: str
+    keys: tuple[str, ...]  # integer columns whose earlier events the features read (fraud: card, terminal)
+    values: tuple[str, ...]  # numeric raw columns kept per event for `compute` (fraud: TX_AMOUNT)
+    label: str  # arrives late (POST /labels); kept per event, NaN until known
+    history: timedelta  # how far back `compute` reads (longest window plus the label delay)
+    # (event, {key: that key's earlier events, time-ordered}) -> {feature: value}. Events are NumPy records
+    # with `t` (int64 ns), `id`, each of `values` and `label`; "earlier" is (time, id) before the event's.
+    compute: Callable[[np.void, Mapping[str, np.ndarray]], Mapping[str, float]]
+
+
 # The GateSpec fields a run sets from its parameters (same names in `TrainingParams`).
 GATE_SETTINGS = tuple(f.name for f in fields(GateSpec) if f.name not in ("absolute", "baseline"))
 # Parameters that decide gates or names, not the model: an identical rerun with other values reuses the
@@ -519,6 +535,12 @@ class UseCaseSpec:
     slices: tuple[Slice, ...] = ()
     # Refit, replay, recency and held-out keys (`ContinualSpec`); default: none of them.
     continual: ContinualSpec = field(default_factory=ContinualSpec)
+    # Real-time scoring from raw events (`OnlineSpec`); None: the model server's POST /transactions says the
+    # use case cannot be computed online.
+    online: OnlineSpec | None = None
+    # Reason codes: (feature, the row's feature values) -> a sentence a person reads ("customer's 1-day
+    # spend 4.2x its 30-day average"); None: "<feature> = <value>".
+    reason: Callable[[str, Mapping[str, float]], str] | None = None
 
     @property
     def scoring_suites(self) -> tuple[Callable[[], object], Callable[[], object]]:

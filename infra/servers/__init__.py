@@ -14,6 +14,7 @@ Modules, bottom to top:
 - `health`: whether MLflow and Prefect answer, and whether the deployments are registered.
 - `mlflow_users`: the runner's non-admin MLflow user and its access to the factory's models and experiments.
 - `dask_cluster`: `up --dask`'s scheduler and workers.
+- `redis_server`: `up`'s Redis (the model server's real-time feature state).
 - `stack`: `up`, `down`, `status`, the containers' `exec_server` and `discard_stack`: the order of things.
 - `__main__`: the command line.
 """

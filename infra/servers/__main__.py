@@ -1,10 +1,11 @@
-"""MLflow and Prefect servers on Postgres: one definition for `make up`/`make down`, docker-compose and CI.
+"""MLflow and Prefect servers on Postgres, and Redis: one definition for `make up`/`make down`, docker-compose
+and CI.
 
-    python -m infra.servers up        # MLflow + Prefect on loopback against the local Postgres, then
+    python -m infra.servers up        # Redis, MLflow + Prefect on loopback against the local Postgres, then
                                       # `mlops serve` (deploys, then runs scheduled/UI/event runs)
     python -m infra.servers status    # what runs, where, healthy or not
     python -m infra.servers env       # the client variables: eval "$(python -m infra.servers env)"
-    python -m infra.servers down      # stop them (add --purge to drop the databases and artifacts too)
+    python -m infra.servers down      # stop them (--purge: drop the databases, artifacts, Redis's data too)
     python -m infra.servers exec mlflow|prefect   # container entry point (docker-compose.yml)
     python -m infra.servers mlflow-setup          # create/update the runner's MLflow user (compose, once)
 
@@ -21,6 +22,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from infra.servers import redis_server
 from infra.servers.mlflow_users import ensure_runner_resources, factory_resources, wait_for_runner_user
 from infra.servers.settings import QUIET, RUNNER_SECRETS, ServerError, Settings, read_env_file
 from infra.servers.stack import down, exec_server, status, up
@@ -29,15 +31,17 @@ from infra.servers.stack import down, exec_server, status, up
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m infra.servers", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    start = commands.add_parser("up", help="start MLflow, Prefect and `mlops serve`; idempotent")
-    start.add_argument("--no-serve", action="store_true", help="start only the two servers")
+    start = commands.add_parser("up", help="start Redis, MLflow, Prefect and `mlops serve`; idempotent")
+    start.add_argument("--no-serve", action="store_true", help="start only the servers")
     start.add_argument(
         "--dask", action="store_true", help="also a Dask scheduler and workers (make up DASK=1)"
     )
     start.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for each to answer")
     stop = commands.add_parser("down", help="stop what `up` started")
     stop.add_argument(
-        "--purge", action="store_true", help="also drop the databases, artifacts and credentials"
+        "--purge",
+        action="store_true",
+        help="also drop the databases, artifacts, credentials and Redis's data",
     )
     commands.add_parser("status", help="show what runs and whether it answers")
     commands.add_parser(
@@ -66,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "status":
             return status(settings)
         elif args.command == "env":
-            for key, value in settings.with_secrets(generate=False).client_env().items():
+            client_env = settings.with_secrets(generate=False).client_env()
+            for key, value in {**client_env, redis_server.URL_ENV: redis_server.url(settings)}.items():
                 print(f"export {key}={shlex.quote(value)}")
         elif args.command == "mlflow-setup":
             mlflow_setup(settings, args.timeout)
@@ -91,6 +96,7 @@ def print_banner(settings: Settings, serve: bool) -> None:
     """Where the UIs are and where their credentials are kept; never the credentials themselves."""
     env_file = settings.state_dir / "client.env"
     stored = read_env_file(settings.credentials_file)
+    redis = redis_server.redacted(redis_server.url(settings))
 
     def where(name: str) -> str:
         return _relative(settings.credentials_file) if name in stored else f"{name} (.env or environment)"
@@ -100,9 +106,10 @@ def print_banner(settings: Settings, serve: bool) -> None:
         f"(user {settings.mlflow_admin_username}, password MLFLOW_AUTH_ADMIN_PASSWORD in "
         f"{where('MLFLOW_AUTH_ADMIN_PASSWORD')})\n"
         f"Prefect UI  {settings.prefect_url}   (it asks for the auth string: "
-        f"PREFECT_SERVER_API_AUTH_STRING in {where('PREFECT_SERVER_API_AUTH_STRING')})\n\n"
+        f"PREFECT_SERVER_API_AUTH_STRING in {where('PREFECT_SERVER_API_AUTH_STRING')})\n"
+        f"Redis       {redis}   (the model server's feature state)\n\n"
         "Point the `mlops` CLI, notebooks and MLflow clients at them (PREFECT_API_URL,\n"
-        "PREFECT_API_AUTH_STRING, MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME/PASSWORD):\n"
+        "PREFECT_API_AUTH_STRING, MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME/PASSWORD, MLOPS_REDIS_URL):\n"
         f"  source {_relative(env_file)}\n"
     )
     if serve:

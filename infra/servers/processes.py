@@ -37,7 +37,7 @@ class Managed:
     @property
     def marker(self) -> str:
         """What the command line of this process contains (so a pid reused by another program is not ours)."""
-        return {"serve": "cli.main"}.get(self.name, self.name)
+        return {"serve": "cli.main", "redis": "redis-server"}.get(self.name, self.name)
 
     def pid(self) -> int | None:
         """The recorded pid while that process still runs (a stale pid file is removed)."""

@@ -15,6 +15,8 @@ read for names not already set:
         Prefect's own settings
     MLOPS_MLFLOW_RUNNER_USERNAME/PASSWORD  mlops-runner / generated: the non-admin MLflow user of the runner
     MLOPS_DATA_ROOTS                 folders that deployment-started runs may read `data` from (os.pathsep)
+    MLOPS_REDIS_PORT/MAXMEMORY       6390 / 256mb: `make up`'s Redis, the model server's feature state
+    MLOPS_REDIS_URL                  an external Redis instead (`make up` starts none): redis_server.py
 
 Natively, unset secrets (the MLflow admin and runner passwords, the Flask secret key and the Prefect API auth
 string) are generated once and kept in `.mlops/servers/credentials.env` (mode 0600), so the servers keep
@@ -128,6 +130,9 @@ class Settings:
     prefect_ui_api_url: str | None
     prefect_auth_string: str | None
     data_roots: str | None  # MLOPS_DATA_ROOTS for the runner, when set here
+    redis_url: str | None  # MLOPS_REDIS_URL: an external Redis; unset, `up` starts one on redis_port
+    redis_port: int
+    redis_maxmemory: str
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -171,6 +176,10 @@ class Settings:
             prefect_ui_api_url=get("PREFECT_SERVER_UI_API_URL"),
             prefect_auth_string=get("PREFECT_SERVER_API_AUTH_STRING"),
             data_roots=get("MLOPS_DATA_ROOTS"),  # tasks.ingest.DATA_ROOTS_ENV; not imported: pandas
+            redis_url=get("MLOPS_REDIS_URL"),
+            # 6390: beside, not on, the 6379 of a system Redis (Debian's package starts one there).
+            redis_port=int(get("MLOPS_REDIS_PORT", "6390")),
+            redis_maxmemory=get("MLOPS_REDIS_MAXMEMORY", "256mb"),
         )
 
     # -- addresses ---------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
-"""The stack as a whole, in the order its parts need: `up` (databases, then both servers, then the runner's
-MLflow user, optionally Dask, then the client files and `mlops serve`), `down`, `status`, the containers'
-entry point (`exec_server`) and `discard_stack` for throwaway stacks.
+"""The stack as a whole, in the order its parts need: `up` (databases, Redis, then both servers, then the
+runner's MLflow user, optionally Dask, then the client files and `mlops serve`), `down`, `status`, the
+containers' entry point (`exec_server`) and `discard_stack` for throwaway stacks.
 
 Native layout, under `MLOPS_SERVERS_DIR` (default `.mlops/servers/`): `<name>.pid` and `<name>.log` for
-`mlflow`, `prefect` and `serve`; `mlflow-artifacts/` (the artifact store the MLflow server serves);
+`mlflow`, `prefect`, `redis` and `serve`; `mlflow-artifacts/` (the artifact store the MLflow server serves);
+`redis/` (Redis's append-only files);
 `basic_auth.ini` (rendered); `client.env` (a person's shell: MLflow as the admin), `runner.env` (the runner:
 MLflow as the runner user) and `credentials.env`, all mode 0600.
 """
@@ -18,8 +19,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from infra.servers import dask_cluster
-from infra.servers.health import deployments_registered, mlflow_healthy, prefect_healthy
+from infra.servers import dask_cluster, redis_server
+from infra.servers.health import deployments_registered, mlflow_healthy, prefect_healthy, redis_problem
 from infra.servers.mlflow_users import ensure_runner_resources, factory_resources, wait_for_runner_user
 from infra.servers.postgres import drop_databases, ensure_databases
 from infra.servers.processes import Managed, port_open, wait_until
@@ -35,13 +36,16 @@ from infra.servers.settings import (
 )
 
 # What `down` stops, in this order: the runner before what it uses (dask: `up --dask`).
-STOP_ORDER = ("serve", *dask_cluster.PROCESSES, "prefect", "mlflow")
+STOP_ORDER = ("serve", *dask_cluster.PROCESSES, redis_server.NAME, "prefect", "mlflow")
 
 
 def up(settings: Settings, serve: bool = True, timeout: float = 180.0, dask: bool = False) -> Settings:
-    """Start what is not running yet and wait until it answers. Safe to repeat. `dask`: a Dask scheduler and
-    workers too (infra/servers/dask_cluster.py), whose address the runner and client.env get."""
+    """Start what is not running yet and wait until it answers. Safe to repeat. Redis first (it starts in a
+    moment, and a missing redis-server fails before anything else starts); its URL, like Dask's address
+    (`dask`: a scheduler and workers too, infra/servers/dask_cluster.py), goes to the runner and client.env.
+    """
     settings = _prepare(settings)
+    extra = redis_server.up(settings, timeout)
     mlflow, prefect = _start_servers(settings)
     wait_until(lambda: mlflow_healthy(settings), timeout, "MLflow server", mlflow)
     wait_until(lambda: prefect_healthy(settings), timeout, "Prefect server", prefect)
@@ -49,7 +53,8 @@ def up(settings: Settings, serve: bool = True, timeout: float = 180.0, dask: boo
     print(f"  mlflow: runner user {settings.mlflow_runner_username} {done} (not an admin)")
     for change in ensure_runner_resources(settings, factory_resources()):
         print(f"  mlflow: {change} for {settings.mlflow_runner_username}")
-    extra = dask_cluster.up(settings.state_dir, timeout) if dask else {}
+    if dask:
+        extra.update(dask_cluster.up(settings.state_dir, timeout))
     write_env_file(settings.state_dir / "client.env", {**settings.client_env(), **extra}, export=True)
     write_env_file(settings.state_dir / "runner.env", {**settings.runner_env(), **extra}, export=True)
     if serve:
@@ -127,7 +132,8 @@ def _start_runner(settings: Settings, extra: Mapping[str, str], timeout: float) 
 
 
 def down(settings: Settings, purge: bool = False) -> None:
-    """Stop what `up` started; `purge`: drop the databases, client files, credentials and artifacts too."""
+    """Stop what `up` started; `purge`: drop the databases, client files, credentials, artifacts and Redis's
+    data too."""
     for name in STOP_ORDER:
         began = time.monotonic()
         stopped = Managed(name, settings.state_dir).stop()
@@ -141,22 +147,30 @@ def down(settings: Settings, purge: bool = False) -> None:
         if artifacts.is_dir() and artifacts.is_relative_to(settings.state_dir):
             shutil.rmtree(artifacts)
             print(f"  artifacts: removed {artifacts}")
+        if redis_server.purge(settings.state_dir):
+            print(f"  redis: removed {redis_server.data_dir(settings.state_dir)}")
 
 
 def status(settings: Settings) -> int:
-    """Print what runs and whether it answers; 1 when a running server does not answer."""
+    """Print what runs and whether it answers; 1 when a running server does not answer. An external Redis
+    (MLOPS_REDIS_URL) is checked too, though not started here."""
+    external = redis_server.external_url(settings)
+    redis_url = redis_server.url(settings)
     checks = {
         "mlflow": (settings.mlflow_url, lambda: mlflow_healthy(settings)),
         "prefect": (settings.prefect_url, lambda: prefect_healthy(settings)),
+        "redis": (redis_server.redacted(redis_url), lambda: redis_problem(redis_url) is None),
         "serve": ("mlops serve", lambda: True),
     }
     problems = 0
     for name, (where, healthy) in checks.items():
         process = Managed(name, settings.state_dir)
         pid = process.pid()
-        state = "stopped" if pid is None else ("healthy" if healthy() else "NOT ANSWERING")
+        watched = pid is not None or (name == redis_server.NAME and external is not None)
+        state = "stopped" if not watched else ("healthy" if healthy() else "NOT ANSWERING")
         problems += state == "NOT ANSWERING"
-        print(f"  {name:8} {state:14} {where}" + (f"  (pid {pid}, log {process.log_file})" if pid else ""))
+        detail = f"  (pid {pid}, log {process.log_file})" if pid else ("  (external)" if watched else "")
+        print(f"  {name:8} {state:14} {where}{detail}")
     return 1 if problems else 0
 
 
@@ -170,7 +184,7 @@ def discard_stack(settings: Settings, env: Mapping[str, str]) -> None:
         capture_output=True,
         timeout=180,
     )
-    for name in ("serve", "prefect", "mlflow"):
+    for name in ("serve", redis_server.NAME, "prefect", "mlflow"):
         Managed(name, settings.state_dir).stop(timeout=10)
     drop_databases(settings.databases())
 

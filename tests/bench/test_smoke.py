@@ -1,21 +1,23 @@
 """Every benchmark in bench/ runs: each script's `--smoke` mode (tiny simulated data, one repeat), called in
 this process through its `main(argv)`, writing its JSON to a temporary folder, never to bench/results/.
 
-The benchmarks that need a fraud champion (scoring, serving, compact) share one, trained once on the smoke
-data; the in-process ones share the session's Prefect test server, and the ones that start `mlops run` in
-fresh processes (pipeline, stock, scale) are pointed at it too (MLOPS_BENCH_PREFECT_API_URL), so no benchmark
-starts a Prefect server of its own (wall_clock's smoke mode included, whose full runs time the local server's
-start).
+The benchmarks that need a fraud champion (scoring, serving, compact, realtime) share one, trained once on the
+smoke data; the in-process ones share the session's Prefect test server, and the ones that start `mlops run`
+in fresh processes (pipeline, stock, scale) are pointed at it too (MLOPS_BENCH_PREFECT_API_URL), so no
+benchmark starts a Prefect server of its own (wall_clock's smoke mode included, whose full runs time the local
+server's start).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import needs
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 RESULTS = BENCH / "results"
@@ -69,7 +71,8 @@ def smoke_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def champion_home(smoke_dir, prefect_server):
-    """One fraud champion on the smoke data, shared by scoring, serving and compact (scoring trains it)."""
+    """One fraud champion on the smoke data, shared by scoring, serving, compact and realtime (scoring trains
+    it)."""
     return smoke_dir / "champion-home"
 
 
@@ -104,6 +107,18 @@ def test_compact(champion_home, smoke_dir):
     doc = bench("compact").main(["--smoke", "--home", str(champion_home), "--out", str(out)])
     written = check(doc, out, {"fraud"})
     assert written["tables"]["fraud"]["rows"][0][0] == "teacher"
+
+
+def test_realtime(champion_home, smoke_dir):
+    """Two real `mlops serve-model` processes (a private Redis, the embedded store): every answered score
+    equals batch scoring."""
+    if shutil.which("redis-server") is None:
+        needs("redis-server", "not on PATH")
+    out = smoke_dir / "realtime.json"
+    doc = bench("realtime").main(["--smoke", "--home", str(champion_home), "--out", str(out)])
+    written = check(doc, out, {"latency", "parity", "memory", "time"})
+    assert [row[4] for row in written["tables"]["parity"]["rows"]] == ["yes"] * 5
+    assert {row[1] for row in written["tables"]["latency"]["rows"]} >= {"Redis", "embedded"}
 
 
 def test_continual(smoke_dir, prefect_server):

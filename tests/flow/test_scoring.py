@@ -124,6 +124,55 @@ def test_csv_output_and_pinned_version(home, transactions, tmp_path):
     assert (scores.model_version == 1).all()
 
 
+def test_score_explain_adds_the_strongest_reasons_from_the_contributions(home, transactions, tmp_path):
+    """`--explain 2`, chunked: per row the two features with the largest |contribution| to the margin, the
+    fraud sentences, the scores unchanged. On the dask executor it is refused before anything is written."""
+    from champion.loading import load_scoring_model
+    from tasks.explain import contributions
+
+    raw = pd.read_parquet(transactions)
+    out = tmp_path / "reasons.parquet"
+    result = mlops(
+        "score", "fraud", "-i", str(transactions), "-o", str(out), "--explain", "2", "--chunk-rows", "3001"
+    )
+    assert result.exit_code == 0, result.output
+    scores = pd.read_parquet(out)
+    reasons = [f"reason_{i}{part}" for i in (1, 2) for part in ("", "_feature", "_contribution")]
+    assert list(scores.columns) == ["TRANSACTION_ID", "fraud_score", "model_version", *reasons]
+    assert len(scores) == len(raw) and scores.reason_1.map(type).eq(str).all()
+    reference = reference_scores(raw).loc[scores.TRANSACTION_ID].to_numpy()
+    np.testing.assert_allclose(scores.fraud_score.to_numpy(), reference, rtol=0, atol=1e-6)
+    assert (scores.reason_1_contribution.abs() >= scores.reason_2_contribution.abs()).all()
+    assert (scores.reason_1_feature != scores.reason_2_feature).all()
+
+    model = load_scoring_model(MODEL, "1")
+    features = (
+        build_features(raw, delay_days=DELAY_DAYS).set_index("TRANSACTION_ID").loc[scores.TRANSACTION_ID]
+    )
+    contrib = contributions(model, features[list(model.columns)].to_numpy(np.float32))
+    margin = contrib.astype(np.float64).sum(axis=1)  # what the score is the logistic of
+    np.testing.assert_allclose(1 / (1 + np.exp(-margin)), scores.fraud_score.to_numpy(), rtol=0, atol=1e-5)
+    rank = np.argsort(-np.abs(contrib[:, :-1]), axis=1, kind="stable")
+    agree = np.asarray(model.columns)[rank[:, 0]] == scores.reason_1_feature.to_numpy()
+    assert agree.mean() > 0.999  # chunked features equal the one-go ones but for last-bit rounding
+    own = contrib[np.arange(len(contrib)), [model.columns.index(f) for f in scores.reason_1_feature]]
+    np.testing.assert_allclose(scores.reason_1_contribution.to_numpy(), own, rtol=0, atol=1e-4)
+    amount = scores.reason_1_feature.eq("TX_AMOUNT") | scores.reason_2_feature.eq("TX_AMOUNT")
+    sentences = scores.reason_1.where(scores.reason_1_feature.eq("TX_AMOUNT"), scores.reason_2)[amount]
+    assert (
+        amount.any() and sentences.str.match(r"amount [\d,]+\.\d\d(, [\d.]+x the customer's 30-day|$)").all()
+    )
+
+    dask_out = tmp_path / "dask.parquet"
+    refused = mlops(
+        "score", "fraud", "-i", str(transactions), "-o", str(dask_out), "--explain", "2", "--executor", "dask"
+    )
+    assert refused.exit_code == 2 and "not available on the dask executor" in refused.output.replace(
+        "\n", " "
+    )
+    assert not dask_out.exists() and not leftovers(tmp_path)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [(["--version", "99"], "no version 99"), (["--alias", "nope"], "no alias @nope")],

@@ -21,7 +21,8 @@ from mlflow import MlflowClient
 from mlflow.models import infer_signature
 from ports import bound_socket, end_group, start_on_a_free_port
 
-from serving.app import ChampionFollower, create_app
+from serving.app import create_app
+from serving.follower import ChampionFollower
 
 NAME = "toy-detector"
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")

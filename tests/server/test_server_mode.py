@@ -274,6 +274,7 @@ def stack(tmp_path_factory):
             MLOPS_DB_PREFIX=f"mlops_it_{uuid.uuid4().hex[:12]}",
             MLOPS_MLFLOW_PORT=str(pick_port()),
             MLOPS_PREFECT_PORT=str(pick_port()),
+            MLOPS_REDIS_PORT=str(pick_port()),
         )
         settings = Settings.from_env(env)
         stack = Stack(settings, dict(env), "", data_dir)
@@ -352,7 +353,7 @@ def test_server_mode_end_to_end(stack, tmp_path):
     assert auth_string == stack.secrets["PREFECT_SERVER_API_AUTH_STRING"]
     assert stack.env["MLFLOW_TRACKING_USERNAME"] == "admin"  # the person's shell; the runner is not admin
     again = stack.run(sys.executable, "-m", "infra.servers", "up", "--timeout", "60")
-    assert again.returncode == 0 and again.stdout.count("already running") == 3, again.stdout + again.stderr
+    assert again.returncode == 0 and again.stdout.count("already running") == 4, again.stdout + again.stderr
     stack.step("`up` again: nothing to do")
 
     # MLflow runs the basic-auth app on Postgres; Prefect's API wants the auth string (but for health probes).

@@ -19,7 +19,9 @@ from fastapi.testclient import TestClient
 
 from infra.servers.processes import Managed
 from infra.servers.settings import INHERITED_SECRETS, SECRETS, Settings, read_env_file
-from serving.app import ChampionFollower, Served, TokenError, bearer_ok, create_app, load_token
+from serving.app import create_app
+from serving.auth import TokenError, bearer_ok, load_token
+from serving.follower import ChampionFollower, Served
 from tasks.ingest import DataPathRefused, confine_to_data_roots, data_roots
 
 ROOT = Path(__file__).resolve().parents[2]

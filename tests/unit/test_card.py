@@ -1,5 +1,7 @@
 """The version record: its few tags and the markdown card's parts (tasks/card.py)."""
 
+from pathlib import Path
+
 from tasks.card import gates_summary, metrics_table, version_tags
 from tasks.gate import GateResult, GateVerdict
 from usecases.vocabulary import refused_gates
@@ -60,3 +62,23 @@ def test_metrics_table_gives_counts_as_integers_and_missing_values_as_a_dash():
     assert table[0] == "| metric | candidate | champion v1 |"
     assert table[2] == "| ap | 0.7123 | - |"
     assert table[3] == "| tn | 7,164 | 7,000 |"
+
+
+def test_a_card_longer_than_the_registry_holds_goes_whole_to_the_run(mlops_home):
+    """A database registry keeps at most 5,000 characters of a version's description: a longer card is
+    logged whole as `model_card.md` and the description says where it is (a short one is left as it is)."""
+    import mlflow
+    from conftest import registry_client
+
+    from tasks.register import MAX_DESCRIPTION, fitted_card
+
+    client = registry_client(mlops_home)
+    with mlflow.start_run() as run:
+        pass
+    long_card = "# card\n" + "a line of the card\n" * 400
+    fitted = fitted_card(client, long_card, run.info.run_id)
+    assert len(long_card) > MAX_DESCRIPTION >= len(fitted) and fitted.startswith("# card\n")
+    assert f"`model_card.md` of run {run.info.run_id}" in fitted
+    path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="model_card.md")
+    assert Path(path).read_text() == long_card
+    assert fitted_card(client, "# short", run.info.run_id) == "# short"

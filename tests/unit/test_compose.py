@@ -2,10 +2,10 @@
 `docker compose` does (with `.env.example`), validated against the Compose Specification JSON schema that
 Docker Compose itself embeds (vendored in infra/compose/), and checked for what the servers need: health
 checks, restart policies, Postgres-backed MLflow and Prefect, MLflow basic auth, Prefect's API auth string,
-the runner's own non-admin MLflow user and its data root, no secrets in the repo.
-The commands the containers run are the ones `make up` runs natively (infra/servers/); the settings they
-derive from the compose environment are checked here too. When a `docker compose` CLI is available, its own
-`config` validation runs as well.
+the runner's own non-admin MLflow user and its data root, Redis for the model server's feature state, no
+secrets in the repo. The commands the containers run are the ones `make up` runs natively (infra/servers/);
+the settings they derive from the compose environment are checked here too. When a `docker compose` CLI is
+available, its own `config` validation runs as well.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import jsonschema
 import pytest
 import yaml
 
+from infra.servers import redis_server
 from infra.servers.settings import (
     MLFLOW_SECRETS,
     PLACEHOLDER,
@@ -141,7 +142,7 @@ def test_interpolation_is_compose_s():
 
 def test_every_service_is_healthchecked_and_restarts(compose):
     services = compose["services"]
-    assert set(services) == {"postgres", *APP_SERVICES}
+    assert set(services) == {"postgres", "redis", *APP_SERVICES}
     for name, service in services.items():
         if name in ONE_SHOT:
             assert service.get("restart") == "on-failure", name
@@ -157,7 +158,7 @@ def test_every_service_is_healthchecked_and_restarts(compose):
     assert set(services["mlflow"]["depends_on"]) == {"postgres"}
     assert set(services["prefect"]["depends_on"]) == {"postgres"}
     assert services["mlflow-setup"]["depends_on"] == {"mlflow": {"condition": "service_healthy"}}
-    assert set(services["runner"]["depends_on"]) == {"mlflow", "mlflow-setup", "prefect"}
+    assert set(services["runner"]["depends_on"]) == {"mlflow", "mlflow-setup", "prefect", "redis"}
 
 
 def test_named_volumes_hold_the_state(compose):
@@ -281,6 +282,27 @@ def test_dask_cluster_is_a_profile_the_runner_reaches_and_workers_read_the_data(
         and f"dask-scratch:{scratch}" in services["runner"]["volumes"]
     )
     assert "dask-scratch" in compose["volumes"]
+
+
+def test_redis_keeps_the_feature_state_with_make_up_s_settings(compose):
+    """The official image, on a named volume, with the persistence and memory settings of `make up`'s own
+    Redis (appendonly, fsync each second, maxmemory, noeviction); the runner, and so the model servers started
+    as `docker compose run runner mlops serve-model`, reach it through MLOPS_REDIS_URL."""
+    services = compose["services"]
+    service = services["redis"]
+    assert service["image"] == "redis:7"
+    assert "redis-cli ping" in " ".join(service["healthcheck"]["test"])
+    command = service["command"]
+    assert command[0] == "redis-server" and len(command) % 2 == 1
+    options = {key.removeprefix("--"): value for key, value in zip(command[1::2], command[2::2], strict=True)}
+    native = Settings.from_env({"MLOPS_ENV_FILE": ""})
+    assert options == redis_server.config(native.redis_maxmemory)  # the same settings as `make up`'s Redis
+    assert options["maxmemory-policy"] == "noeviction" and options["appendfsync"] == "everysec"
+    # Its data on a named volume at the image's working directory (where redis-server writes by default).
+    assert "redis-data:/data" in service["volumes"] and "redis-data" in compose["volumes"]
+    assert "ports" not in service  # only the services reach it
+    assert environment(services["runner"])["MLOPS_REDIS_URL"] == "redis://redis:6379/0"
+    assert services["runner"]["depends_on"]["redis"] == {"condition": "service_healthy"}
 
 
 def test_compose_workers_run_with_the_settings_local_clusters_get():

@@ -164,3 +164,37 @@ def test_rejects_bad_input(small):
 def test_empty_input(small):
     empty = build_features(small.iloc[:0])
     assert list(empty.columns) == [*KEYS, *HANDBOOK_FEATURES] and empty.empty
+
+
+@pytest.mark.parametrize("delay_days", [7, 0])
+def test_online_features_equal_the_batch_ones_with_ties(delay_days):
+    """`online_features` (the model server's path), one event at a time from per-key state, equals
+    `build_features` on the whole table: times floored to the hour (ties broken by id, rows on window edges),
+    ids not following time, and each label posted as soon as its event is in (with no delay the next event
+    reads it). Events arriving out of order: tests/flow/test_realtime.py."""
+    from serving.online.state import OnlineState, as_events
+    from serving.online.store import MemoryStore
+    from usecases.fraud import spec as fraud
+
+    frame = simulate_transactions(n_customers=150, n_terminals=100, n_days=50, seed=6)
+    frame["TX_DATETIME"] = frame["TX_DATETIME"].dt.floor("h")
+    frame["TRANSACTION_ID"] = np.random.default_rng(0).permutation(len(frame))
+    batch = build_features(frame, delay_days=delay_days).set_index("TRANSACTION_ID")
+    spec = fraud.build_spec(fraud.Params(delay_days=delay_days)).online
+    times = frame["TX_DATETIME"].to_numpy("datetime64[ns]").view(np.int64)
+    events = as_events({**{c: frame[c].to_numpy() for c in frame.columns}, "TX_DATETIME": times}, spec)
+    state = OnlineState(MemoryStore(), spec, "test", lateness=pd.Timedelta(hours=1))
+    old = events["t"] < times.min() + 40 * 86_400 * 10**9
+    state.load_history(events[old])
+    replay = events[~old][np.lexsort((events[~old]["id"], events[~old]["t"]))]
+    online = {}
+    for event in replay:
+        outcome = state.ingest(event[None], lambda rows: np.zeros(len(rows)), "1", True)[0]
+        online[outcome.id] = outcome.features
+        state.label([int(event["id"])], [float(event["label"])])
+    answered = pd.DataFrame.from_dict(online, orient="index")
+    assert len(answered) == len(replay) > 400
+    assert pd.Series(replay["t"]).duplicated().sum() > 100  # ties
+    for name in FEATURES:
+        expected = batch.loc[answered.index, name].astype(float)
+        np.testing.assert_allclose(answered[name], expected, rtol=0, atol=1e-9, err_msg=name)

@@ -28,7 +28,9 @@ from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
 from champion.loading import load_scoring_model
-from serving.app import MAX_ROWS, ChampionFollower, PayloadError, Served, create_app, to_matrix
+from serving.app import create_app
+from serving.follower import ChampionFollower, Served
+from serving.payloads import MAX_ROWS, PayloadError, to_matrix
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 

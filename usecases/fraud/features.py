@@ -69,15 +69,54 @@ def build_features(transactions: pd.DataFrame, delay_days: int = 7) -> pd.DataFr
     fraud = pd.to_numeric(transactions[LABEL]).to_numpy(dtype=np.float64, na_value=np.nan)[order]
 
     out: dict[str, np.ndarray] = {"TX_AMOUNT": amount}
-    days_since_epoch = t // _NS_PER_DAY
-    out["TX_DURING_WEEKEND"] = ((days_since_epoch + 3) % 7 >= 5).astype(np.int64)  # 1970-01-01: Thursday
-    out["TX_DURING_NIGHT"] = ((t - days_since_epoch * _NS_PER_DAY) // _NS_PER_HOUR <= 6).astype(np.int64)
+    weekend, night = calendar_flags(t)
+    out["TX_DURING_WEEKEND"] = weekend.astype(np.int64)
+    out["TX_DURING_NIGHT"] = night.astype(np.int64)
     out.update(_customer_features(frame["CUSTOMER_ID"].to_numpy(), t, amount))
     out.update(_terminal_features(frame["TERMINAL_ID"].to_numpy(), t, fraud, delay_days))
 
     for name in FEATURES:
         frame[name] = out[name]
     return frame
+
+
+def calendar_flags(t):
+    """(weekend, night) for int64 nanosecond times, arrays or scalars: weekday >= 5, hour <= 6."""
+    days_since_epoch = t // _NS_PER_DAY
+    weekend = (days_since_epoch + 3) % 7 >= 5  # 1970-01-01 was a Thursday
+    night = (t - days_since_epoch * _NS_PER_DAY) // _NS_PER_HOUR <= 6
+    return weekend, night
+
+
+def online_features(event, earlier, delay_days: int) -> dict[str, float]:
+    """The 15 features of one transaction from its card's and terminal's earlier events, the model server's
+    path (`usecases.spec.OnlineSpec`): the windows of `build_features`, one row at a time.
+
+    `event` has `t` (int64 ns), `id`, TX_AMOUNT; `earlier["CUSTOMER_ID"]` / `earlier["TERMINAL_ID"]` hold that
+    card's and terminal's events sorted before it in (time, id) order, with `t`, TX_AMOUNT and `label` (NaN:
+    not known yet). Equal to `build_features` on the same rows (tests/flow/test_realtime.py replays data).
+    """
+    t = int(event["t"])
+    amount = float(event["TX_AMOUNT"])
+    weekend, night = calendar_flags(t)
+    out = {"TX_AMOUNT": amount, "TX_DURING_WEEKEND": float(weekend), "TX_DURING_NIGHT": float(night)}
+    card = earlier["CUSTOMER_ID"]
+    for n in WINDOWS:
+        inside = card["t"] > t - n * _NS_PER_DAY  # (t - N days, t], the event itself included below
+        nb_tx = int(inside.sum()) + 1
+        out[f"CUSTOMER_ID_NB_TX_{n}DAY_WINDOW"] = float(nb_tx)
+        spent = float(card["TX_AMOUNT"][inside].sum()) + amount
+        out[f"CUSTOMER_ID_AVG_AMOUNT_{n}DAY_WINDOW"] = spent / nb_tx
+    terminal = earlier["TERMINAL_ID"]
+    behind = terminal["t"] <= t - delay_days * _NS_PER_DAY  # with no delay: every earlier event
+    for n in WINDOWS:
+        inside = behind & (terminal["t"] > t - (delay_days + n) * _NS_PER_DAY)
+        labels = terminal["label"][inside]
+        known = ~np.isnan(labels)
+        nb_known = int(known.sum())
+        out[f"TERMINAL_ID_NB_TX_{n}DAY_WINDOW"] = float(inside.sum())
+        out[f"TERMINAL_ID_RISK_{n}DAY_WINDOW"] = float(labels[known].sum()) / nb_known if nb_known else 0.0
+    return out
 
 
 def _checked(transactions: pd.DataFrame, delay_days: int) -> tuple[pd.DataFrame, int]:

@@ -23,6 +23,7 @@ from usecases.spec import (
     Metrics,
     ModelSpec,
     MonitorThresholds,
+    OnlineSpec,
     Slice,
     SplitSpec,
     TrainingParams,
@@ -251,10 +252,22 @@ def _gates(params: Params) -> GateSpec:
     )
 
 
+def _check(suite: str, **options):
+    """A suite of data_checks/fraud.py, imported when it is built: GX takes seconds to import, and the model
+    server builds this spec only for its features."""
+
+    def build():
+        from data_checks import fraud as checks
+
+        return getattr(checks, suite)(**options)
+
+    return build
+
+
 def build_spec(params: Params) -> UseCaseSpec:
-    from data_checks import fraud as checks
-    from usecases.fraud.features import FEATURES, WINDOWS, build_features
+    from usecases.fraud.features import FEATURES, WINDOWS, build_features, online_features
     from usecases.fraud.metrics import handbook_test_filter
+    from usecases.fraud.reasons import reason_text
 
     # The handbook's known set starts with the training window: these days of data precede the test window.
     history = params.train_days + params.validation_days + 2 * params.delay_days
@@ -265,11 +278,11 @@ def build_spec(params: Params) -> UseCaseSpec:
         problem="binary",
         description=_describe(params),
         load=load,
-        raw_suite=checks.raw_suite,
-        feature_suite=checks.feature_suite,
+        raw_suite=_check("raw_suite"),
+        feature_suite=_check("feature_suite"),
         # Scoring and monitoring: labels arrive after the delay, so the newest rows (or all) have none yet.
-        score_suite=checks.score_suite,
-        score_feature_suite=lambda: checks.feature_suite(labelled=False),
+        score_suite=_check("score_suite"),
+        score_feature_suite=_check("feature_suite", labelled=False),
         build_features=lambda raw: build_features(raw, delay_days=params.delay_days),
         features=tuple(FEATURES),
         target=TARGET,
@@ -290,4 +303,14 @@ def build_spec(params: Params) -> UseCaseSpec:
         slices=SLICES,
         monitoring=MONITORING,
         continual=params.continual(holdout_key="CUSTOMER_ID"),
+        reason=reason_text,
+        online=OnlineSpec(
+            event_id="TRANSACTION_ID",
+            time=TIME,
+            keys=("CUSTOMER_ID", "TERMINAL_ID"),
+            values=("TX_AMOUNT",),
+            label=TARGET,
+            history=timedelta(days=max(WINDOWS) + params.delay_days),
+            compute=lambda event, earlier: online_features(event, earlier, params.delay_days),
+        ),
     )

@@ -1,0 +1,1 @@
+"""Real-time features: raw events in, per-key state, the use case's online features out."""
