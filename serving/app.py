@@ -18,6 +18,7 @@ real-time state in Redis (`MLOPS_REDIS_URL`) or in this process (`serving/online
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
@@ -54,6 +55,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         if start_following:
+            if follower.served is None:  # answer the first request with the champion when there is one
+                await asyncio.to_thread(follower.refresh)
             follower.start()
         try:
             yield
