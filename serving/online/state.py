@@ -112,17 +112,12 @@ class OnlineState:
         values), in the order given. `score` maps feature rows to scores (the served version)."""
         order = np.lexsort((events["id"], events["t"]))  # placed in time order, answered in the order given
         keys = sorted({self.key(c, v) for c in self.spec.keys for v in events[c]})
-        for _ in range(RETRIES):
-            try:
-                with self.store.transaction([self.watermark_key, *keys], self.ttl_ms) as (values, writes):
-                    outcomes = self._ingest(
-                        events[order], keys, values, writes, score, version, with_features
-                    )
-                break
-            except Conflict:
-                continue
-        else:
-            raise Conflict(f"{RETRIES} conflicting writes in a row on the same keys; try again")
+        outcomes = self._atomically(
+            [self.watermark_key, *keys],
+            lambda values, writes: self._ingest(
+                events[order], keys, values, writes, score, version, with_features
+            ),
+        )
         answers = [None] * len(events)
         for position, outcome in zip(order, outcomes, strict=True):
             answers[position] = outcome
@@ -231,20 +226,16 @@ class OnlineState:
                     where[int(name)] = [self.key(c, v) for c, v in zip(self.spec.keys, parts, strict=True)]
         known = {int(i): float(y) for i, y in zip(ids, labels, strict=True) if int(i) in where}
         keys = sorted({key for i in known for key in where[i]})
-        for _ in range(RETRIES):
-            try:
-                with self.store.transaction(keys, self.ttl_ms) as (values, writes):
-                    for key, blob in zip(keys, values, strict=True):
-                        array = _decode(blob, self.dtype)
-                        hit = np.isin(array["id"], list(known))
-                        if hit.any():
-                            array["label"][hit] = [known[int(i)] for i in array["id"][hit]]
-                            writes.put[key] = array.tobytes()
-                break
-            except Conflict:
-                continue
-        else:
-            raise Conflict(f"{RETRIES} conflicting writes in a row on the same keys; try again")
+
+        def put_labels(values, writes: Writes) -> None:
+            for key, blob in zip(keys, values, strict=True):
+                array = _decode(blob, self.dtype)
+                hit = np.isin(array["id"], list(known))
+                if hit.any():
+                    array["label"][hit] = [known[int(i)] for i in array["id"][hit]]
+                    writes.put[key] = array.tobytes()
+
+        self._atomically(keys, put_labels)
         return Labelled(sorted(known), [int(i) for i in ids if int(i) not in known])
 
     # ------------------------------------------------------------------------------------------- warm start
@@ -272,25 +263,41 @@ class OnlineState:
                 if group.size:
                     blobs[self.key(column, values[group[0]])] = records[group].tobytes()
         names = list(blobs)
+
+        def merge(chunk: list[str]):
+            def change(values, writes: Writes) -> None:
+                for key, held in zip(chunk, values, strict=True):
+                    writes.put[key] = _merged(_decode(held, self.dtype), blobs[key], self.dtype)
+
+            return change
+
         for start in range(0, len(names), chunk_keys):
             chunk = names[start : start + chunk_keys]
-            for _ in range(RETRIES):
-                try:
-                    with self.store.transaction(chunk, self.ttl_ms) as (values, writes):
-                        for key, held in zip(chunk, values, strict=True):
-                            writes.put[key] = _merged(_decode(held, self.dtype), blobs[key], self.dtype)
-                    break
-                except Conflict:
-                    continue
+            self._atomically(chunk, merge(chunk))
         unlabelled = np.flatnonzero(np.isnan(records["label"]))
-        with self.store.transaction([self.watermark_key], self.ttl_ms) as (values, writes):
+
+        def index_and_watermark(values, writes: Writes) -> None:
             for i in unlabelled:
                 key_values = ",".join(str(int(kept[c][i])) for c in self.spec.keys)
                 day = int(records["t"][i]) // NS_PER_DAY
                 writes.hset(self.index_key(day), str(int(records["id"][i])), key_values.encode())
             current = _decode_int(values[0])
             writes.put[self.watermark_key] = str(max(newest, current or newest)).encode()
+
+        self._atomically([self.watermark_key], index_and_watermark)
         return len(records)
+
+    def _atomically(self, keys: list[str], change):
+        """`change(values, writes)` in one store transaction on `keys`, read again and retried while another
+        writer changes one of them in between; its result."""
+        for _ in range(RETRIES):
+            try:
+                with self.store.transaction(keys, self.ttl_ms) as (values, writes):
+                    result = change(values, writes)
+                return result
+            except Conflict:
+                continue
+        raise Conflict(f"{RETRIES} conflicting writes in a row on the same keys; try again")
 
     def events_of(self, column: str, value: int) -> np.ndarray:
         """A key's events as the state holds them (for tests and inspection)."""
