@@ -4,6 +4,7 @@
     mlops score | monitor | serve-model | status | rollback      the registry's consumers (cli/models.py)
     mlops deploy | serve | notify-data | server status|stop      server mode (cli/servers.py)
     mlops approve USE_CASE --run RUN --reason ...     answer a run that waits for a person (cli/approve.py)
+    mlops tune USE_CASE --trials N | --timeout S      an Optuna study, the winner gated (cli/tune.py)
 
 Exit codes are listed in each command's module and `--help`.
 """
@@ -23,7 +24,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 import typer  # noqa: E402
 
-from cli import approve, compact, models, run, servers  # noqa: E402
+from cli import approve, compact, models, run, servers, tune  # noqa: E402
 
 app = typer.Typer(
     help="Gated model factory: validate data, train, evaluate, gate, register and promote models.",
@@ -35,6 +36,7 @@ models.register_commands(app)
 servers.register_commands(app)
 compact.register_commands(app)
 approve.register_commands(app)
+tune.register_commands(app)
 
 
 def main() -> None:  # pragma: no cover - console script entry

@@ -4,8 +4,8 @@ One command per discovered use case, its options generated from the use case's t
 and bounds show in `--help`), the same model that drives the Prefect form and the deployments.
 
 Exit codes: 0 promoted; 3 completed without promotion (a gate refused, or registration was switched off);
-2 the input could not be read or failed its data checks, or an option is out of its bounds (nothing trained
-or registered); 1 anything else.
+2 the input could not be read or failed its data checks, or an option is out of its bounds, or
+`--params-from` names no complete trial of a study (nothing trained or registered); 1 anything else.
 """
 
 from __future__ import annotations
@@ -98,7 +98,9 @@ def run_use_case(use_case: str, params) -> int:
     from tasks.ingest import DataReadError
     from tasks.lineage import ParentMismatchError
     from tasks.split import SplitError
+    from tasks.tuning import TuningError
     from tasks.validate import DataValidationError
+    from usecases.search_space import SearchSpaceError
 
     try:
         outcome = TRAINING_FLOWS[use_case](**to_form(params))
@@ -110,6 +112,8 @@ def run_use_case(use_case: str, params) -> int:
         ParentMismatchError,
         ModelNotFoundError,
         ExecutorError,
+        TuningError,  # --params-from: an unknown study or trial
+        SearchSpaceError,
     ) as exc:
         console.print(f"[bold red]input rejected[/]: {exc}", soft_wrap=True)
         console.print("Nothing was trained or registered; the champion is unchanged.")

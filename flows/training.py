@@ -17,6 +17,7 @@ from prefect.states import Completed
 from flows.form import flows_as_attributes, form_flow
 from flows.gated_training import gated_training
 from tasks.ingest import confine_to_data_roots
+from tasks.tuning.apply import spec_from_study
 from usecases import SPEC_MODULES, spec_module
 
 
@@ -27,7 +28,8 @@ def training_flow(use_case: str):
     def run(params):
         if params.data and deployment.id:  # started through a deployment: UI, schedule, event, API
             confine_to_data_roots(params.data)  # else DataPathRefused: the run fails, nothing trained
-        outcome = gated_training.fn(module.build_spec(params), params)
+        spec, params = spec_from_study(module.build_spec, params)  # --params-from study:NAME, if given
+        outcome = gated_training.fn(spec, params)
         # The state's name is the badge on the run's page: Promoted / Registered / Rejected, not "Completed".
         decision = outcome.decision
         name = decision.status.capitalize()

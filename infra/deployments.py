@@ -14,8 +14,9 @@ One deployment per training flow in `flows.training.TRAINING_FLOWS` (so every us
   `AwaitingConcurrencySlot` (scheduled, UI-triggered and event-triggered runs all share the one slot);
 * tags: `mlops`, `training`, `use-case:<name>`, `model:<registered model>`.
 
-Scoring and monitoring flows are deployed too, as they appear (see `OTHER_FLOWS`): `batch-scoring/on-demand`
-runs from the UI's form or the API.
+Scoring, monitoring, tuning and compaction flows are deployed too, as they appear (see `OTHER_FLOWS`):
+`batch-scoring/on-demand` runs from the UI's form or the API; `<use case>-tuning/<use case>` by hand or
+monthly.
 """
 
 from __future__ import annotations
@@ -86,6 +87,15 @@ class OtherFlow:
 OTHER_FLOWS: tuple[OtherFlow, ...] = (
     OtherFlow("scoring", "flows.scoring", "batch_scoring"),
     OtherFlow("monitoring", "flows.monitoring", "MONITORING_FLOWS", one_at_a_time=True),
+    # Tuning: by hand from the form (study name, budget), and monthly a new study of 50 trials whose winner
+    # goes through every gate (flows/tuning.py).
+    OtherFlow(
+        "tuning",
+        "flows.tuning",
+        "TUNING_FLOWS",
+        timing=Timing("0 4 1 * *", "UTC", "monthly, on the 1st at 04:00 UTC"),
+        one_at_a_time=True,
+    ),
     OtherFlow(
         "compaction",
         "flows.compaction",
@@ -297,7 +307,7 @@ def other_plans(use_cases: Iterable[str] | None = None) -> list[DeploymentPlan]:
                     timing=other.timing or (use_case_timing(use_case, other.schedule) if use_case else None),
                     tags=("mlops", other.kind) + ((f"use-case:{use_case}",) if use_case else ()),
                     concurrency=ONE_AT_A_TIME if other.one_at_a_time else None,
-                    parameters=_monitor_data(use_case) if other.kind == "monitoring" else None,
+                    parameters=_parameters(other.kind, use_case),
                     triggers=_compaction_trigger(flow.name, use_case) if other.kind == "compaction" else (),
                 )
             )
@@ -316,6 +326,16 @@ def _compaction_trigger(flow_name: str, use_case: str) -> tuple[DeploymentEventT
         parameters={"version": "{{ event.payload.version }}"},
     )
     return (trigger,)
+
+
+# A scheduled tuning run's budget (the form's default is none: a person gives one).
+TUNING_BUDGET = {"trials": 50}
+
+
+def _parameters(kind: str, use_case: str | None) -> dict | None:
+    if kind == "monitoring":
+        return _monitor_data(use_case)
+    return dict(TUNING_BUDGET) if kind == "tuning" else None
 
 
 def _monitor_data(use_case: str) -> dict | None:

@@ -117,10 +117,11 @@ def fit_offset(frame: pd.DataFrame, columns: Sequence[str], label: np.ndarray) -
 
 
 def fit_candidate(
-    splits: Splits, model: ModelSpec, schema: Schema, params: dict, seed: int, log=None
+    splits: Splits, model: ModelSpec, schema: Schema, params: dict, seed: int, log=None, callbacks=()
 ) -> Candidate:
     """XGBoost with `params` and the rest of the model spec on `splits`' training window, early stopping on
-    its validation window: the final fit and every walk-forward fold's."""
+    its validation window: the final fit and every walk-forward fold's. `callbacks`: more XGBoost training
+    callbacks (a tuning trial's pruning)."""
     features, target, transform = tuple(schema.features), schema.target, model.target_transform
     full_params = {"tree_method": "hist", "seed": seed, **OBJECTIVES[schema.problem], **params}
     y_train = splits.train[target].to_numpy()
@@ -137,7 +138,8 @@ def fit_candidate(
     else:
         y_val, margins = splits.validation[target].to_numpy(), [None, None]
     matrices = _matrices(splits, features, (y_train, y_val), margins)
-    fitted = _early_stopped(full_params, matrices, model.num_boost_round, model.early_stopping_rounds, log)
+    rounds, patience = model.num_boost_round, model.early_stopping_rounds
+    fitted = _early_stopped(full_params, matrices, rounds, patience, log, callbacks=callbacks)
     return Candidate(
         features=features, params=full_params, target_transform=transform, offset=offset, **fitted
     )
@@ -179,6 +181,7 @@ def _early_stopped(
     patience: int,
     log=None,
     start: xgb.Booster | None = None,
+    callbacks=(),
 ) -> dict:
     """Boost up to `rounds` (on from `start`, if given), early stopping on validation, then cut back to the
     best iteration: the booster and what `Candidate` records of the fit."""
@@ -191,7 +194,7 @@ def _early_stopped(
         evals=[(dval, "validation")],
         early_stopping_rounds=patience,
         verbose_eval=False,
-        callbacks=[_ProgressLog(log)] if log is not None else [],
+        callbacks=[*([_ProgressLog(log)] if log is not None else []), *callbacks],
         xgb_model=start,
         evals_result=history,
     )

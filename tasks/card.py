@@ -133,6 +133,13 @@ def contributions_section(spec, splits, candidate, run_id: str | None) -> str:
 {contributions_table(top)}"""
 
 
+def _tuned_from(tags: Mapping[str, str]) -> str:
+    """Which study and trial the model parameters came from (`--params-from`, tasks/tuning/apply.py); empty:
+    the spec's own."""
+    study = tags.get("tuning.study")
+    return f"; model parameters from study `{study}`, trial {tags.get('tuning.trial')}" if study else ""
+
+
 def model_card(
     spec,
     splits,
@@ -171,7 +178,7 @@ def model_card(
 | gates | {gates_summary(verdict)} |
 | test {primary} | {_number(primary, evaluation.candidate.metrics[primary])} |
 | trees | {candidate.booster.num_boosted_rounds()} (best round {candidate.best_iteration}) |
-| started from | {origin} |
+| started from | {origin}{_tuned_from(spec.tags)} |
 | refit up to the newest label | {record.get("training.refit", "no")} |
 | replay; half-life | {record.get("training.replay", "none")}; {record.get("training.half_life", "none")} |
 | held-out keys (never trained on) | {record.get(HOLDOUT_TAG) or "none"} |

@@ -4,7 +4,8 @@ watch them (tests/server/test_server_mode.py, tests/flow/test_browser.py).
 `command` is the one place that says which run pauses: a real training run whose forgetting gate finds a
 true trade-off (tests/trade_off_run.py: a champion, then `mlops run fraud` on a week of a new pattern), with
 the exit codes `mlops run` gives after each outcome in `EXIT_CODES`. The tests find the paused run as the
-version of NAME tagged `approval: pending`, whose flow run (`approval.flow_run_id`) is Paused.
+version of NAME that carries `approval.flow_run_id`, whose flow run is Paused (with several runs facing one
+champion, the version whose run has the given seed).
 Light on purpose (no Prefect, no MLflow): the test modules import it at collection.
 """
 
@@ -24,12 +25,13 @@ APPROVAL_FLOW = ROOT / "tests" / "approval_flow.py"  # a pause that waits for no
 TRADE_OFF_RUN = ROOT / "tests" / "trade_off_run.py"
 
 
-def command(registered_model: str, timeout_seconds: float) -> list[str]:
+def command(registered_model: str, timeout_seconds: float, *options: str) -> list[str]:
     """The command of a run that asks a person to approve a new version of `registered_model`, waiting at
-    most `timeout_seconds`: a champion, then a training run whose forgetting gate finds a true trade-off."""
+    most `timeout_seconds`: a champion, then a training run whose forgetting gate finds a true trade-off.
+    `options`: tests/trade_off_run.py's others (`--only`, `--world`, `--seed`)."""
     return [
         *(sys.executable, str(TRADE_OFF_RUN)),
-        *("--registered-model", registered_model, "--timeout", f"{timeout_seconds:g}"),
+        *("--registered-model", registered_model, "--timeout", f"{timeout_seconds:g}", *options),
     ]
 
 
@@ -58,14 +60,20 @@ def start(args: list[str], env: Mapping[str, str], log: Path) -> subprocess.Pope
         )
 
 
-def asked(mlflow: httpx.Client, name: str) -> Paused | None:
-    """The version of `name` that asked for approval (it carries `approval.flow_run_id`), in any state."""
+def asked(mlflow: httpx.Client, name: str, seed: int | None = None) -> Paused | None:
+    """The version of `name` that asked for approval (it carries `approval.flow_run_id`), in any state; with
+    `seed`, the one whose run was trained with it (several runs may ask about one champion)."""
     found = mlflow.get("/model-versions/search", params={"filter": f"name='{name}'"})
     for version in found.json().get("model_versions", []) if found.status_code == 200 else []:
         flow_run_id = tags_of(version).get("approval.flow_run_id")
-        if flow_run_id:
+        if flow_run_id and (seed is None or _seed_of(mlflow, version["run_id"]) == str(seed)):
             return Paused(flow_run_id, name, version["version"], version["run_id"])
     return None
+
+
+def _seed_of(mlflow: httpx.Client, run_id: str) -> str | None:
+    run = mlflow.get("/runs/get", params={"run_id": run_id}).json()["run"]
+    return {p["key"]: p["value"] for p in run["data"].get("params", [])}.get("param.seed")
 
 
 def wait_until_paused(
@@ -75,6 +83,7 @@ def wait_until_paused(
     process: subprocess.Popen,
     log: Path,
     timeout: float,
+    seed: int | None = None,
 ) -> Paused:
     """The version of `name` waiting for approval, once its flow run is Paused on the Prefect server.
 
@@ -85,7 +94,7 @@ def wait_until_paused(
             raise AssertionError(
                 f"{name}: the run ended before pausing (exit {process.returncode}):\n{tail(log)}"
             )
-        run = asked(mlflow, name)
+        run = asked(mlflow, name, seed)
         if run is not None and prefect.get(f"/flow_runs/{run.flow_run_id}").json()["state_type"] == "PAUSED":
             return run
         if time.monotonic() > deadline:

@@ -19,6 +19,8 @@ if TYPE_CHECKING:  # types only: `Params` must import fast (CLI help, deployment
     import numpy as np
     import pandas as pd
 
+    from usecases.search_space import TuningSpec
+
 Problem = Literal["binary", "regression"]
 
 
@@ -160,6 +162,12 @@ class TrainingParams(BaseModel):
         description="Where the data stages run: local (this process) or dask (a Dask cluster: "
         "MLOPS_DASK_ADDRESS, else a LocalCluster of MLOPS_DASK_WORKERS process workers). "
         "Empty: MLOPS_EXECUTOR, else local.",
+    )
+    params_from: str | None = Field(
+        default=None,
+        pattern=r"^study:[\w.-]+(#\d+)?$",
+        description="Model parameters from a tuning study: study:NAME (its best trial) or study:NAME#TRIAL; "
+        "its tuned values replace the spec's. Empty: the spec's own.",
     )
 
     def gate_options(self) -> dict:
@@ -482,6 +490,37 @@ class CompactPlan:
     seed: int = 42
 
 
+class TuneParams(BaseModel):
+    """A tuning run (`mlops tune`, the `<use case>-tuning` deployments): the study and its budget. The use
+    case's other parameters keep their defaults; the winner is trained with them and the tuned values."""
+
+    data: str | None = Field(
+        default=None,
+        description="Path to a Parquet or CSV file. Empty: the use case's embedded default data.",
+    )
+    study: str | None = Field(
+        default=None,
+        pattern=r"^[\w.-]+$",
+        description="Study name: an existing study continues (its trials kept); empty: a new one, "
+        "<use case>-<date and time>.",
+    )
+    trials: int | None = Field(default=None, ge=1, le=10_000, description="Budget: trials this run adds.")
+    timeout: float | None = Field(
+        default=None, gt=0, le=7 * 24 * 3600, description="Budget: seconds; no trial starts after it."
+    )
+    parallel: int = Field(default=2, ge=1, le=64, description="Trials at once (threads or Dask workers).")
+    seed: int = Field(default=42, ge=0, description="Seed of the sampler and of XGBoost.")
+    executor: Literal["local", "dask"] | None = Field(
+        default=None,
+        description="Where trials run: local (threads of this process) or dask (MLOPS_DASK_ADDRESS, else a "
+        "LocalCluster of MLOPS_DASK_WORKERS process workers). Empty: MLOPS_EXECUTOR, else local.",
+    )
+    train_winner: bool = Field(
+        default=True,
+        description="After the search: train the winner through every gate (when it beats the defaults).",
+    )
+
+
 @dataclass(frozen=True)
 class UseCaseSpec:
     name: str
@@ -541,6 +580,8 @@ class UseCaseSpec:
     # Reason codes: (feature, the row's feature values) -> a sentence a person reads ("customer's 1-day
     # spend 4.2x its 30-day average"); None: "<feature> = <value>".
     reason: Callable[[str, Mapping[str, float]], str] | None = None
+    # What `mlops tune` searches (`TuningSpec`); None: the use case cannot be tuned.
+    tuning: TuningSpec | None = None
 
     @property
     def scoring_suites(self) -> tuple[Callable[[], object], Callable[[], object]]:

@@ -204,3 +204,11 @@ def test_results_files_render():
             doc = results.load(name)
             assert not table_id or table_id in doc["tables"], (page.name, name, table_id)
     assert not re.search(r"\| *\d[\d.,]* *\|", (BENCH.parent / "README.md").read_text()), "README: figures"
+
+
+def test_tuning(smoke_dir, prefect_server):
+    out = smoke_dir / "tuning.json"
+    doc = bench("tuning").main(["--smoke", "--out", str(out)])
+    written = check(doc, out, {"quality", "timing"})
+    models = [row[0] for row in written["tables"]["quality"]["rows"]]
+    assert models == ["spec defaults", "tuned, 1 trials", "tuned, 2 trials"]

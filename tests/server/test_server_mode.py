@@ -631,8 +631,10 @@ def test_a_paused_run_is_approved_rejected_or_timed_out(stack, tmp_path):
     """Runs that ask for approval (tests/approval_runs.py says which) pause on the real servers: `mlops
     approve` approves one by its Prefect flow run id and rejects one by its MLflow run id, a third given 3 s
     times out and is refused, each outcome on the version and the run; wrong answers exit 2 (another use
-    case, an unknown run, a run no longer paused, a pause for something else). The runs and the two
-    answers are processes side by side (each costs seconds of imports); the wrong answers run in-process."""
+    case, an unknown run, a run no longer paused, a pause for something else). The three runs face one
+    champion (trained first) side by side, as runs waiting for people do: each pause holds no lock. They and
+    the two answers are processes of their own (each costs seconds of imports); the wrong answers run
+    in-process."""
     api = httpx.Client(
         base_url=stack.settings.prefect_api_url,
         headers=_basic(stack.env["PREFECT_API_AUTH_STRING"]),
@@ -640,23 +642,27 @@ def test_a_paused_run_is_approved_rejected_or_timed_out(stack, tmp_path):
     )
     auth = (stack.env["MLFLOW_TRACKING_USERNAME"], stack.env["MLFLOW_TRACKING_PASSWORD"])
     mlflow = httpx.Client(base_url=f"{stack.settings.mlflow_url}/api/2.0/mlflow", auth=auth, timeout=30)
-    names = {case: f"approval-{case}-{uuid.uuid4().hex[:6]}" for case in ("approve", "reject", "timeout")}
-    logs = {case: tmp_path / f"{case}.log" for case in (*names, "other")}
+    name = f"approval-{uuid.uuid4().hex[:6]}"
+    seeds = {"approve": 42, "reject": 43, "timeout": 44}  # each run's seed tells its version apart
+    logs = {case: tmp_path / f"{case}.log" for case in ("champion", *seeds, "other")}
+    world = tmp_path / "world.parquet"
     started: dict[str, subprocess.Popen] = {}
     try:
+        other_pause = [sys.executable, str(approval_runs.APPROVAL_FLOW), "--timeout", "1500"]
+        started["other"] = approval_runs.start(other_pause, stack.env, logs["other"])  # resumed at the end
+        champion = approval_runs.command(name, 0, "--only", "champion", "--world", str(world))
+        started["champion"] = approval_runs.start(champion, stack.env, logs["champion"])
+        assert started["champion"].wait(600) == 0, approval_runs.tail(logs["champion"])
+        stack.step("approval: the champion trained")
         for case, seconds in (("approve", 300), ("reject", 300), ("timeout", 3)):
+            options = ("--only", "run", "--world", str(world), "--seed", str(seeds[case]))
             started[case] = approval_runs.start(
-                approval_runs.command(names[case], seconds), stack.env, logs[case]
+                approval_runs.command(name, seconds, *options), stack.env, logs[case]
             )
-        other_pause = [
-            sys.executable,
-            str(approval_runs.APPROVAL_FLOW),
-            "--timeout",
-            "1500",
-        ]  # resumed at the end
-        started["other"] = approval_runs.start(other_pause, stack.env, logs["other"])
         paused = {
-            case: approval_runs.wait_until_paused(mlflow, api, names[case], started[case], logs[case], 600)
+            case: approval_runs.wait_until_paused(
+                mlflow, api, name, started[case], logs[case], 600, seeds[case]
+            )
             for case in ("approve", "reject")
         }
         for run in paused.values():
@@ -665,7 +671,7 @@ def test_a_paused_run_is_approved_rejected_or_timed_out(stack, tmp_path):
         other = _paused_flow_run(api, "other-pause", started["other"], logs["other"])
         code = started["timeout"].wait(120)
         assert code == approval_runs.EXIT_CODES["timed out"], approval_runs.tail(logs["timeout"])
-        timed_out = approval_runs.asked(mlflow, names["timeout"])
+        timed_out = approval_runs.asked(mlflow, name, seeds["timeout"])
         stack.step("approval: the run given 3 s timed out")
 
         answers = {

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from usecases.search_space import TuningSpec, choice, float_range, int_range
 from usecases.spec import (
     AbsoluteGate,
     Baseline,
@@ -190,6 +191,27 @@ SLICES = (
 MONITORING = MonitorThresholds(metric_margin=0.25, drift_share=0.2, exempt=("TX_DURING_WEEKEND",))
 
 
+# `mlops tune fraud`: the booster, the class-imbalance handling, and the training window's length, replay and
+# recency, scored by average precision on 3 walk-forward folds behind the label delay.
+TUNING = TuningSpec(
+    space=(
+        float_range("eta", 0.01, 0.3, log=True),
+        int_range("max_depth", 2, 10),
+        float_range("min_child_weight", 0.5, 50.0, log=True),
+        float_range("subsample", 0.5, 1.0),
+        float_range("colsample_bytree", 0.4, 1.0),
+        float_range("lambda", 0.01, 50.0, log=True),
+        float_range("alpha", 0.001, 5.0, log=True),
+        float_range("gamma", 0.001, 5.0, log=True),
+        choice("imbalance", "max_delta_step", "scale_pos_weight", target="run"),
+        int_range("train_days", 7, 42, step=7, target="run"),
+        int_range("replay", 0, 84, step=14, target="run"),
+        float_range("half_life", 3.0, 60.0, log=True, target="run"),
+    ),
+    folds=3,
+)
+
+
 def _describe(params: Params) -> str:
     return (
         "Card-fraud detector: the probability that a card transaction is fraudulent, from the Fraud "
@@ -304,6 +326,7 @@ def build_spec(params: Params) -> UseCaseSpec:
         monitoring=MONITORING,
         continual=params.continual(holdout_key="CUSTOMER_ID"),
         reason=reason_text,
+        tuning=TUNING,
         online=OnlineSpec(
             event_id="TRANSACTION_ID",
             time=TIME,

@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from usecases.search_space import TuningSpec, float_range, int_range
 from usecases.spec import (
     Baseline,
     BaselineGate,
@@ -256,6 +257,24 @@ SLICES = (
 )
 
 
+def _tuning(params: Params) -> TuningSpec:
+    """`mlops tune stock`: the booster and the recency half-life, scored by MAE on the run's walk-forward
+    folds (at least 2) inside the training window, the target's horizon between fit and fold."""
+    return TuningSpec(
+        space=(
+            float_range("eta", 0.005, 0.2, log=True),
+            int_range("max_depth", 1, 6),
+            float_range("min_child_weight", 5.0, 300.0, log=True),
+            float_range("subsample", 0.5, 1.0),
+            float_range("colsample_bytree", 0.4, 1.0),
+            float_range("lambda", 0.1, 100.0, log=True),
+            float_range("half_life", 100.0, 3000.0, log=True, target="run"),
+        ),
+        folds=max(params.folds, 2),
+        pruning_warmup=50,
+    )
+
+
 def _gates(params: Params) -> GateSpec:
     """MAE below the naive baselines' by the run's margin (and, for returns, direction better than the
     majority's); the run's gate options."""
@@ -362,4 +381,5 @@ def build_spec(params: Params) -> UseCaseSpec:
         # champion would have trained on the next run's test window, and the champion gate would favour it.
         # Recency (`half_life`, in trading days) is the stock use case's lever after a regime change.
         continual=params.continual(),
+        tuning=_tuning(params),
     )
