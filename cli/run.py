@@ -91,9 +91,20 @@ for _name in SPEC_MODULES:
 def run_use_case(use_case: str, params) -> int:
     """Run the use case's training flow and map its outcome to an exit code, printing a summary."""
     use_prefect_server()  # before Prefect is imported: it reads its settings once
-    from champion.loading import ModelNotFoundError
     from flows.form import to_form
     from flows.training import TRAINING_FLOWS
+
+    outcome, code = guarded(lambda: TRAINING_FLOWS[use_case](**to_form(params)), "trained", "run")
+    if code is not None:
+        return code
+    print_summary(outcome)
+    return EXIT_PROMOTED if outcome.promoted else EXIT_NOT_PROMOTED
+
+
+def guarded(call, nothing: str, what: str) -> tuple[object, int | None]:
+    """`call()` (a flow) and None; or, when it raised, None and the exit code, having said why: bad input
+    (exit 2: nothing `nothing` or registered) or a failure (exit 1, with its traceback)."""
+    from champion.loading import ModelNotFoundError
     from tasks.dask.cluster import ExecutorError
     from tasks.ingest import DataReadError
     from tasks.lineage import ParentMismatchError
@@ -103,7 +114,7 @@ def run_use_case(use_case: str, params) -> int:
     from usecases.search_space import SearchSpaceError
 
     try:
-        outcome = TRAINING_FLOWS[use_case](**to_form(params))
+        return call(), None
     except (
         DataReadError,
         DataValidationError,
@@ -112,18 +123,16 @@ def run_use_case(use_case: str, params) -> int:
         ParentMismatchError,
         ModelNotFoundError,
         ExecutorError,
-        TuningError,  # --params-from: an unknown study or trial
+        TuningError,  # an unknown study or trial (--params-from), a study tuned on other folds
         SearchSpaceError,
     ) as exc:
         console.print(f"[bold red]input rejected[/]: {exc}", soft_wrap=True)
-        console.print("Nothing was trained or registered; the champion is unchanged.")
-        return EXIT_BAD_INPUT
+        console.print(f"Nothing was {nothing} or registered; the champion is unchanged.")
+        return None, EXIT_BAD_INPUT
     except Exception as exc:
         console.print_exception(max_frames=12)  # an unexpected failure: its traceback is the report
-        console.print(f"[bold red]run failed[/]: {type(exc).__name__}: {exc}", soft_wrap=True)
-        return EXIT_FAILED
-    print_summary(outcome)
-    return EXIT_PROMOTED if outcome.promoted else EXIT_NOT_PROMOTED
+        console.print(f"[bold red]{what} failed[/]: {type(exc).__name__}: {exc}", soft_wrap=True)
+        return None, EXIT_FAILED
 
 
 def print_summary(outcome) -> None:

@@ -20,10 +20,10 @@ from pydantic import ValidationError
 
 from cli.run import (
     EXIT_BAD_INPUT,
-    EXIT_FAILED,
     EXIT_NOT_PROMOTED,
     EXIT_PROMOTED,
     console,
+    guarded,
     options_from,
     reject_options,
 )
@@ -55,31 +55,10 @@ def run_tuning(use_case: str, params: TuneParams) -> int:
     use_prefect_server()  # before Prefect is imported: it reads its settings once
     from flows.form import to_form
     from flows.tuning import TUNING_FLOWS
-    from tasks.dask.cluster import ExecutorError
-    from tasks.ingest import DataReadError
-    from tasks.split import SplitError
-    from tasks.tuning import TuningError
-    from tasks.validate import DataValidationError
-    from usecases.search_space import SearchSpaceError
 
-    try:
-        outcome = TUNING_FLOWS[use_case](**to_form(params))
-    except (
-        TuningError,
-        SearchSpaceError,
-        DataReadError,
-        DataValidationError,
-        SplitError,
-        ValidationError,
-        ExecutorError,
-    ) as exc:
-        console.print(f"[bold red]input rejected[/]: {exc}", soft_wrap=True)
-        console.print("Nothing was tuned or registered; the champion is unchanged.")
-        return EXIT_BAD_INPUT
-    except Exception as exc:
-        console.print_exception(max_frames=12)
-        console.print(f"[bold red]tuning failed[/]: {type(exc).__name__}: {exc}", soft_wrap=True)
-        return EXIT_FAILED
+    outcome, code = guarded(lambda: TUNING_FLOWS[use_case](**to_form(params)), "tuned", "tuning")
+    if code is not None:
+        return code
     print_summary(outcome)
     return EXIT_PROMOTED if outcome.promoted else EXIT_NOT_PROMOTED
 

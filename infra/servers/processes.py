@@ -45,7 +45,12 @@ class Managed:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
-        if _alive(pid) and self.marker in _cmdline(pid) and _pgid(pid) == pid:
+        # An empty command line is a process rewriting it (Redis sets its title as it starts: a read then
+        # finds nothing, nor an executable), not another program's: only a readable one that lacks the
+        # marker says the pid was reused.
+        command = _cmdline(pid)
+        ours = not command.strip() or self.marker in command or self.marker in _executable(pid)
+        if _alive(pid) and ours and _pgid(pid) == pid:
             return pid
         self.pid_file.unlink(missing_ok=True)
         return None
@@ -102,6 +107,13 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def _executable(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return ""
 
 
 def _cmdline(pid: int) -> str:
