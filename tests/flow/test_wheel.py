@@ -21,6 +21,7 @@ COMMANDS = [
     ["run", "fraud", "--help"],
     ["run", "stock", "--help"],
     ["score", "--help"],
+    ["tune", "--help"],
     ["serve-model", "--help"],
     ["status", "--help"],
     ["rollback", "--help"],
