@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from mlflow import MlflowClient
 from prefect import runtime
 
 from champion import store
@@ -25,13 +24,14 @@ from flows.training import TRAINING_FLOWS
 from tasks.dask.cluster import dask_runner, resolve_executor, submit
 from tasks.features import featurize
 from tasks.ingest import ingest
+from tasks.selection import eval_metric
 from tasks.split import with_known_target
 from tasks.tuning import TuningError
 from tasks.tuning.apply import tuned_spec
 from tasks.tuning.budget import run_within_budget
 from tasks.tuning.folds import tuning_folds
-from tasks.tuning.objective import eval_metric, prunable
-from tasks.tuning.records import log_summary, start_parent
+from tasks.tuning.objective import prunable
+from tasks.tuning.records import finish_parent, log_summary, start_parent
 from tasks.tuning.study import (
     DEFAULTS_ATTR,
     FOLDS_ATTR,
@@ -113,7 +113,8 @@ def tune(use_case: str, options: TuneParams) -> TuningOutcome:
         "; ".join(f"fit ..{f['fit'][1]} block {f['block'][0]}..{f['block'][1]}" for f in data.describe()),
     )
     if not prunable(spec):
-        log.info("no pruning: eval metric %s and %s point different ways", eval_metric(spec), metric)
+        booster_metric = eval_metric(spec.problem, spec.model)
+        log.info("no pruning: eval metric %s and %s point different ways", booster_metric, metric)
     flow_run = str(runtime.flow_run.id or "")
     parent = start_parent(
         experiment, use_case, name, {"tuning.executor": executor, "prefect.flow_run_id": flow_run}
@@ -141,7 +142,7 @@ def tune(use_case: str, options: TuneParams) -> TuningOutcome:
         results = _run_trials(job, data, options, executor)
         return _conclude(use_case, options, params, study, job, results, defaults_value)
     except BaseException:
-        _finish_parent(parent, None, "FAILED")
+        finish_parent(parent, None, "FAILED")
         raise
 
 
@@ -199,7 +200,7 @@ def _conclude(use_case, options, params, study, job, results, defaults_value):
         log.info("training the winner through every gate: params_from=%s", winner.params_from)
         training = TRAINING_FLOWS[use_case](**to_form(winner))
         message += f"; winner {training.decision.status}: {training.decision.summary}"
-    _finish_parent(job.parent_run_id, training, "FINISHED")
+    finish_parent(job.parent_run_id, training, "FINISHED")
     return TuningOutcome(
         use_case=use_case,
         study=job.study,
@@ -217,14 +218,6 @@ def _conclude(use_case, options, params, study, job, results, defaults_value):
         message=message,
         training=training,
     )
-
-
-def _finish_parent(run_id: str, training, status: str) -> None:
-    client = MlflowClient()
-    if training is not None:
-        client.set_tag(run_id, "tuning.training_run", training.run_id)
-        client.set_tag(run_id, "tuning.decision", training.decision.status)
-    client.set_terminated(run_id, status)
 
 
 def tuning_flow(use_case: str):

@@ -21,6 +21,8 @@ from usecases.vocabulary import (
     HOLDOUT_TAG,
     PARENT_TAG,
     TRAINED_ON_TAG,
+    TUNING_STUDY_TAG,
+    TUNING_TRIAL_TAG,
     UPDATE_TAG,
     WINDOWS_TAG,
 )
@@ -136,8 +138,8 @@ def contributions_section(spec, splits, candidate, run_id: str | None) -> str:
 def _tuned_from(tags: Mapping[str, str]) -> str:
     """Which study and trial the model parameters came from (`--params-from`, tasks/tuning/apply.py); empty:
     the spec's own."""
-    study = tags.get("tuning.study")
-    return f"; model parameters from study `{study}`, trial {tags.get('tuning.trial')}" if study else ""
+    study = tags.get(TUNING_STUDY_TAG)
+    return f"; model parameters from study `{study}`, trial {tags.get(TUNING_TRIAL_TAG)}" if study else ""
 
 
 def model_card(

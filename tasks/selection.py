@@ -9,6 +9,7 @@ is then fitted with (`tasks/train.py`). The record of every combination goes to 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,6 +28,22 @@ if TYPE_CHECKING:
 _MAXIMIZE = ("auc", "aucpr", "pre", "map", "ndcg")
 
 
+def eval_metric(problem: str, model: ModelSpec) -> str:
+    """The booster's eval metric (early stopping, selection, pruning): the model's, else the problem's."""
+    return str({**OBJECTIVES[problem], **model.params}["eval_metric"])
+
+
+def maximizes(metric: str) -> bool:
+    """Whether higher is better for an XGBoost eval metric (`aucpr`, `pre@100`, ...)."""
+    return metric.split("@")[0] in _MAXIMIZE
+
+
+def grid(search: Mapping[str, Sequence[object]]) -> list[dict[str, object]]:
+    """Every combination of a grid of booster parameters (`ModelSpec.search`); an empty grid: [{}]."""
+    names = list(search)
+    return [dict(zip(names, values, strict=True)) for values in itertools.product(*search.values())]
+
+
 def select_params(
     train: pd.DataFrame, model: ModelSpec, schema: Schema, split: SplitSpec, seed: int
 ) -> tuple[dict, dict]:
@@ -40,13 +57,9 @@ def select_params(
     JSON-able record of every combination.
     """
     cut = rolling_origin_folds(train, schema.time_column, model.folds, split.gap, split.unit)
-    names = list(model.search)
-    metric = str({**OBJECTIVES[schema.problem], **model.params}["eval_metric"])
-    maximize = metric.split("@")[0] in _MAXIMIZE
-    combinations = [
-        dict(zip(names, values, strict=True))
-        for values in itertools.product(*(model.search[n] for n in names))
-    ]
+    metric = eval_metric(schema.problem, model)
+    maximize = maximizes(metric)
+    combinations = grid(model.search)
     submitted = [
         [
             score_fold.submit(

@@ -41,7 +41,7 @@ KINDS = ("unit", "flow", "server", "bench")
 
 # `make test` runs the files on two workers (pytest-xdist, `--dist loadfile`: a file stays on one worker, its
 # module fixtures with it), handed out in collection order: these first, longest first, so that the last file
-# to start is a short one. Seconds measured alone on this machine, for the order only.
+# to start is a short one. Rough seconds from runs on this machine (loaded), for the order only.
 LONGEST_FIRST = {
     "server/test_server_mode.py": 640,
     "flow/test_faults.py": 320,

@@ -30,6 +30,10 @@ APPROVAL_AT_TAG = "approval.at"  # when it was decided (UTC, ISO 8601)
 APPROVAL_FLOW_RUN_TAG = "approval.flow_run_id"  # the paused Prefect flow run that waits for the answer
 FLOW_RUN_TAG = "prefect.flow_run_id"  # on a training run: the Prefect flow run it belongs to
 
+# --- run and card: a tuning study (tasks/tuning/), on its runs and on a run trained from it -------------
+TUNING_STUDY_TAG, TUNING_TRIAL_TAG = "tuning.study", "tuning.trial"
+TUNING_STATE_TAG = "tuning.state"  # a trial's child run: complete, pruned or fail
+
 # --- registry: tags on the registered model ----------------------------------------------------------------
 HISTORY_PREFIX = "champion.history."  # one tag per alias move, numbered
 

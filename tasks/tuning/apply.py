@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 from tasks.tuning import TuningError
 from tasks.tuning.space import split_values
 from usecases.search_space import SearchSpaceError
+from usecases.vocabulary import TUNING_STUDY_TAG, TUNING_TRIAL_TAG
 
 if TYPE_CHECKING:
     from usecases.search_space import Tuned
     from usecases.spec import TrainingParams, UseCaseSpec
 
-STUDY_TAG, TRIAL_TAG = "tuning.study", "tuning.trial"
 # What a tuned run field may not change: the windows' positions, so every trial is scored on the same folds
 # and the winner is judged on the same test window.
 FIXED_SPLIT = ("test", "validation", "gap", "unit", "end")
@@ -47,7 +47,7 @@ def tuned_spec(
     model = replace(spec.model, params={**spec.model.params, **booster}, search={}, folds=0)
     tags = dict(spec.tags)
     if origin is not None:
-        tags.update({STUDY_TAG: origin[0], TRIAL_TAG: str(origin[1])})
+        tags.update({TUNING_STUDY_TAG: origin[0], TUNING_TRIAL_TAG: str(origin[1])})
     return replace(spec, model=model, tags=tags)
 
 

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tasks.candidate import OBJECTIVES, fit_candidate
-from tasks.selection import _MAXIMIZE
+from tasks.candidate import fit_candidate
+from tasks.selection import eval_metric, maximizes
 from tasks.split import Splits
 from tasks.tuning.folds import TuningFolds, fold_training
 
@@ -34,14 +34,9 @@ class Scored:
     seconds: float
 
 
-def eval_metric(spec: UseCaseSpec) -> str:
-    """The booster's eval metric (early stopping, pruning): the spec's, else the problem's default."""
-    return str({**OBJECTIVES[spec.problem], **spec.model.params}["eval_metric"])
-
-
 def prunable(spec: UseCaseSpec) -> bool:
     """Pruning on the eval metric makes sense only when it points the way the primary metric does."""
-    return (eval_metric(spec).split("@")[0] in _MAXIMIZE) == spec.metrics.greater_is_better
+    return maximizes(eval_metric(spec.problem, spec.model)) == spec.metrics.greater_is_better
 
 
 def score(spec: UseCaseSpec, data: TuningFolds, seed: int, trial: optuna.trial.Trial | None = None) -> Scored:
@@ -56,7 +51,8 @@ def score(spec: UseCaseSpec, data: TuningFolds, seed: int, trial: optuna.trial.T
             # why: optuna-integration loads with a trial only (the flow and `mlops run` never need it)
             from optuna_integration import XGBoostPruningCallback
 
-            callbacks = (XGBoostPruningCallback(trial, f"validation-{eval_metric(spec)}"),)
+            metric = eval_metric(spec.problem, spec.model)
+            callbacks = (XGBoostPruningCallback(trial, f"validation-{metric}"),)
         window = Splits(rows, block, block, {}, weights)
         candidate = fit_candidate(
             window, spec.model, spec.schema, dict(spec.model.params), seed, None, callbacks

@@ -16,13 +16,12 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from champion import store
+from usecases.vocabulary import TUNING_STATE_TAG, TUNING_STUDY_TAG, TUNING_TRIAL_TAG
 
 if TYPE_CHECKING:
     import optuna
 
     from tasks.tuning.study import TrialResult
-
-STUDY_TAG, TRIAL_TAG, STATE_TAG = "tuning.study", "tuning.trial", "tuning.state"
 
 
 def start_parent(experiment_id: str, use_case: str, study: str, tags: dict[str, str]) -> str:
@@ -31,7 +30,7 @@ def start_parent(experiment_id: str, use_case: str, study: str, tags: dict[str, 
         run_name=f"{use_case}-tuning-{study}",
         tags={
             "use_case": use_case,
-            STUDY_TAG: study,
+            TUNING_STUDY_TAG: study,
             "mlflow.source.type": "JOB",
             "mlflow.source.name": "flows/tuning.py",
             "mlflow.user": store.user(),
@@ -41,6 +40,15 @@ def start_parent(experiment_id: str, use_case: str, study: str, tags: dict[str, 
     return run.info.run_id
 
 
+def finish_parent(run_id: str, training, status: str) -> None:
+    """End the tuning run; with the winner's gated run (`training`), name it and its decision."""
+    client = MlflowClient()
+    if training is not None:
+        client.set_tag(run_id, "tuning.training_run", training.run_id)
+        client.set_tag(run_id, "tuning.decision", training.decision.status)
+    client.set_terminated(run_id, status)
+
+
 def log_trial(parent_run_id: str, experiment_id: str, study: str, metric: str, result: TrialResult) -> str:
     """The trial as a child run of the tuning run (MLflow nests it under the parent)."""
     client = MlflowClient()
@@ -48,7 +56,11 @@ def log_trial(parent_run_id: str, experiment_id: str, study: str, metric: str, r
         experiment_id,
         start_time=int(result.started * 1000),
         run_name=f"trial-{result.number}",
-        tags={"mlflow.parentRunId": parent_run_id, STUDY_TAG: study, TRIAL_TAG: str(result.number)},
+        tags={
+            "mlflow.parentRunId": parent_run_id,
+            TUNING_STUDY_TAG: study,
+            TUNING_TRIAL_TAG: str(result.number),
+        },
     )
     now = int(time.time() * 1000)
     metrics = [Metric("duration_seconds", result.seconds, now, 0)]
@@ -56,7 +68,7 @@ def log_trial(parent_run_id: str, experiment_id: str, study: str, metric: str, r
         metrics.append(Metric(metric, float(result.value), now, 0))
     metrics += [Metric(f"{metric}_fold_{k}", float(v), now, 0) for k, v in enumerate(result.fold_values)]
     metrics += [Metric(f"rounds_fold_{k}", float(r), now, 0) for k, r in enumerate(result.fold_rounds)]
-    tags = [RunTag(STATE_TAG, result.state.lower())]
+    tags = [RunTag(TUNING_STATE_TAG, result.state.lower())]
     if result.note:
         tags.append(RunTag("tuning.note", result.note[:5000]))
     params = [Param(k, str(v)) for k, v in result.params.items()]

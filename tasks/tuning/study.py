@@ -45,9 +45,13 @@ def storage_url() -> str:
     if explicit:
         return explicit
     tracking = store.tracking_uri()
-    if urlparse(tracking).scheme.split("+")[0] in ("postgresql", "postgres"):
+    if _is_postgres(tracking):
         return tracking
     return f"sqlite:///{store.mlops_home() / 'optuna.db'}"
+
+
+def _is_postgres(url: str) -> bool:
+    return urlparse(url).scheme.split("+")[0] in ("postgresql", "postgres")
 
 
 def open_storage(url: str | None = None) -> RDBStorage:
@@ -74,7 +78,7 @@ def _rdb_storage(url: str, options: dict) -> RDBStorage:
         with open(path.parent / f"{path.name}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             return RDBStorage(url, engine_kwargs=engine, **options)
-    if urlparse(url).scheme.split("+")[0] in ("postgresql", "postgres"):
+    if _is_postgres(url):
         _ensure_schema(url)
         engine = {"connect_args": {"options": f"-csearch_path={SCHEMA}"}, "pool_pre_ping": True}
         return RDBStorage(url, engine_kwargs=engine, **options)

@@ -7,13 +7,13 @@ and on a Dask worker in another process (or machine): the storage is what trials
 from __future__ import annotations
 
 import functools
-import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import mlflow
 
+from tasks.selection import grid
 from tasks.stage import stage
 from tasks.tuning.apply import tuned_spec
 from tasks.tuning.folds import TuningFolds
@@ -70,11 +70,8 @@ def run_trial(job: TrialJob, data: TuningFolds, slot: int) -> TrialResult:
 def score_defaults(spec: UseCaseSpec, data: TuningFolds, seed: int) -> tuple[float, dict]:
     """What the spec trains without tuning, on the same folds: its model params, or the best combination of
     its own walk-forward grid (`ModelSpec.search`) when it declares one. Returns the value and the params."""
-    search = spec.model.search if spec.model.folds > 0 else {}
-    names = list(search)
-    combinations = [dict(zip(names, v, strict=True)) for v in itertools.product(*search.values())] or [{}]
     scored = []
-    for chosen in combinations:
+    for chosen in grid(spec.model.search if spec.model.folds > 0 else {}):
         model = replace(spec.model, params={**spec.model.params, **chosen}, search={}, folds=0)
         scored.append((score(replace(spec, model=model), data, seed).value, chosen))
     pick = max if spec.metrics.greater_is_better else min

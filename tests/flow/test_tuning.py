@@ -62,7 +62,9 @@ def task_run_names(flow_run_id: str) -> list[str]:
 def flow_run_logs(flow_run_id: str) -> list[str]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
 
+    APILogHandler().flush()  # the log worker sends in batches: the run's last lines may still be queued
     with get_client(sync_client=True) as prefect:
         logs = prefect.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)
     return [log.message for log in logs]
