@@ -9,13 +9,18 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export GX_ANALYTICS_ENABLED ?= false
 export MLFLOW_ENABLE_TELEMETRY ?= false
 export DO_NOT_TRACK ?= true
+# OpenMP threads (XGBoost's) sleep rather than spin while they wait: on a machine shared with servers and other
+# jobs, spinning threads made training 2-3x slower (bench/overhead.py).
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install run test test-fast lint bench docs clean
 
-# The environment follows the committed uv.lock exactly (`--locked` fails if it is out of date).
+# The environment follows the committed uv.lock exactly (`--locked` fails if it is out of date). Bytecode is
+# compiled once here: where PYTHONDONTWRITEBYTECODE is set (CI), every process would otherwise compile
+# MLflow, Prefect and pandas from source again (about 8 s of CPU each).
 install:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	$(UV) sync --locked --quiet
+	$(UV) sync --locked --quiet --compile-bytecode
 
 run: install  ## the fraud pipeline end to end on embedded defaults (simulated data, SQLite MLflow, local Prefect)
 	$(UV) run mlops run fraud $(ARGS)

@@ -9,10 +9,14 @@ A rollback moves `champion` (default: to the current champion's `previous_champi
 promotions, records why on the version it moves to (`rolled_back_at`, `rollback.reason`, `rollback.from`,
 `rollback.by`) and on the one it leaves (`demoted_at`, `demoted.reason`), and appends to the history. It
 refuses a version that failed its absolute or baseline gates, or that the gated pipeline never registered.
+
+Status also shows the challenger (`@challenger`, the version the model server scores in shadow): its version,
+since when and why, read from the latest `challenger.history.<n>` entry (`champion/challenger.py` moves it).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +30,9 @@ from champion import store
 from champion.lock import champion_lock
 from champion.promotion import _now, current_champion, move_champion, read_history
 from usecases.vocabulary import (
+    CHALLENGER,
+    CHALLENGER_HISTORY_PREFIX,
+    CHALLENGER_TAG,
     CHAMPION,
     FINGERPRINT_TAG,
     GATES_TAG,
@@ -123,11 +130,37 @@ def model_status(name: str, refused: int = 5, history: int = 10) -> dict:
     return {
         "registered_model": name,
         "champion": champion,
+        "challenger": challenger_status(client, name),
         "history": moves,
         "previous_champions": previous,
         "refused": refused_candidates(client, name, refused),
         "versions": len(client.search_model_versions(f"name = '{name}'")),
         "description": (registered.description or "").split("\n")[0],
+    }
+
+
+def challenger_status(client: MlflowClient, name: str) -> dict | None:
+    """The version in shadow (`@challenger`): since when, why and by whom, from its latest recorded move."""
+    try:
+        version = client.get_model_version_by_alias(name, CHALLENGER)
+    except mlflow.exceptions.MlflowException:
+        return None
+    number, tags = str(version.version), dict(version.tags)
+    moves = [e for e in read_history(client, name, CHALLENGER_HISTORY_PREFIX) if e.get("version") == number]
+    if moves:
+        move = moves[-1]
+        since, reason, by = move.get("at"), move.get("reason", ""), move.get("by") or move.get("run_id")
+    else:  # the alias set by hand in the MLflow UI: what the version's tag says, if anything
+        outcome = tags.get(CHALLENGER_TAG, "")
+        since, _, reason = outcome.partition(": ") if outcome.startswith("since ") else ("", "", "")
+        since, by = since.removeprefix("since ") or None, None
+    return {
+        "version": number,
+        "since": since,
+        "reason": reason,
+        "by": by,
+        "metrics": _metrics(tags),
+        "gates": tags.get(GATES_TAG),
     }
 
 
@@ -189,6 +222,21 @@ def gate_problems(version: str, tags: dict) -> list[str]:
     return [f"v{version} refused by gate {name}" for name in refused if name.startswith(REGISTRATION_GATES)]
 
 
+def eligible_version(client: MlflowClient, name: str, version: str, role: str, refused: type[Exception]):
+    """`name` v`version`, if it may be `role` (champion or challenger): it exists, is READY and passed its
+    registration gates; else `refused` saying why."""
+    try:
+        found = client.get_model_version(name, version)
+    except mlflow.exceptions.MlflowException:
+        raise refused(f"{name} has no version {version}") from None
+    if found.status != "READY":
+        raise refused(f"{name} v{version} is {found.status}, not READY")
+    problems = gate_problems(version, dict(found.tags))
+    if problems:
+        raise refused(f"refusing to make {name} v{version} {role}: " + "; ".join(problems))
+    return found
+
+
 @dataclass(frozen=True)
 class Rollback:
     name: str
@@ -216,15 +264,7 @@ def rollback(name: str, to: str | None = None, reason: str = "", by: str | None 
         to = str(to)
         if to == current:
             raise RollbackRefused(f"v{to} already is {name}@{CHAMPION}")
-        try:
-            target = client.get_model_version(name, to)
-        except mlflow.exceptions.MlflowException:
-            raise RollbackRefused(f"{name} has no version {to}") from None
-        if target.status != "READY":
-            raise RollbackRefused(f"{name} v{to} is {target.status}, not READY")
-        problems = gate_problems(to, dict(target.tags))
-        if problems:
-            raise RollbackRefused(f"refusing to make {name} v{to} champion: " + "; ".join(problems))
+        eligible_version(client, name, to, CHAMPION, RollbackRefused)
         now = _now()
         move_champion(
             client,
@@ -250,8 +290,15 @@ def rollback(name: str, to: str | None = None, reason: str = "", by: str | None 
 
 
 def _emit_rollback_event(name: str, version: str, previous: str, reason: str, by: str) -> None:
-    """`mlops.model.rolled-back`, when a Prefect API is configured (model servers refresh on it)."""
-    # lazy: Prefect only once a rollback is made; `mlops status` imports this module and must not load it
+    """`mlops.model.rolled-back` (model servers refresh on it)."""
+    payload = {"version": version, "previous_version": previous, "reason": reason, "by": by}
+    emit_registry_event(MODEL_ROLLED_BACK, name, payload)
+
+
+def emit_registry_event(event: str, name: str, payload: Mapping[str, object]) -> None:
+    """A registry event about `name` (rollback, challenger moves), when a Prefect API is configured; a
+    failure to send it never undoes the move it reports."""
+    # lazy: Prefect only once a move is made; `mlops status` imports this module and must not load it
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():
@@ -259,8 +306,4 @@ def _emit_rollback_event(name: str, version: str, previous: str, reason: str, by
     with suppress(Exception):
         from prefect.events import emit_event  # lazy: as above
 
-        emit_event(
-            event=MODEL_ROLLED_BACK,
-            resource={"prefect.resource.id": model_resource(name)},
-            payload={"version": version, "previous_version": previous, "reason": reason, "by": by},
-        )
+        emit_event(event=event, resource={"prefect.resource.id": model_resource(name)}, payload=dict(payload))

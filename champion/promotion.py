@@ -21,7 +21,7 @@ import mlflow
 from mlflow import MlflowClient
 
 from champion.store import run_logger
-from usecases.vocabulary import CHAMPION, HISTORY_PREFIX, PROMOTION_TAG
+from usecases.vocabulary import CHALLENGER_HISTORY_PREFIX, CHAMPION, HISTORY_PREFIX, PROMOTION_TAG
 
 
 class StaleChampionError(RuntimeError):
@@ -125,22 +125,33 @@ def move_champion(
 
 
 HISTORY_HEADING = "\n\n## Champion history"
+CHALLENGER_HEADING = "\n\n## Challenger history"
 
 
 def describe_history(client: MlflowClient, name: str, last: int = 10) -> None:
-    """Show the latest alias moves as a table in the registered model's description, where the MLflow UI
-    shows them on the model's page (the numbered JSON tags hold the record; this is for people)."""
+    """Show the latest moves of `champion` (and of `challenger`, when it ever moved) as tables in the
+    registered model's description, where the MLflow UI shows them on the model's page (the numbered JSON
+    tags hold the record; this is for people)."""
     description = client.get_registered_model(name).description or ""
-    base = description.split(HISTORY_HEADING)[0]
-    rows = [
-        f"| {e['seq']} | {e.get('at', '')} | {e.get('action', '')} | v{e.get('version', '?')} | "
-        f"{'v' + e['previous'] if e.get('previous') else 'none'} | "
-        f"{e.get('run_id') or e.get('by', '')} | {e.get('reason', '')} |"
-        for e in reversed(read_history(client, name)[-last:])
-    ]
+    base = description.split(HISTORY_HEADING)[0].split(CHALLENGER_HEADING)[0]
     head = ["| # | at | action | to | from | run / by | reason |", "|---|---|---|---|---|---|---|"]
-    table = "\n".join([*head, *rows])
-    client.update_registered_model(name, description=f"{base}{HISTORY_HEADING} (latest first)\n\n{table}\n")
+    sections = []
+    for heading, prefix in (
+        (HISTORY_HEADING, HISTORY_PREFIX),
+        (CHALLENGER_HEADING, CHALLENGER_HISTORY_PREFIX),
+    ):
+        entries = read_history(client, name, prefix)
+        if not entries:
+            continue
+        rows = [
+            f"| {e['seq']} | {e.get('at', '')} | {e.get('action', '')} | "
+            f"{'v' + e['version'] if e.get('version') else 'none'} | "
+            f"{'v' + e['previous'] if e.get('previous') else 'none'} | "
+            f"{e.get('run_id') or e.get('by', '')} | {e.get('reason', '')} |"
+            for e in reversed(entries[-last:])
+        ]
+        sections.append(f"{heading} (latest first)\n\n" + "\n".join([*head, *rows]) + "\n")
+    client.update_registered_model(name, description=base + "".join(sections))
 
 
 def settle_unfinished_move(name: str) -> dict | None:
@@ -198,24 +209,28 @@ def _restore_tags(client, name, version, tags: Mapping[str, str], before: Mappin
                 client.delete_model_version_tag(name, version, key)
 
 
-def append_history(client: MlflowClient, name: str, event: Mapping[str, str]) -> str:
-    """Add `champion.history.<n>` = JSON event (with its time) to the registered model; return the key."""
-    entries = read_history(client, name)
+def append_history(
+    client: MlflowClient, name: str, event: Mapping[str, str], prefix: str = HISTORY_PREFIX
+) -> str:
+    """Add `<prefix><n>` = JSON event (with its time) to the registered model; return the key. The prefix is
+    `champion.history.` for moves of the champion, `challenger.history.` for those of the challenger."""
+    entries = read_history(client, name, prefix)
     number = (entries[-1]["seq"] + 1) if entries else 1
-    key = f"{HISTORY_PREFIX}{number:06d}"
+    key = f"{prefix}{number:06d}"
     record = {"at": _now(), **{k: str(v)[:500] for k, v in event.items()}}
     client.set_registered_model_tag(name, key, json.dumps(record, sort_keys=True))
     return key
 
 
-def read_history(client: MlflowClient, name: str) -> list[dict]:
-    """Every recorded move of `name@champion`, oldest first, each with its `seq` number."""
+def read_history(client: MlflowClient, name: str, prefix: str = HISTORY_PREFIX) -> list[dict]:
+    """Every recorded move of `name@champion` (or of the alias `prefix` records), oldest first, each with its
+    `seq` number."""
     tags = client.get_registered_model(name).tags
     entries = []
     for key, value in tags.items():
-        if key.startswith(HISTORY_PREFIX):
+        if key.startswith(prefix):
             try:
-                entries.append({"seq": int(key[len(HISTORY_PREFIX) :]), **json.loads(value)})
+                entries.append({"seq": int(key[len(prefix) :]), **json.loads(value)})
             except ValueError:
                 continue
     return sorted(entries, key=lambda e: e["seq"])

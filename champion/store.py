@@ -83,6 +83,14 @@ def experiment_description(name: str) -> str:
             f"Monitoring of the {use_case} models: one run per `mlops monitor` run, tagged with the model "
             "version and verdict; drift per feature, estimated and realised metrics, the HTML report."
         )
+    if name.endswith("-challenger"):
+        use_case = name.removesuffix("-challenger")
+        return (
+            f"Champion against challenger for the {use_case} models: one run per comparison (`mlops "
+            f"compare`, the {use_case}-challenger deployment), tagged with both versions and the decision; "
+            "both models' metrics on the same labelled live pairs, the paired bootstrap and McNemar, the "
+            "HTML report."
+        )
     return (
         f"Gated training of the {name} use case: one run per training flow run, with its parameters, "
         "dataset, metrics, plots, validation results, gate report and decision (tag `decision`)."

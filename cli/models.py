@@ -184,6 +184,18 @@ def serve_model(
         "training data, when the state is empty; `none`: start empty.",
         show_default=False,
     ),
+    shadow: bool = typer.Option(
+        True,
+        "--shadow/--no-shadow",
+        help="Score every request with the challenger too (`mlops challenge`), off the request path, and "
+        "record both scores: to MLOPS_PAIRS_URL (PostgreSQL; `make up` sets it), else MLOPS_HOME/pairs.",
+    ),
+    shadow_timeout: float = typer.Option(
+        2.0,
+        "--shadow-timeout",
+        help="Seconds a request may wait for the challenger; later ones are recorded without its score.",
+        min=0.01,
+    ),
 ) -> None:
     """Serve the champion over HTTP (POST /predict on features, POST /transactions on raw events), following
     the alias without restarts."""
@@ -193,9 +205,12 @@ def serve_model(
     _check_use_case(use_case)
     from datetime import timedelta
 
-    from serving.app import RealTime, serve
+    from serving.app import Options, RealTime, serve
     from serving.auth import TOKEN_ENV, TokenError, load_token
     from serving.online.store import REDIS_URL_ENV
+    from serving.shadow import ShadowSettings
+    from tasks.challenger.pairs import PAIRS_URL_ENV
+    from tasks.challenger.postgres import redacted
 
     try:
         token = load_token(token_file)
@@ -218,7 +233,14 @@ def serve_model(
         console.print(f"[bold red]--state must be a redis://, rediss:// or unix:// URL[/], got {state!r}")
         raise typer.Exit(EXIT_BAD_INPUT)
     realtime = RealTime(use_case, state, timedelta(seconds=lateness), history)
-    serve(name, host=host, port=port, alias=alias, poll_seconds=poll_seconds, token=token, realtime=realtime)
+    pairs_url = os.environ.get(PAIRS_URL_ENV)
+    if shadow and pairs_url and not pairs_url.startswith(("postgresql://", "postgresql+", "postgres://")):
+        console.print(
+            f"[bold red]{PAIRS_URL_ENV} must be a postgresql:// URL[/], got {redacted(pairs_url)!r}"
+        )
+        raise typer.Exit(EXIT_BAD_INPUT)
+    settings = ShadowSettings(timeout=shadow_timeout) if shadow else None
+    serve(name, host, port, Options(alias, poll_seconds, token, realtime, settings))
 
 
 def status(
@@ -227,7 +249,8 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     refused: int = typer.Option(5, "--refused", help="How many refused candidates to list.", min=0),
 ) -> None:
-    """Champion version, when and why it was promoted, earlier champions, the latest refused candidates."""
+    """Champion version, when and why it was promoted, the challenger in shadow, earlier champions, the latest
+    refused candidates."""
     from champion.lifecycle import model_status, registered_models
 
     store.configure()
@@ -281,6 +304,7 @@ def _print_status(s: dict) -> None:
             colour = "green" if verdict.startswith("passed") else "red"
             gates.add_row(gate, f"[{colour}]{verdict}[/]")
         console.print(gates)
+    _print_challenger(name, s.get("challenger"))
     if s["history"]:
         history = Table(title="champion moves (latest first)")
         for column in ("#", "at", "action", "version", "from", "by / run", "reason"):
@@ -317,6 +341,20 @@ def _print_status(s: dict) -> None:
                 r["started"] or "", r["decision"] or "", r["version"] or "-", r["summary"], r["run_id"]
             )
         console.print(refused)
+
+
+def _print_challenger(name: str, challenger: dict | None) -> None:
+    if challenger is None:
+        console.print(f"no challenger: nothing scored in shadow (`mlops challenge` sets one on {name})")
+        return
+    console.print(  # no markup: a reason is free text (gate details, a person's words)
+        f"challenger v{challenger['version']} since {challenger['since'] or '?'}"
+        + (f" by {challenger['by']}" if challenger["by"] else "")
+        + (f": {challenger['reason']}" if challenger["reason"] else ""),
+        style="bold cyan",
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 def rollback(

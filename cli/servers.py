@@ -19,6 +19,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from infra import notifications
 from usecases import SPEC_MODULES
 from usecases.vocabulary import DATA_ARRIVED, MODEL_DEGRADED, MODEL_PROMOTED
 
@@ -220,6 +221,19 @@ def deploy(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what would be registered; contact nothing.")
     ] = False,
+    webhook: Annotated[
+        str | None,
+        typer.Option(
+            "--webhook",
+            metavar="URL",
+            envvar=notifications.WEBHOOK_ENV,
+            show_envvar=True,
+            help="Send promotions, rollbacks, degraded verdicts, approvals waiting and challenger moves to "
+            'this webhook as Slack-compatible JSON ({"text": ...}), through Prefect automations (one per '
+            "event kind, replaced when repeated). Without it, notifications stay as they are.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Register the deployments with the Prefect server at PREFECT_API_URL.
 
@@ -228,11 +242,14 @@ def deploy(
     debounced by MLOPS_RETRAIN_DEBOUNCE_HOURS, default 24) and a limit of one run at a time; plus batch
     scoring and one monitoring deployment per use case (on its schedule, reading the file named by
     MLOPS_MONITOR_DATA_<USE CASE>). Safe to repeat: it updates them in place. Scheduled and UI-triggered
-    runs then wait for `mlops serve` (or a worker of --work-pool) to execute them.
+    runs then wait for `mlops serve` (or a worker of --work-pool) to execute them. With --webhook (or
+    MLOPS_WEBHOOK_URL), also the notifications: Prefect automations that post registry events to it.
     """
     use_cases = _check_use_cases(use_case)
+    webhook = _check_webhook(webhook)
     if dry_run:
         typer.echo(_describe(_plans(use_cases), work_pool))
+        typer.echo(notifications.describe(webhook))
         return
     api = require_prefect_server()  # before the plans import Prefect: it reads its settings once
     plans = _plans(use_cases)
@@ -244,6 +261,7 @@ def deploy(
     typer.echo(_describe(plans, work_pool))
     ui = _ui_url(api)
     console.print(f"Registered {len(plans)} deployment(s) with {api}. See them at {ui}/deployments")
+    _configure_notifications(webhook, ui)
     if work_pool:
         console.print(f"Run them: `prefect worker start --pool {work_pool}` (in this project's environment).")
         return
@@ -257,6 +275,27 @@ def deploy(
         console.print(
             "Run them: `mlops serve` (keep it running: it executes scheduled and UI-triggered runs)."
         )
+
+
+def _check_webhook(url: str | None) -> str | None:
+    if url is None:
+        return None
+    try:
+        return notifications.check_webhook_url(url)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=f"'--webhook' / {notifications.WEBHOOK_ENV}") from None
+
+
+def _configure_notifications(webhook: str | None, ui: str) -> None:
+    if webhook is None:
+        console.print(f"Notifications left as they are: {notifications.current_notifications()}.")
+        return
+    done = notifications.configure_notifications(webhook)
+    console.print(
+        f"Notifications: {len(done.automations)} automation(s) {notifications.NAME_PREFIX}<event> post to "
+        f"{done.where} ({done.created} created, {done.updated} replaced, {done.removed} removed). "
+        f"See them at {ui}/automations"
+    )
 
 
 def _ensure_process_pool(name: str) -> None:

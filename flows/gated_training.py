@@ -36,7 +36,7 @@ from tasks.evaluate import ChampionScore, Evaluation, evaluate, evaluate_champio
 from tasks.gate import GateResult, GateVerdict, gate
 from tasks.lineage import format_ranges, resolve_parent
 from tasks.monitoring.reference import record_profile
-from tasks.promote import promote_or_refuse
+from tasks.promote import hold_as_challenger, promote_or_refuse
 from tasks.register import LoggedCandidate, Registration, fingerprint, log_candidate, register
 from tasks.report import Decision, report
 from tasks.slices import evaluate_slices
@@ -178,8 +178,10 @@ def _gate_register_promote(spec: UseCaseSpec, params: TrainingParams, table, tra
     take turns here, each re-reading and re-scoring the champion it has to beat (champion/lock.py).
 
     Registration depends on the absolute and baseline gates only; the alias moves only if the champion gates
-    passed too. A version without the alias is invisible to consumers, who load by alias. A trade-off
-    (forgetting for adapting) waits for a person outside the lock, then promotes by compare-and-set."""
+    passed too. A version without the alias is invisible to consumers, who load by alias; one that only the
+    champion or forgetting gate held back becomes `challenger` (scored in shadow) unless the run says not to.
+    A trade-off (forgetting for adapting) waits for a person outside the lock, then promotes by
+    compare-and-set; a rejected one is not made challenger."""
     splits, evaluation = trained.splits, trained.evaluation
     lock = nullcontext() if params.dry_run else champion_lock(spec.registered_model, holder=f"run {run_id}")
     with lock:
@@ -206,6 +208,8 @@ def _gate_register_promote(spec: UseCaseSpec, params: TrainingParams, table, tra
             promotion = promote_or_refuse(
                 spec.registered_model, registration.version, verdict, champion.version, run_id
             )
+            if promotion is None and params.challenger_on_hold:  # lost to the champion: try it in shadow
+                hold_as_challenger(spec.registered_model, registration.version, verdict, run_id)
             return Decided(champion, verdict, registration, promotion)
     # A trade-off: a person decides, without the lock (a day's wait must not hold up other runs); the move
     # is then a compare-and-set from the champion the gates compared against.

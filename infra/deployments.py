@@ -16,7 +16,7 @@ One deployment per training flow in `flows.training.TRAINING_FLOWS` (so every us
 
 Scoring, monitoring, tuning and compaction flows are deployed too, as they appear (see `OTHER_FLOWS`):
 `batch-scoring/on-demand` runs from the UI's form or the API; `<use case>-tuning/<use case>` by hand or
-monthly.
+monthly; `<use case>-challenger/<use case>` daily (the challenger judged on live pairs, promoted or retired).
 """
 
 from __future__ import annotations
@@ -102,6 +102,15 @@ OTHER_FLOWS: tuple[OtherFlow, ...] = (
         "COMPACTION_FLOWS",
         one_at_a_time=True,
         schedule="COMPACTION_SCHEDULE",
+    ),
+    # Champion and challenger: daily, once the previous day's labels have arrived, the pairs are judged and
+    # the challenger promoted or retired by the use case's rule (flows/challenger.py).
+    OtherFlow(
+        "challenger",
+        "flows.challenger",
+        "CHALLENGER_FLOWS",
+        timing=Timing("0 6 * * *", "UTC", "daily at 06:00 UTC"),
+        one_at_a_time=True,
     ),
 )
 

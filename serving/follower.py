@@ -36,6 +36,8 @@ class Served:
 class ChampionFollower:
     """Holds the model `name@alias` points to, and follows the alias when it moves."""
 
+    events: tuple[str, ...] = (MODEL_PROMOTED, MODEL_ROLLED_BACK)  # the events that move this alias
+
     def __init__(
         self, name: str, alias: str = "champion", poll_seconds: float = 10.0, use_case: str | None = None
     ):
@@ -144,7 +146,7 @@ class ChampionFollower:
         from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
         wanted = EventFilter(
-            event=EventNameFilter(name=[MODEL_PROMOTED, MODEL_ROLLED_BACK]),
+            event=EventNameFilter(name=list(self.events)),
             resource=EventResourceFilter(id=[model_resource(self.name)]),
         )
         async with get_events_subscriber(filter=wanted) as subscriber:

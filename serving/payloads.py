@@ -92,6 +92,19 @@ def _column_values(body: dict, columns: tuple[str, ...]) -> tuple[dict[str, list
     raise PayloadError(422, f"{key} must hold only JSON objects (records) or only lists (rows)")
 
 
+def present_columns(body: object, names: tuple[str, ...]) -> dict[str, list]:
+    """The columns among `names` that a payload of an accepted shape carries, one value per row each
+    (what a /predict row says about its event besides the model's inputs; missing names are left out)."""
+    found: dict[str, list] = {}
+    if isinstance(body, dict):
+        for name in names:
+            try:
+                found[name] = _column_values(body, (name,))[0][name]
+            except PayloadError:
+                continue
+    return found
+
+
 def _require(columns: tuple[str, ...], present) -> None:
     missing = [c for c in columns if c not in present]
     if missing:
@@ -226,9 +239,10 @@ def json_response(content: object, status: int = 200) -> Response:
     )
 
 
-def predict_response(follower, raw: bytes) -> Response:
+def predict_response(follower, raw: bytes, observe=None) -> Response:
     """`/predict`'s answer: the served version's scores for a checked payload, or the error naming what is
-    wrong with it."""
+    wrong with it. `observe(served, matrix, scores, raw)`, when given, sees what was answered (shadow
+    scoring: `serving/shadow.py`)."""
     served = follower.served  # one read: the whole request uses this model
     if served is None:
         return json_response({"error": f"no version of {follower.name} behind @{follower.alias} yet"}, 503)
@@ -240,7 +254,8 @@ def predict_response(follower, raw: bytes) -> Response:
         matrix = to_matrix(body, served.model)
     except PayloadError as exc:
         return json_response({"error": exc.message, "model_version": served.model.version}, exc.status)
-    predictions = served.model.predict_matrix(matrix)
-    return json_response(
-        {"predictions": np.asarray(predictions).ravel(), "model_version": served.model.version}
-    )
+    predictions = np.asarray(served.model.predict_matrix(matrix)).ravel()
+    response = json_response({"predictions": predictions, "model_version": served.model.version})
+    if observe is not None:
+        observe(served, matrix, predictions, raw)
+    return response

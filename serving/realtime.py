@@ -54,7 +54,11 @@ class Online:
             self._states = {served.model.version: state}  # one version serves at a time
         return state
 
-    def score(self, follower: ChampionFollower, raw: bytes, query: Mapping[str, str]) -> Response:
+    def score(
+        self, follower: ChampionFollower, raw: bytes, query: Mapping[str, str], observe=None
+    ) -> Response:
+        """The answer to a /transactions request; `observe(served, events, outcomes)`, when given, sees what
+        was answered, feature rows included (shadow scoring: `serving/shadow.py`)."""
         served = follower.served  # one read: the whole request uses this version
         if served is None:
             return json_response(
@@ -68,7 +72,8 @@ class Online:
             with_features, explain = _options(query, len(served.model.columns))
             events = events_from(_loads(raw), served.online)
             state = self.state(follower.name, served)
-            outcomes = state.ingest(events, _scorer(served), version, with_features or explain > 0)
+            rows_wanted = with_features or explain > 0 or observe is not None  # built anyway: only kept
+            outcomes = state.ingest(events, _scorer(served), version, rows_wanted)
             reasons = _reasons(served, outcomes, explain) if explain else {}
         except PayloadError as exc:
             return json_response({"error": exc.message, "model_version": version}, exc.status)
@@ -91,9 +96,13 @@ class Online:
             if outcome.id in reasons:
                 result["reasons"] = reasons[outcome.id]
             results.append(result)
-        return json_response({"model_version": version, "results": results})
+        response = json_response({"model_version": version, "results": results})
+        if observe is not None:
+            observe(served, events, outcomes)
+        return response
 
-    def label(self, follower: ChampionFollower, raw: bytes) -> Response:
+    def label(self, follower: ChampionFollower, raw: bytes, observe=None) -> Response:
+        """The answer to a /labels request; `observe(ids, labels)`, when given, sees the labels recorded."""
         served = follower.served
         if served is None or served.online is None:
             why = "no version is served yet" if served is None else served.no_online
@@ -108,6 +117,8 @@ class Online:
         except (StateUnavailable, Conflict) as exc:
             log.warning("real-time state: %s", exc)
             return json_response({"error": f"labels not recorded: {exc}"}, 503)
+        if observe is not None:
+            observe(ids, labels)
         return json_response({"applied": len(done.applied), "unknown": done.unknown})
 
 

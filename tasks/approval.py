@@ -8,7 +8,10 @@ this process, which stays blocked until an answer or the timeout. The run's page
 **Resume** button; its form shows the trade-off table and takes *Approve* (a switch), a *Reason* (required)
 and *Decided by*. `mlops approve USE_CASE --run RUN [--reject] --reason ...` sends the same answer from a
 shell. No answer within `timeout`: refused (`timed out`); Prefect fails a pause that expires, so the run is
-set back to Running and goes on to finish with its decision.
+set back to Running and goes on to finish with its decision. As it pauses it emits
+`mlops.model.approval-waiting` (resource `mlflow.registered-model.<name>`; payload: the version, the MLflow
+and flow run ids, the deadline, the `mlops approve` command and `todo`, what to do in a sentence), which
+`mlops deploy --webhook URL` turns into a message to the people who decide (`infra/notifications.py`).
 
 Unattended, where no one can answer a pause, it refuses at once and says why: Prefect's temporary
 in-process server (no `PREFECT_API_URL`), `MLOPS_PREFECT_SERVER=ephemeral` (tests, CI, benchmarks), or a call
@@ -35,8 +38,10 @@ from dataclasses import dataclass
 import pydantic
 from mlflow import MlflowClient
 from mlflow.entities import RunTag
+from prefect import runtime
 from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
+from prefect.events import emit_event
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
@@ -55,6 +60,8 @@ from usecases.vocabulary import (
     APPROVAL_TAG,
     APPROVAL_TIMED_OUT,
     APPROVAL_UNATTENDED,
+    APPROVAL_WAITING,
+    model_resource,
 )
 
 # infra/prefect_local.MODE_ENV, a layer above: `ephemeral` means no server that anyone else reaches
@@ -160,6 +167,7 @@ def _wait(
         "Prefect UI, or `%s` (with --reject to refuse)",
         *(f"{deadline:%Y-%m-%d %H:%M} UTC", registered_model, version, command),
     )
+    _announce(registered_model, version, run_id, use_case, command, deadline)
     description = _description(registered_model, version, table, command, deadline)
     try:
         answer = pause_flow_run(
@@ -180,6 +188,35 @@ def _wait(
     if by in ("", TIMEOUT, UNATTENDED):  # no name, or one that would make the outcome tag say otherwise
         by = UI_FORM
     return Approval(answer.approve, by, answer.reason.strip())
+
+
+def _announce(
+    registered_model: str, version: str, run_id: str, use_case: str, command: str, deadline: datetime.datetime
+) -> None:
+    """`mlops.model.approval-waiting`: the people who decide hear of the pause (`mlops deploy --webhook`
+    sends it on), with what to do in the payload's `todo`."""
+    url = runtime.flow_run.ui_url
+    where = f"Resume flow run {runtime.flow_run.name} in the Prefect UI" + (f" ({url})" if url else "")
+    todo = (
+        f"Approve or refuse {registered_model} v{version}: it gains on the newest window but loses beyond "
+        f"tolerance on earlier windows. {where}, or run `{command}` (with --reject to refuse); a reason is "
+        f"required. Without an answer by {deadline:%Y-%m-%d %H:%M} UTC it is refused."
+    )
+    emit_event(
+        event=APPROVAL_WAITING,
+        resource={"prefect.resource.id": model_resource(registered_model), "mlops.use-case": use_case},
+        payload={
+            "registered_model": registered_model,
+            "use_case": use_case,
+            "version": version,
+            "mlflow_run_id": run_id,
+            "flow_run_id": str(runtime.flow_run.id),
+            "ui_url": url,
+            "deadline": deadline.isoformat(timespec="seconds"),
+            "command": command,
+            "todo": todo,
+        },
+    )
 
 
 def _description(

@@ -17,6 +17,8 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+# As `mlops` does (cli/main.py): OpenMP threads sleep rather than spin beside the servers the tests run.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 # Tests keep Prefect's per-process temporary server (or the session's test harness); the background server
 # that CLI users get (infra/prefect_local.py) has tests of its own that opt in.

@@ -10,10 +10,10 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 if TYPE_CHECKING:  # types only: `Params` must import fast (CLI help, deployment forms)
     import numpy as np
@@ -104,6 +104,11 @@ class TrainingParams(BaseModel):
         le=24 * 30,
         description="A trade-off waits this long for a person (Prefect form or `mlops approve`), then is "
         "refused. Runs without a Prefect server refuse at once.",
+    )
+    challenger_on_hold: bool = Field(
+        default=True,
+        description="A registered candidate that only the champion or forgetting gate refused becomes the "
+        "challenger: the model server scores it in shadow and live evidence may promote it.",
     )
     refit: bool = Field(
         default=False,
@@ -433,12 +438,53 @@ class OnlineSpec:
     compute: Callable[[np.void, Mapping[str, np.ndarray]], Mapping[str, float]]
 
 
+@dataclass(frozen=True)
+class ChallengerRule:
+    """When live evidence moves the `challenger` alias (`mlops compare`, the `<use case>-challenger` flow):
+    champion and challenger are scored on the same labelled pairs (`tasks/challenger/`).
+
+    Wait below `min_pairs` labelled pairs (binary: or `min_positives` positives). Promote when the challenger
+    beats the champion on `metric` by at least `min_gain` (relative) and the `confidence` interval of the
+    paired bootstrap of the difference (`resamples`, seeded) lies above zero. Retire when that interval lies
+    below zero (significantly worse), or when after `retire_after_pairs` labelled pairs it still is not
+    better. `daily`: metrics reported per day beside the window's (empty: `metric`)."""
+
+    metric: str | None = None  # None: the spec's primary metric
+    min_pairs: int = 1000
+    min_positives: int = 30
+    min_gain: float = 0.0
+    confidence: float = 0.95
+    resamples: int = 1000
+    retire_after_pairs: int | None = 20_000  # None: only a significantly worse challenger is retired
+    daily: tuple[str, ...] = ()
+    seed: int = 42
+
+    def __post_init__(self):
+        problems = [
+            what
+            for what, bad in (
+                ("min_pairs >= 1", self.min_pairs < 1),
+                ("min_positives >= 0", self.min_positives < 0),
+                ("min_gain >= 0", self.min_gain < 0),
+                ("0.5 <= confidence < 1", not 0.5 <= self.confidence < 1),
+                ("resamples >= 100", self.resamples < 100),
+                (
+                    "retire_after_pairs >= min_pairs",
+                    (self.retire_after_pairs or self.min_pairs) < self.min_pairs,
+                ),
+            )
+            if bad
+        ]
+        if problems:
+            raise ValueError(f"ChallengerRule: needs {', '.join(problems)}")
+
+
 # The GateSpec fields a run sets from its parameters (same names in `TrainingParams`).
 GATE_SETTINGS = tuple(f.name for f in fields(GateSpec) if f.name not in ("absolute", "baseline"))
 # Parameters that decide gates or names, not the model: an identical rerun with other values reuses the
 # version (the fingerprint is looked up within one registered model anyway).
 NON_MODEL_PARAMS = frozenset(
-    {"registered_model", "dry_run", "earlier_windows", "approval_hours", *GATE_SETTINGS}
+    {"registered_model", "dry_run", "earlier_windows", "approval_hours", "challenger_on_hold", *GATE_SETTINGS}
 )
 
 
@@ -521,6 +567,38 @@ class TuneParams(BaseModel):
     )
 
 
+class CompareParams(BaseModel):
+    """A comparison of champion and challenger on live pairs (`mlops compare`, the `<use case>-challenger`
+    deployments): which pairs, which labels, and whether the use case's `ChallengerRule` may act."""
+
+    since: str | None = Field(
+        default=None,
+        pattern=r"^\d{4}-\d{2}-\d{2}$",
+        description="First day of pairs compared (YYYY-MM-DD, UTC, on the event's time). Empty: every pair "
+        "the current champion and challenger scored together.",
+    )
+    labels: str | None = Field(
+        default=None,
+        description="Parquet or CSV of labels beside those recorded (POST /labels): the event id and the "
+        "label columns as the use case names them (e.g. TRANSACTION_ID, TX_FRAUD), or pair_id and label.",
+    )
+    decide: bool = Field(
+        default=True,
+        description="Act on the rule: promote a challenger that is better, retire one that is worse. Off: "
+        "report only.",
+    )
+    registered_model: str | None = Field(
+        default=None, pattern=r"^[\w.-]+$", description="Registered model (default: the use case's)."
+    )
+
+    @field_validator("since")
+    @classmethod
+    def _a_real_day(cls, value: str | None) -> str | None:
+        if value is not None:
+            date.fromisoformat(value)  # 2024-02-30 matches the pattern, yet is no day
+        return value
+
+
 @dataclass(frozen=True)
 class UseCaseSpec:
     name: str
@@ -582,6 +660,8 @@ class UseCaseSpec:
     reason: Callable[[str, Mapping[str, float]], str] | None = None
     # What `mlops tune` searches (`TuningSpec`); None: the use case cannot be tuned.
     tuning: TuningSpec | None = None
+    # When live evidence promotes or retires the challenger (`ChallengerRule`).
+    challenger: ChallengerRule = field(default_factory=ChallengerRule)
 
     @property
     def scoring_suites(self) -> tuple[Callable[[], object], Callable[[], object]]:

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 # --- registry: aliases -----------------------------------------------------------------------------------
 CHAMPION = "champion"  # what consumers load: models:/<name>@champion
+CHALLENGER = "challenger"  # in shadow: the model server scores live traffic with it too, unanswered
 COMPACT_SUFFIX = "-compact"  # <name>-compact: the compact stand-in of <name> (tasks/compaction/)
 
 # --- registry: tags on a version ---------------------------------------------------------------------------
@@ -18,6 +19,7 @@ PARENT_TAG, INIT_TAG, UPDATE_TAG = "lineage.parent", "lineage.init", "lineage.up
 WINDOWS_TAG, TRAINED_ON_TAG = "lineage.windows", "lineage.trained_on"
 HOLDOUT_TAG = "lineage.holdout"  # the held-out keys the version never trained on (`usecases.spec.Holdout`)
 PROMOTION_TAG = "promotion"  # the outcome of the last attempt to promote the version
+CHALLENGER_TAG = "challenger"  # the version's last challenger outcome: "since ...", "retired ...: why", ...
 GATES_TAG = "gates"  # "passed 6/6" or "refused 1/6: champion.average_precision"
 
 # --- registry and run: a trade-off a person decided (tasks/approval.py), on the version and its run -------
@@ -36,6 +38,7 @@ TUNING_STATE_TAG = "tuning.state"  # a trial's child run: complete, pruned or fa
 
 # --- registry: tags on the registered model ----------------------------------------------------------------
 HISTORY_PREFIX = "champion.history."  # one tag per alias move, numbered
+CHALLENGER_HISTORY_PREFIX = "challenger.history."  # one tag per move of the challenger alias, numbered
 
 # --- events (Prefect custom events) ------------------------------------------------------------------------
 DATA_ARRIVED = "mlops.data.arrived"
@@ -43,6 +46,10 @@ DATA_ARRIVED = "mlops.data.arrived"
 MODEL_PROMOTED = "mlops.model.promoted"
 MODEL_REJECTED = "mlops.model.rejected"
 MODEL_ROLLED_BACK = "mlops.model.rolled-back"
+CHALLENGER_SET = "mlops.model.challenger-set"
+CHALLENGER_RETIRED = "mlops.model.challenger-retired"
+APPROVAL_WAITING = "mlops.model.approval-waiting"
+"""A trade-off run paused for a person: resource `mlflow.registered-model.<name>`, payload version and run."""
 MODEL_DEGRADED = "mlops.model.degraded"
 """Sent by monitoring when a version is not healthy: resource `mlflow.registered-model.<name>`, payload with
 the verdict, the drifted features and the monitored `data`."""

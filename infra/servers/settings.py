@@ -17,6 +17,8 @@ read for names not already set:
     MLOPS_DATA_ROOTS                 folders that deployment-started runs may read `data` from (os.pathsep)
     MLOPS_REDIS_PORT/MAXMEMORY       6390 / 256mb: `make up`'s Redis, the model server's feature state
     MLOPS_REDIS_URL                  an external Redis instead (`make up` starts none): redis_server.py
+    MLOPS_PAIRS_URL                  the model server's champion/challenger pairs: database <prefix>_pairs on
+                                     MLOPS_POSTGRES (tasks/challenger/pairs.py), created by `up`
 
 Natively, unset secrets (the MLflow admin and runner passwords, the Flask secret key and the Prefect API auth
 string) are generated once and kept in `.mlops/servers/credentials.env` (mode 0600), so the servers keep
@@ -133,6 +135,7 @@ class Settings:
     redis_url: str | None  # MLOPS_REDIS_URL: an external Redis; unset, `up` starts one on redis_port
     redis_port: int
     redis_maxmemory: str
+    pairs_url: str  # MLOPS_PAIRS_URL: where model servers record champion/challenger pairs (and labels)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -180,6 +183,7 @@ class Settings:
             # 6390: beside, not on, the 6379 of a system Redis (Debian's package starts one there).
             redis_port=int(get("MLOPS_REDIS_PORT", "6390")),
             redis_maxmemory=get("MLOPS_REDIS_MAXMEMORY", "256mb"),
+            pairs_url=get("MLOPS_PAIRS_URL", f"postgresql://{postgres}/{prefix}_pairs"),
         )
 
     # -- addresses ---------------------------------------------------------------------------------------
@@ -196,7 +200,12 @@ class Settings:
         return f"{self.prefect_url}/api"
 
     def databases(self) -> list[str]:
-        return [self.mlflow_backend_store_uri, self.mlflow_auth_database_uri, self.prefect_database_url]
+        return [
+            self.mlflow_backend_store_uri,
+            self.mlflow_auth_database_uri,
+            self.prefect_database_url,
+            self.pairs_url,
+        ]
 
     # -- secrets -----------------------------------------------------------------------------------------
     @property
@@ -229,6 +238,8 @@ class Settings:
             "MLFLOW_TRACKING_URI": self.mlflow_url,
             "MLFLOW_TRACKING_USERNAME": self.mlflow_admin_username,
             "MLFLOW_TRACKING_PASSWORD": self.mlflow_admin_password or "",
+            # `mlops serve-model` records pairs there; `mlops compare` and the challenger flows read them
+            "MLOPS_PAIRS_URL": self.pairs_url,
         }
 
     def runner_env(self) -> dict[str, str]:

@@ -121,6 +121,18 @@ def test_realtime(champion_home, smoke_dir):
     assert {row[1] for row in written["tables"]["latency"]["rows"]} >= {"Redis", "embedded"}
 
 
+def test_shadow(champion_home, smoke_dir):
+    """Two real `mlops serve-model` processes, one with the champion's copy in shadow: every transaction sent
+    is paired and read back after a clean stop. (It sets `@challenger` in the shared home: after realtime.)"""
+    out = smoke_dir / "shadow.json"
+    doc = bench("shadow").main(["--smoke", "--home", str(champion_home), "--out", str(out)])
+    written = check(doc, out, {"latency", "pairs"})
+    servers = [row[0] for row in written["tables"]["latency"]["rows"]]
+    assert servers[:2] == ["challenger in shadow", "no shadow (--no-shadow)"] and len(servers) == 4
+    [(_, sent, *_, stop, stored, scored, lost, spools)] = written["tables"]["pairs"]["rows"]
+    assert (sent, stop, stored, lost, spools) == (300, "clean", 300, 0, 0) and scored > 0
+
+
 def test_continual(smoke_dir, prefect_server):
     out = smoke_dir / "continual.json"
     doc = bench("continual").main(["--smoke", "--out", str(out)])
@@ -170,6 +182,13 @@ def test_wall_clock(smoke_dir, subprocess_prefect):
     out = smoke_dir / "wall_clock.json"
     doc = bench("wall_clock").main(["--smoke", "--out", str(out)])
     check(doc, out, {"wall", "imports"})
+
+
+def test_overhead(smoke_dir):
+    out = smoke_dir / "overhead.json"
+    doc = bench("overhead").main(["--smoke", "--out", str(out)])
+    written = check(doc, out, {"start_up", "training"})
+    assert len(written["tables"]["training"]["rows"]) == 6  # two policies, with 0, 1 and 2 busy cores
 
 
 def test_smoke_never_writes_results(smoke_dir):

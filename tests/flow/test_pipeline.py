@@ -125,6 +125,15 @@ def test_worse_model_is_refused_and_champion_stays(mlops, champion_home):
     assert worse.exit_code == 3, worse.output
     assert "refused" in worse.output
     assert registry_state(champion_home) == before
+    # worse than the champion only (it beats the baselines; slices reported, not gated): registered, not
+    # promoted, and made challenger, for live traffic to judge
+    weaker = ("--max-depth", "3", "--rounds", "15", "--learning-rate", "0.3", "--slice-margin", "1")
+    held = mlops(*SMALL_FRAUD_RUN, *weaker)
+    assert held.exit_code == 3, held.output
+    aliases = {"champion": "1", "challenger": "2"}
+    assert registry_state(champion_home)[MODEL] == {"versions": ["1", "2"], "aliases": aliases}, held.output
+    run = client(champion_home).get_run(client(champion_home).get_model_version(MODEL, "2").run_id)
+    assert run.data.tags["challenger"].startswith(f"v2 is {MODEL}@challenger since "), run.data.tags
 
 
 def test_better_model_moves_the_champion(mlops, mlops_home):

@@ -23,6 +23,8 @@ from ports import bound_socket, end_group, start_on_a_free_port
 
 from serving.app import create_app
 from serving.follower import ChampionFollower
+from tasks.challenger.pairs import read_pairs
+from usecases.vocabulary import CHALLENGER
 
 NAME = "toy-detector"
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
@@ -105,8 +107,8 @@ def rows():
     ]
 
 
-def expected(version: str, rows) -> np.ndarray:
-    model = mlflow.pyfunc.load_model(f"models:/{NAME}/{version}")
+def expected(version: str, rows, name: str = NAME) -> np.ndarray:
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
     return np.asarray(model.predict(pd.DataFrame(rows)[COLUMNS].astype({"count": "int64", "flag": "int64"})))
 
 
@@ -210,8 +212,11 @@ def test_no_champion_yet_is_503_then_serves_once_promoted(mlops_home, rows):
 
 
 def test_serve_model_command(mlops_home, rows, tmp_path):
-    """`mlops serve-model` as a real process: health reports the champion's version."""
+    """`mlops serve-model` as a real process: health reports the champion's version and the challenger in
+    shadow; stopped with SIGTERM, it has stored the pair of every row it answered."""
     version = register_toy(mlops_home, seed=6, name="fraud-detector", tags={"use_case": "fraud"})
+    challenger = register_toy(mlops_home, seed=2, name="fraud-detector", champion=False)
+    MlflowClient().set_registered_model_alias("fraud-detector", CHALLENGER, challenger)
     env = {**os.environ, "MLOPS_HOME": str(mlops_home)}
     env.pop("MLFLOW_TRACKING_URI", None)
     log = tmp_path / "serve-model.log"
@@ -238,10 +243,22 @@ def test_serve_model_command(mlops_home, rows, tmp_path):
         assert health.json()["version"] == version and health.json()["registered_model"] == "fraud-detector"
         bad = httpx.post(f"http://127.0.0.1:{port}/predict", json={"dataframe_records": [{"x": 1}]})
         assert bad.status_code == 422
+        answer = httpx.post(f"http://127.0.0.1:{port}/predict", json={"dataframe_records": rows}, timeout=10)
+        assert answer.status_code == 200
+        shadow = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json()["shadow"]
+        assert shadow["challenger_version"] == challenger and shadow["pairs_lost_on_restart"] == 0
     finally:
-        process.terminate()
+        process.terminate()  # SIGTERM: a clean stop
         process.wait(30)
         end_group(process.pid)
+    pairs = read_pairs("fraud-detector")
+    assert len(pairs) == len(rows) and (pairs.challenger_version == challenger).all()
+    np.testing.assert_allclose(
+        pairs.sort_values("pair_id").champion_score, answer.json()["predictions"], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        pairs.sort_values("pair_id").challenger_score, expected(challenger, rows, "fraud-detector"), rtol=1e-6
+    )
 
 
 @pytest.mark.usefixtures("prefect_server")

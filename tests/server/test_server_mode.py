@@ -781,3 +781,185 @@ def _outcomes_recorded(
         assert on_version["approval.by"].startswith(by), on_version
         assert on_version["approval.flow_run_id"] == run.flow_run_id
         assert api.get(f"/flow_runs/{run.flow_run_id}").json()["state_type"] == "COMPLETED", case
+
+
+# -- champion and challenger on live traffic -----------------------------------------------------------------
+HANDBOOK_WEEK = ("2018-08-06", "2018-08-13")  # [from, to): the replayed week of handbook traffic
+TWO_RUNS = """
+import sys
+from cli.main import app
+common = ["run", "fraud", "--data", sys.argv[1], "--registered-model", sys.argv[2],
+          "--min-roc-auc", "0", "--min-average-precision", "0"]
+champion = app(common, standalone_mode=False) or 0
+# a weaker candidate: it passes its absolute and baseline gates, and the champion or forgetting gate holds it
+# back, so it becomes the challenger by itself
+weaker = ["--max-depth", "3", "--rounds", "15", "--learning-rate", "0.3", "--slice-margin", "1"]
+sys.exit(10 * champion + (app([*common, *weaker], standalone_mode=False) or 0))
+"""
+
+
+@pytest.mark.server
+@pytest.mark.timeout(900)
+def test_a_challenger_in_shadow_is_judged_on_live_traffic(stack, tmp_path):
+    """The issue's whole loop on the real servers: a champion and a held-back challenger (two training runs in
+    one process), `mlops serve-model` answering a replayed week of handbook transactions with the champion
+    while the challenger scores them in shadow into PostgreSQL, the week's labels arriving through /labels,
+    a clean stop losing no pair, `mlops compare` deciding on the paired evidence, and the decision reaching a
+    webhook through the Prefect automations."""
+    from conftest import HANDBOOK
+    from webhook import receiving
+
+    if not HANDBOOK.exists():
+        needs("the handbook data", f"{HANDBOOK} is missing")
+    import pandas as pd
+
+    from usecases.fraud.simulator import simulate_transactions
+
+    name = f"shadow-{uuid.uuid4().hex[:6]}"
+    auth = (stack.env["MLFLOW_TRACKING_USERNAME"], stack.env["MLFLOW_TRACKING_PASSWORD"])
+    mlflow = httpx.Client(base_url=f"{stack.settings.mlflow_url}/api/2.0/mlflow", auth=auth, timeout=30)
+
+    def aliases() -> dict[str, str]:
+        found = mlflow.get("/registered-models/get", params={"name": name}).json()["registered_model"]
+        return {a["alias"]: a["version"] for a in found.get("aliases", [])}
+
+    world = stack.data_dir / "shadow-world.parquet"
+    simulate_transactions(n_customers=300, n_terminals=600, n_days=70, seed=11).to_parquet(world)
+    trained = stack.run(sys.executable, "-c", TWO_RUNS, str(world), name, timeout=420)
+    assert trained.returncode in (0, 3), trained.stdout[-3000:] + trained.stderr[-3000:]  # v1 promoted
+    champion = aliases()["champion"]
+    other = {"1": "2", "2": "1"}[champion]
+    if trained.returncode == 3:  # v2 lost to v1: its gates held it back, and it became challenger by itself
+        assert aliases() == {"champion": "1", "challenger": "2"}, aliases()
+        how = "held back by its gates and made challenger by the run"
+    else:  # v2 won: the version it replaced is tried in shadow instead, by hand
+        made = stack.run(*MLOPS, "challenge", "fraud", "--registered-model", name, "--version", other)
+        assert made.returncode == 0, made.stdout + made.stderr
+        assert aliases() == {"champion": "2", "challenger": "1"}, aliases()
+        how = "v2 promoted, v1 made challenger by `mlops challenge`"
+    stack.step(f"shadow: champion v{champion}, challenger v{other} ({how})")
+
+    with receiving() as receiver, _as_client(stack):
+        from infra.notifications import configure_notifications, remove_notifications
+
+        configure_notifications(receiver.url)
+        try:
+            week = _handbook_week(pd.read_parquet(HANDBOOK), *HANDBOOK_WEEK)
+            sent = _replay(stack, name, week, tmp_path, champion, other)
+            stack.step(f"shadow: {sent:,} handbook transactions answered, labels posted, server stopped")
+
+            from tasks.challenger.pairs import read_labels, read_pairs
+
+            url = stack.env["MLOPS_PAIRS_URL"]
+            pairs = read_pairs(name, url=url)
+            assert len(pairs) == sent, f"{sent - len(pairs)} pairs lost on a clean stop"
+            assert set(pairs["champion_version"]) == {champion}, set(pairs["champion_version"])
+            assert set(pairs["challenger_version"]) == {other}, set(pairs["challenger_version"])
+            scored = pairs["challenger_score"].notna()
+            assert scored.mean() > 0.99, pairs.loc[~scored, "challenger_error"].value_counts().head()
+            assert len(read_labels(name, url=url)) == sent
+
+            compared = stack.run(*MLOPS, "compare", "fraud", "--registered-model", name, "--json")
+            assert compared.returncode == 0, compared.stdout[-3000:] + compared.stderr[-3000:]
+            record = json.loads(compared.stdout.strip().splitlines()[-1])
+            outcome = record["decision"]["outcome"]
+            stack.step(f"shadow: `mlops compare`: {outcome}: {record['decision']['reason']}")
+            assert outcome in ("promoted", "retired"), record["decision"]
+            if outcome == "promoted":
+                assert aliases() == {"champion": other}, aliases()
+                receiver.wait_for(f"{name} v{other} is the champion")
+            else:
+                assert aliases() == {"champion": champion}, aliases()
+                receiver.wait_for(f"{name}: challenger v{other} retired")
+            run = mlflow.get("/runs/get", params={"run_id": record["mlflow_run_id"]}).json()["run"]
+            assert {t["key"]: t["value"] for t in run["data"]["tags"]}["decision"] == outcome
+            stack.step("shadow: the decision moved the aliases, and the webhook heard it")
+        finally:
+            remove_notifications()
+
+
+def _handbook_week(frame, start: str, end: str):
+    times = frame["TX_DATETIME"]
+    week = frame[(times >= start) & (times < end)].sort_values(["TX_DATETIME", "TRANSACTION_ID"])
+    return week[["TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT", "TX_FRAUD"]]
+
+
+def _replay(stack: Stack, name: str, week, tmp_path: Path, champion: str, challenger: str) -> int:
+    """`mlops serve-model` on the stack's environment (pairs to its PostgreSQL): the week's transactions in
+    time order, then their labels, then a clean stop (SIGTERM). Returns how many transactions it answered."""
+    port = pick_port()
+    log = tmp_path / "serve-model.log"
+    command = [*MLOPS, "serve-model", "fraud", "--model", name, "--port", str(port)]
+    command += ["--history", "none", "--poll-seconds", "2"]
+    with log.open("w") as out:
+        server = subprocess.Popen(command, env=stack.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait(
+            lambda: _health(base),
+            lambda h: (
+                h.get("version") == champion
+                and (h.get("shadow") or {}).get("challenger_version") == challenger
+            ),
+            120,
+            f"the model server answering with v{champion}, v{challenger} in shadow",
+            stack,
+        )
+        answered, batch = 0, 2000
+        records = week.drop(columns="TX_FRAUD").assign(TX_DATETIME=week["TX_DATETIME"].astype(str))
+        for start in range(0, len(records), batch):
+            rows = records.iloc[start : start + batch].to_dict("records")
+            reply = httpx.post(f"{base}/transactions", json=rows, timeout=120)
+            assert reply.status_code == 200, reply.text[:500]
+            assert {r["model_version"] for r in reply.json()["results"]} == {champion}  # it answers
+            answered += len(reply.json()["results"])
+        labels = week[["TRANSACTION_ID", "TX_FRAUD"]].to_dict("records")
+        for start in range(0, len(labels), 10 * batch):
+            reply = httpx.post(f"{base}/labels", json=labels[start : start + 10 * batch], timeout=120)
+            assert reply.status_code == 200, reply.text[:500]
+        server.send_signal(signal.SIGTERM)
+        # uvicorn shuts down (the app's shutdown drains and flushes the shadow), then re-raises the signal
+        assert server.wait(120) in (0, -signal.SIGTERM), log.read_text()[-3000:]
+        stack.outputs.append(log.read_text())
+        return answered
+    finally:
+        if server.poll() is None:
+            server.kill()
+
+
+def _health(base: str) -> dict:
+    try:
+        return httpx.get(f"{base}/health", timeout=5).json()
+    except httpx.HTTPError:
+        return {}
+
+
+class _as_client:
+    """This process as a person's shell on the stack: its MLflow and Prefect settings, undone on exit."""
+
+    KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_URL")
+
+    def __init__(self, stack: Stack):
+        self.stack = stack
+
+    def __enter__(self):
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+        self.patch = pytest.MonkeyPatch()
+        for key in self.KEYS:
+            self.patch.setenv(key, self.stack.env[key])
+        self.settings = temporary_settings(
+            updates={
+                PREFECT_API_URL: self.stack.env["PREFECT_API_URL"],
+                PREFECT_API_AUTH_STRING: self.stack.env["PREFECT_API_AUTH_STRING"],
+            }
+        )
+        self.settings.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        import mlflow
+
+        self.settings.__exit__(*exc)
+        self.patch.undo()
+        mlflow.set_tracking_uri(None)

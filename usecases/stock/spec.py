@@ -20,6 +20,7 @@ from usecases.spec import (
     Baseline,
     BaselineGate,
     Cadence,
+    ChallengerRule,
     GateSpec,
     Metrics,
     ModelSpec,
@@ -40,6 +41,10 @@ MONITORING_SCHEDULE = Cadence("15 16 * * 1-5", "America/New_York", "weekdays at 
 
 TIME = "Date"
 REGISTERED = {"volatility": "stock-volatility-forecaster", "return": "stock-return-forecaster"}
+# Live evidence (`mlops compare stock`): one forecast per ticker and trading day, so a quarter of days before
+# judging; MAE must fall by 1 % (relative) with its 95 % paired-bootstrap interval above zero; a challenger
+# still not better after a year of labelled days is retired.
+CHALLENGER = ChallengerRule(min_pairs=60, min_positives=0, min_gain=0.01, retire_after_pairs=250)
 MIN_TRAIN_STEPS = 500  # the shortest training window the history check accepts when --train-steps is unset
 
 
@@ -382,4 +387,5 @@ def build_spec(params: Params) -> UseCaseSpec:
         # Recency (`half_life`, in trading days) is the stock use case's lever after a regime change.
         continual=params.continual(),
         tuning=_tuning(params),
+        challenger=CHALLENGER,
     )
