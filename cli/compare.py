@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from cli.run import options_from
+from cli.run import options_from, reject_options
 from cli.servers import reflow, use_prefect_server
 from usecases import SPEC_MODULES, default_registered_model
 from usecases.spec import CompareParams
@@ -35,9 +35,12 @@ EXIT_DECIDED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_WAITING = 0, 1, 2, 3
 console = Console(stderr=False)
 
 
+NOTHING_COMPARED = "Nothing was compared; no alias moved."
+
+
 def _reject(message: str) -> typer.Exit:
     console.print(f"[bold red]input rejected[/]: {message}", soft_wrap=True)
-    console.print("Nothing was compared; no alias moved.")
+    console.print(NOTHING_COMPARED)
     return typer.Exit(EXIT_BAD_INPUT)
 
 
@@ -55,11 +58,7 @@ def compare(use_case: str, as_json: bool = False, **options: Any) -> None:
     try:
         params = CompareParams(**options)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"--{'-'.join(map(str, e['loc'])).replace('_', '-')} {e.get('input')!r}: {e['msg']}"
-            for e in exc.errors()
-        )
-        raise _reject(problems) from None
+        raise typer.Exit(reject_options(exc, NOTHING_COMPARED)) from None
     use_prefect_server()
     from champion.loading import ModelNotFoundError
     from tasks.challenger.evidence import ComparisonInputError

@@ -73,14 +73,18 @@ def _make_run_command(use_case: str):
     return command
 
 
-def reject_options(exc) -> int:
-    """Say which options are out of bounds (each as its `--flag`, the value given and the rule); exit 2."""
+NOTHING_TRAINED = "Nothing was trained or registered; the champion is unchanged."
+
+
+def reject_options(exc, nothing: str = NOTHING_TRAINED) -> int:
+    """Say which options are out of bounds (each as its `--flag`, the value given and the rule), then what
+    was not done (`nothing`); exit 2."""
     for error in exc.errors():
         given = repr(error.get("input"))
         if error["loc"]:
             given = "--" + "-".join(str(part) for part in error["loc"]).replace("_", "-") + " " + given
         console.print(f"[bold red]input rejected[/]: {given}: {error['msg']}", soft_wrap=True)
-    console.print("Nothing was trained or registered; the champion is unchanged.")
+    console.print(nothing)
     return EXIT_BAD_INPUT
 
 
