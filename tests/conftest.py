@@ -43,20 +43,25 @@ KINDS = ("unit", "flow", "server", "bench")
 
 # `make test` runs the files on two workers (pytest-xdist, `--dist loadfile`: a file stays on one worker, its
 # module fixtures with it), handed out in collection order: these first, longest first, so that the last file
-# to start is a short one. Rough seconds from runs on this machine (loaded), for the order only.
+# to start is a short one. Seconds of a serial run on this machine (tests/durations), for the order only.
 LONGEST_FIRST = {
-    "server/test_server_mode.py": 640,
-    "flow/test_faults.py": 320,
-    "flow/test_tuning.py": 200,
-    "flow/test_dask.py": 180,
-    "flow/test_concurrent_promotion.py": 130,
-    "flow/test_browser.py": 130,
-    "flow/test_realtime.py": 110,
-    "flow/test_wheel.py": 95,
-    "flow/test_bad_input.py": 90,
-    "flow/test_lifecycle.py": 90,
-    "flow/test_scoring.py": 90,
-    "flow/test_pipeline.py": 80,
+    "server/test_server_mode.py": 790,
+    "bench/test_smoke.py": 400,
+    "flow/test_faults.py": 300,
+    "flow/test_browser.py": 120,
+    "flow/test_concurrent_promotion.py": 120,
+    "flow/test_dask.py": 120,
+    "flow/test_scoring.py": 100,
+    "flow/test_pipeline.py": 95,
+    "flow/test_bad_input.py": 80,
+    "flow/test_realtime.py": 80,
+    "flow/test_wheel.py": 75,
+    "flow/test_monitoring.py": 70,
+    "flow/test_lifecycle.py": 65,
+    "flow/test_tuning.py": 65,
+    "flow/test_stock_pipeline.py": 40,
+    "unit/test_layout.py": 35,
+    "flow/test_compact.py": 35,
 }
 
 
@@ -66,11 +71,10 @@ def pytest_collection_modifyitems(config, items):
         for kind in KINDS:
             if kind in parts:
                 item.add_marker(getattr(pytest.mark, kind))
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # the benchmarks' smoke files still last (see pyproject)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
 
-        def rank(item) -> tuple[bool, int]:
-            path = Path(str(item.fspath)).relative_to(Path(__file__).parent).as_posix()
-            return "bench" in item.keywords, -LONGEST_FIRST.get(path, 0)
+        def rank(item) -> int:
+            return -LONGEST_FIRST.get(Path(str(item.fspath)).relative_to(Path(__file__).parent).as_posix(), 0)
 
         items.sort(key=rank)  # stable: a file's tests keep their order
 
