@@ -81,7 +81,13 @@ def restore_environment(monkeypatch):
     """The scripts set MLOPS_HOME and the like in os.environ: undone after each test."""
     import os
 
-    for name in ("MLOPS_HOME", "MLFLOW_TRACKING_URI", "MLOPS_PREFECT_SERVER", "PREFECT_LOGGING_LEVEL"):
+    for name in (
+        "MLOPS_HOME",
+        "MLFLOW_TRACKING_URI",
+        "MLOPS_PREFECT_SERVER",
+        "PREFECT_LOGGING_LEVEL",
+        "MLOPS_DASK_WORKERS",
+    ):
         if name in os.environ:
             monkeypatch.setenv(name, os.environ[name])
         else:

@@ -158,6 +158,8 @@ def test_settings_and_auth_config(tmp_path):
     parser.read(odd.render_auth_config())
     assert parser["mlflow"]["database_uri"] == "postgresql+psycopg2://u:p%40ss@db:5432/mlops_mlflow_auth"
     assert "password" not in parser["mlflow"]
+    assert parser["mlflow"]["auth_cache_ttl_seconds"] == "60"  # not a slow password check per request
+    assert first.mlflow_env(Path("auth.ini"))["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
 
 
 def test_env_file_fills_what_the_environment_does_not(tmp_path):
