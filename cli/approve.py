@@ -19,8 +19,8 @@ import typer
 from rich.console import Console
 
 from champion import store
+from cli.run import require_use_case
 from cli.servers import reflow, require_prefect_server
-from usecases import SPEC_MODULES
 from usecases.vocabulary import APPROVAL_FLOW_RUN_TAG, FLOW_RUN_TAG
 
 # Imports inside functions: each command loads only what it uses, so `mlops --help` and the light commands
@@ -55,9 +55,7 @@ def approve(
     Exit 0 sent; 2 unknown use case, empty reason, no Prefect server, or a run that is unknown, not paused,
     not waiting for an approval, of another use case, or past its deadline; 1 anything else.
     """
-    if use_case not in SPEC_MODULES:
-        console.print(f"[bold red]unknown use case[/] {use_case!r}; known: {', '.join(sorted(SPEC_MODULES))}")
-        raise typer.Exit(EXIT_BAD_INPUT)
+    require_use_case(use_case)
     if not reason.strip():
         console.print("[bold red]input rejected[/]: --reason is empty; say why, it is recorded")
         raise typer.Exit(EXIT_BAD_INPUT)

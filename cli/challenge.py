@@ -12,7 +12,8 @@ import typer
 from rich.console import Console
 
 from champion import store
-from cli.models import _check_use_case, _model_name
+from cli.models import model_name
+from cli.run import require_use_case
 
 # Imports inside functions: each command loads only what it uses, so `mlops --help` and the light commands
 # start fast.
@@ -55,7 +56,7 @@ def challenge(
 
     Exit 0 done; 2 bad input or a refused move (nothing moved); 1 anything else.
     """
-    _check_use_case(use_case)
+    require_use_case(use_case)
     reason = (reason or "").strip()
     if (version is None) == (not retire):
         console.print("[bold red]input rejected[/]: give --version N (set) or --retire (retire), one of them")
@@ -70,7 +71,7 @@ def challenge(
     from champion.challenger import ChallengerRefused, retire_challenger, set_challenger
 
     store.configure()
-    name = _model_name(use_case, model)
+    name = model_name(use_case, model)
     by = f"mlops challenge ({store.user()})"
     try:
         if retire:

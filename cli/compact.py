@@ -13,8 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cli.run import require_use_case
 from cli.servers import use_prefect_server
-from usecases import SPEC_MODULES
 from usecases.spec import CompactGates, CompactPlan
 
 # Imports inside functions: each command loads only what it uses, so `mlops --help` and the light commands
@@ -83,9 +83,7 @@ def compact(
     dry_run: bool = typer.Option(False, "--dry-run", help="Build, measure and gate; register nothing."),
 ) -> None:
     """Distil, prune and compile the champion into `<name>-compact`; register and promote it if it passes."""
-    if use_case not in SPEC_MODULES:
-        console.print(f"[bold red]unknown use case[/] {use_case!r}; known: {', '.join(sorted(SPEC_MODULES))}")
-        raise typer.Exit(EXIT_BAD_INPUT)
+    require_use_case(use_case)
     if version is not None and alias is not None:
         console.print("[bold red]input rejected[/]: give --version or --alias, not both")
         raise typer.Exit(EXIT_BAD_INPUT)

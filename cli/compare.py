@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from cli.run import options_from, reject_options
+from cli.run import options_from, reject_options, require_use_case
 from cli.servers import reflow, use_prefect_server
 from usecases import SPEC_MODULES, default_registered_model
 from usecases.spec import CompareParams
@@ -53,8 +53,7 @@ def compare(use_case: str, as_json: bool = False, **options: Any) -> None:
     use case or model, no champion or challenger, a bad --since or --labels), 1 anything else. The report is
     an MLflow run in experiment `<use case>-challenger` (comparison_report.html, comparison.json).
     """
-    if use_case not in SPEC_MODULES:
-        raise _reject(f"unknown use case {use_case!r}; known: {', '.join(sorted(SPEC_MODULES))}")
+    require_use_case(use_case)
     try:
         params = CompareParams(**options)
     except ValidationError as exc:

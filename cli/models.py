@@ -20,9 +20,9 @@ from rich.console import Console
 from rich.table import Table
 
 from champion import store
-from cli.run import options_from
+from cli.run import options_from, require_use_case
 from cli.servers import reflow, use_prefect_server
-from usecases import SPEC_MODULES, default_registered_model
+from usecases import default_registered_model
 from usecases.spec import MonitorParams
 
 # Imports inside functions: each command loads only what it uses, so `mlops --help` and the light commands
@@ -34,13 +34,7 @@ console = Console(stderr=False)
 _MODEL_HELP = "Registered model (default: the use case's own)."
 
 
-def _check_use_case(use_case: str) -> None:
-    if use_case not in SPEC_MODULES:
-        console.print(f"[bold red]unknown use case[/] {use_case!r}; known: {', '.join(sorted(SPEC_MODULES))}")
-        raise typer.Exit(EXIT_BAD_INPUT)
-
-
-def _model_name(use_case: str, model: str | None) -> str:
+def model_name(use_case: str, model: str | None) -> str:
     """--model, else the one registered model whose versions carry `use_case`, else the spec's default."""
     if model:
         return model
@@ -84,7 +78,7 @@ def score(
     ),
 ) -> None:
     """Score a file with the champion (or --version/--alias): id columns, score, model_version [, reasons]."""
-    _check_use_case(use_case)
+    require_use_case(use_case)
     if version is not None and alias is not None:
         console.print("[bold red]input rejected[/]: give --version or --alias, not both")
         raise typer.Exit(EXIT_BAD_INPUT)
@@ -105,7 +99,7 @@ def score(
             str(output),
             version=version,
             alias=alias,
-            registered_model=_model_name(use_case, model),
+            registered_model=model_name(use_case, model),
             chunk_rows=chunk_rows or None,
             show_progress=sys.stderr.isatty(),
             executor=executor,
@@ -202,7 +196,7 @@ def serve_model(
     # Before XGBoost loads OpenMP: idle prediction threads sleep instead of spinning, so they do not steal
     # the CPU the event loop needs between requests (p99 of one-row requests: ~20 ms -> ~2 ms on 2 cores).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    _check_use_case(use_case)
+    require_use_case(use_case)
     from datetime import timedelta
 
     from serving.app import Options, RealTime, serve
@@ -219,7 +213,7 @@ def serve_model(
         raise typer.Exit(EXIT_BAD_INPUT) from None
     os.environ.pop(TOKEN_ENV, None)  # not handed on to anything this process starts
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    name = _model_name(use_case, model)
+    name = model_name(use_case, model)
     if compact and not name.endswith("-compact"):
         name = f"{name}-compact"  # the compact model's registry name (tasks/compaction/)
     source = f"the token in {token_file}" if token_file else TOKEN_ENV
@@ -255,7 +249,7 @@ def status(
 
     store.configure()
     if use_case is not None:
-        _check_use_case(use_case)
+        require_use_case(use_case)
     names = [model] if model else registered_models(use_case)
     if not names:
         console.print("no registered models" + (f" for {use_case}" if use_case else ""))
@@ -367,9 +361,9 @@ def rollback(
     from champion.lifecycle import RollbackRefused
     from champion.lifecycle import rollback as do_rollback
 
-    _check_use_case(use_case)
+    require_use_case(use_case)
     store.configure()
-    name = _model_name(use_case, model)
+    name = model_name(use_case, model)
     try:
         done = do_rollback(name, to=to, reason=reason)
     except RollbackRefused as exc:
@@ -389,7 +383,7 @@ def monitor(use_case: str, **options) -> None:
     Exit 0 healthy, 4 drift or degraded (an `mlops.model.degraded` event was sent), 2 unreadable or
     invalid input, 1 anything else. The report is an MLflow run in experiment `<use case>-monitoring`.
     """
-    _check_use_case(use_case)
+    require_use_case(use_case)
     try:
         params = MonitorParams(**options)
     except ValidationError as exc:

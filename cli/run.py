@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.servers import use_prefect_server
-from usecases import SPEC_MODULES, spec_module
+from usecases import SPEC_MODULES, spec_module, unknown_use_case
 
 # Imports inside functions: each command loads only what it uses, so `mlops --help` and the light commands
 # start fast, and Prefect is imported only after `use_prefect_server()` has chosen its API.
@@ -74,6 +74,13 @@ def _make_run_command(use_case: str):
 
 
 NOTHING_TRAINED = "Nothing was trained or registered; the champion is unchanged."
+
+
+def require_use_case(use_case: str) -> None:
+    """Exit 2 naming the known use cases when `use_case` is none of them: every command's first check."""
+    if problem := unknown_use_case(use_case):
+        console.print(f"[bold red]input rejected[/]: {problem}", soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT)
 
 
 def reject_options(exc, nothing: str = NOTHING_TRAINED) -> int:

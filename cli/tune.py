@@ -19,13 +19,13 @@ import typer
 from pydantic import ValidationError
 
 from cli.run import (
-    EXIT_BAD_INPUT,
     EXIT_NOT_PROMOTED,
     EXIT_PROMOTED,
     console,
     guarded,
     options_from,
     reject_options,
+    require_use_case,
 )
 from cli.run import print_summary as training_summary
 from cli.servers import use_prefect_server
@@ -38,11 +38,7 @@ from usecases.spec import TuneParams
 
 def tune_command(use_case: str, **options: Any) -> None:
     """Tune a use case's model: an Optuna study whose winner goes through every gate."""
-    if use_case not in SPEC_MODULES:
-        console.print(
-            f"[bold red]input rejected[/]: unknown use case {use_case!r}; known: {', '.join(SPEC_MODULES)}"
-        )
-        raise typer.Exit(EXIT_BAD_INPUT)
+    require_use_case(use_case)
     try:
         params = TuneParams(**options)
     except ValidationError as exc:

@@ -24,11 +24,17 @@ def _discover() -> dict[str, str]:
 SPEC_MODULES: dict[str, str] = _discover()
 
 
+def unknown_use_case(name: str) -> str | None:
+    """What every command says of a name that is no use case (None when it is one)."""
+    if name in SPEC_MODULES:
+        return None
+    return f"unknown use case {name!r}; known: {', '.join(sorted(SPEC_MODULES))}"
+
+
 def spec_module(name: str):
-    try:
-        return import_module(SPEC_MODULES[name])
-    except KeyError:
-        raise KeyError(f"unknown use case {name!r}; known: {', '.join(sorted(SPEC_MODULES))}") from None
+    if problem := unknown_use_case(name):
+        raise KeyError(problem)
+    return import_module(SPEC_MODULES[name])
 
 
 def default_registered_model(name: str) -> str:

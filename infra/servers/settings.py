@@ -119,6 +119,8 @@ class Settings:
     mlflow_backend_store_uri: str
     mlflow_auth_database_uri: str
     mlflow_auth_default_permission: str
+    mlflow_auth_cache_seconds: int  # how long a checked credential is trusted (basic_auth.ini)
+    mlflow_job_execution: str  # MLflow's GenAI job runner (judges, prompt optimisation): unused here, off
     mlflow_artifacts_destination: str
     mlflow_allowed_hosts: str | None
     mlflow_admin_username: str
@@ -162,6 +164,8 @@ class Settings:
                 "MLFLOW_AUTH_DATABASE_URI", f"postgresql+psycopg2://{postgres}/{prefix}_mlflow_auth"
             ),
             mlflow_auth_default_permission=get("MLFLOW_AUTH_DEFAULT_PERMISSION", "READ"),
+            mlflow_auth_cache_seconds=int(get("MLOPS_MLFLOW_AUTH_CACHE_SECONDS", "60")),
+            mlflow_job_execution=get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false"),
             mlflow_artifacts_destination=get(
                 "MLFLOW_ARTIFACTS_DESTINATION", str(state_dir / "mlflow-artifacts")
             ),
@@ -265,6 +269,7 @@ class Settings:
         values = {
             "MLFLOW_AUTH_DATABASE_URI": self.mlflow_auth_database_uri,
             "MLFLOW_AUTH_DEFAULT_PERMISSION": self.mlflow_auth_default_permission,
+            "MLFLOW_AUTH_CACHE_TTL_SECONDS": str(self.mlflow_auth_cache_seconds),
         }
         text = string.Template(AUTH_TEMPLATE.read_text()).substitute(
             {k: v.replace("%", "%%") for k, v in values.items()}
@@ -300,6 +305,8 @@ class Settings:
             "MLFLOW_AUTH_ADMIN_USERNAME": self.mlflow_admin_username,
             "MLFLOW_AUTH_ADMIN_PASSWORD": self.mlflow_admin_password or "",
             "MLFLOW_FLASK_SERVER_SECRET_KEY": self.mlflow_secret_key or "",
+            # eight processes (a runner and its consumers) for features this project does not use
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": self.mlflow_job_execution,
         }
         if self.mlflow_allowed_hosts:
             env["MLFLOW_SERVER_ALLOWED_HOSTS"] = self.mlflow_allowed_hosts

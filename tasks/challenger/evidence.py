@@ -23,7 +23,7 @@ from mlflow.exceptions import MlflowException
 
 from champion import store
 from champion.challenger import current_challenger
-from champion.loading import TrainingParamsUnreadable, resolve_version, training_params
+from champion.loading import resolve_version, training_params
 from champion.promotion import current_champion
 from tasks.challenger.pairs import read_labels, read_pairs
 from tasks.ingest import DataReadError, read_table
@@ -100,13 +100,10 @@ def current_pair(client: MlflowClient, name: str) -> tuple[str, str]:
 
 def comparison_spec(use_case: str, name: str, champion: str) -> UseCaseSpec:
     """The use case's spec as the champion was trained with it (the target, metrics and population its test
-    metrics had); the use case's defaults when its run recorded no parameters."""
+    metrics had). A champion whose parameters cannot be read is an error naming it
+    (`TrainingParamsUnreadable`, exit 2), never a comparison under the defaults."""
     module = spec_module(use_case)
-    try:
-        params = training_params(module, name, champion, resolve_version(name, champion).run_id)
-    except TrainingParamsUnreadable as exc:
-        store.run_logger().warning("%s; comparing with the use case's default parameters", exc)
-        params = module.Params()
+    params = training_params(module, name, champion, resolve_version(name, champion).run_id)
     return module.build_spec(params.model_copy(update={"registered_model": name}))
 
 

@@ -9,12 +9,11 @@ import json
 import typer
 from mlflow import MlflowClient
 from typer.testing import CliRunner
-from unit.test_compare import RULE, paired, record_pairs
+from unit.test_compare import RULE, gated_version, paired, record_pairs
 
 from champion import store
 from champion.challenger import current_challenger, set_challenger
 from champion.promotion import current_champion, promote
-from usecases.vocabulary import FINGERPRINT_TAG, GATES_TAG
 
 NAME = "challenger-flow"
 
@@ -31,9 +30,7 @@ def test_the_form_flow_reports_and_the_command_promotes_on_the_same_evidence(
     client = MlflowClient()
     client.create_registered_model(NAME)
     for number in (1, 2):
-        run = client.create_run(store.experiment_id("challenger-flow"))
-        tags = {GATES_TAG: "passed 6/6", FINGERPRINT_TAG: f"fp-{number}", "use_case": "fraud"}
-        client.create_model_version(NAME, f"{run.info.artifact_uri}/model", run_id=run.info.run_id, tags=tags)
+        gated_version(client, NAME, "challenger-flow", number)
     promote(NAME, "1", compared_with=None, run_id="run-1")
     set_challenger(NAME, "2", "shadow it", by="test")
     frame = paired(1000, champion=1.0, challenger=2.0)

@@ -57,6 +57,18 @@ def _run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
     return done
 
 
+def _environment(**settings: str) -> dict[str, str]:
+    """The commands' environment: nothing pointing into the checkout. Bytecode is written (the installed
+    environment is not compiled at install, unlike `make install`'s): the first command that imports the
+    stack compiles it once for the others."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONDONTWRITEBYTECODE")
+    }
+    return {**env, "MLOPS_PREFECT_SERVER": "ephemeral", **settings}
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("wheel")
@@ -79,8 +91,7 @@ def installed(tmp_path_factory) -> Path:
 def test_every_command_runs_from_the_installed_wheel(installed, tmp_path):
     outside = tmp_path / "elsewhere"
     outside.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.update(MLOPS_HOME=str(outside / "home"), MLOPS_PREFECT_SERVER="ephemeral")
+    env = _environment(MLOPS_HOME=str(outside / "home"))
     mlops = str(installed / "bin" / "mlops")
     origin = _run(
         [str(installed / "bin" / "python"), "-c", "import flows, infra, cli; print(flows.__file__)"],
@@ -97,8 +108,7 @@ def test_every_command_runs_from_the_installed_wheel(installed, tmp_path):
 def test_a_small_run_from_the_installed_wheel(installed, tmp_path):
     from conftest import SMALL_FRAUD_RUN
 
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.update(MLOPS_HOME=str(tmp_path / "home"), MLOPS_PREFECT_SERVER="ephemeral")
+    env = _environment(MLOPS_HOME=str(tmp_path / "home"))
     done = _spawn([str(installed / "bin" / "mlops"), "run", "fraud", *SMALL_FRAUD_RUN], cwd=tmp_path, env=env)
     # an empty registry and the absolute gates off: the first version is promoted
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

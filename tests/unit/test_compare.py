@@ -32,7 +32,7 @@ from tasks.challenger.evidence import (
 from tasks.challenger.pairs import write_batch
 from tasks.challenger.records import close_record, open_record
 from usecases.spec import ChallengerRule, CompareParams, Metrics
-from usecases.vocabulary import CHALLENGER_TAG, FINGERPRINT_TAG, GATES_TAG
+from usecases.vocabulary import CHALLENGER_TAG, FINGERPRINT_TAG, GATES_TAG, param_keys
 
 NAME = "compare-unit"
 RULE = ChallengerRule(
@@ -269,20 +269,34 @@ MODELS = itertools.count(1)
 def registry(store_home, monkeypatch):
     """(client, a new registered model): v1 champion (threshold 0.5 logged by its run), v2 challenger (0.4),
     v3 another gated version; the fraud spec with the small rule."""
-    from champion import store
     from usecases.fraud import spec as fraud
 
     monkeypatch.setattr(fraud, "CHALLENGER", RULE)
     client, name = MlflowClient(), f"{NAME}-{next(MODELS)}"
     client.create_registered_model(name)
     for number, threshold in ((1, 0.5), (2, 0.4), (3, 0.5)):
-        run = client.create_run(store.experiment_id("compare-unit"))
-        client.log_metric(run.info.run_id, "test_threshold", threshold)
-        tags = {GATES_TAG: "passed 6/6", FINGERPRINT_TAG: f"fp-{number}", "use_case": "fraud"}
-        client.create_model_version(name, f"{run.info.artifact_uri}/model", run_id=run.info.run_id, tags=tags)
+        gated_version(client, name, "compare-unit", number, threshold)
     promote(name, "1", compared_with=None, run_id="run-1")
     set_challenger(name, "2", "shadow it", by="test")
     return client, name
+
+
+def gated_version(
+    client: MlflowClient, name: str, experiment: str, number: int, threshold: float | None = None
+) -> str:
+    """A fraud version with the records the pipeline leaves (its gates passed, a fingerprint, the training
+    parameters on its run, optionally its test threshold); returns the run id."""
+    from champion import store
+    from usecases.fraud.spec import Params
+
+    run = client.create_run(store.experiment_id(experiment)).info
+    if threshold is not None:
+        client.log_metric(run.run_id, "test_threshold", threshold)
+    for key, value in param_keys(Params(registered_model=name).model_dump()).items():
+        client.log_param(run.run_id, key, value)
+    tags = {GATES_TAG: "passed 6/6", FINGERPRINT_TAG: f"fp-{number}", "use_case": "fraud"}
+    client.create_model_version(name, f"{run.artifact_uri}/model", run_id=run.run_id, tags=tags)
+    return run.run_id
 
 
 def record_pairs(name: str, frame: pd.DataFrame, labels: pd.DataFrame | None = None, versions=("1", "2")):
@@ -446,6 +460,21 @@ def test_compare_refuses_bad_input_with_exit_2_naming_it(cli, registry, tmp_path
     assert "Nothing was compared; no alias moved." in result.output
     result = cli("fraud", "--registered-model", "no-such-model")
     assert result.exit_code == 2 and "no registered model 'no-such-model'" in result.output
+
+
+def test_a_champion_whose_training_parameters_cannot_be_read_is_refused_not_compared_under_defaults(
+    cli, registry
+):
+    client, name = registry
+    run = client.create_run(client.get_experiment_by_name("compare-unit").experiment_id)  # records no param.*
+    tags = {GATES_TAG: "passed 6/6", FINGERPRINT_TAG: "fp-4", "use_case": "fraud"}
+    client.create_model_version(name, f"{run.info.artifact_uri}/model", run_id=run.info.run_id, tags=tags)
+    promote(name, "4", compared_with="1", run_id="run-4")
+    result = cli("fraud", "--registered-model", name)
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert f"{name} v4: its training run {run.info.run_id} records no training parameters" in said, said
+    assert current_champion(client, name) == "4" and current_challenger(client, name) == "2"  # nothing moved
 
 
 def test_compare_options_are_the_forms_fields():
