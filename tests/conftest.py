@@ -41,9 +41,9 @@ HANDBOOK = Path(__file__).resolve().parents[1].parent / "shared/data/fraud-handb
 KINDS = ("unit", "flow", "server", "bench")
 
 
-# `make test` runs the files on two workers (pytest-xdist, `--dist loadfile`: a file stays on one worker, its
-# module fixtures with it), handed out in collection order: these first, longest first, so that the last file
-# to start is a short one. Seconds of a serial run on this machine (tests/durations), for the order only.
+# Under pytest-xdist (`-n 2 --dist loadfile`: a file stays on one worker, its module fixtures with it; `make
+# test` runs serially, see docs/tests.md) the files are handed out in collection order: these first, longest
+# first, so that the last file to start is a short one. Seconds of a serial run here, for the order only.
 LONGEST_FIRST = {
     "server/test_server_mode.py": 790,
     "bench/test_smoke.py": 400,
