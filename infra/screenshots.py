@@ -43,7 +43,7 @@ import httpx
 
 from infra import prefect_local
 from infra.servers.processes import Managed, http_ok, wait_until
-from infra.servers.settings import PROJECT_ROOT, QUIET, Settings, read_env_file
+from infra.servers.settings import NO_MLFLOW_JOBS, PROJECT_ROOT, QUIET, Settings, read_env_file
 from infra.servers.stack import discard_stack
 
 OUT = Path(__file__).resolve().parent / "screenshots"
@@ -119,7 +119,7 @@ def local_stack(base: Path, timeout: float = 180.0) -> Iterator[Stack]:
     ]
     mlflow_url = f"http://127.0.0.1:{mlflow_port}"
     try:
-        mlflow.start(command, QUIET)  # starts while Prefect starts
+        mlflow.start(command, {**QUIET, **NO_MLFLOW_JOBS})  # starts while Prefect starts
         with _environ(env):
             prefect = prefect_local.start()
         wait_until(lambda: http_ok(f"{mlflow_url}/health"), timeout, "MLflow server", mlflow)

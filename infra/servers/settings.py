@@ -47,6 +47,9 @@ QUIET = {
     "MLFLOW_ENABLE_TELEMETRY": "false",
     "GX_ANALYTICS_ENABLED": "false",
 }
+# MLflow's GenAI job runner (a runner and seven consumer processes, for judges and prompt optimisation): no
+# part of this project uses it, so MLflow servers started here go without it.
+NO_MLFLOW_JOBS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 PLACEHOLDER = "change-me"  # what .env.example holds where a secret goes
 # The secrets: environment name -> Settings field. Unset ones are generated natively (credentials.env).
 SECRETS = {
@@ -120,7 +123,7 @@ class Settings:
     mlflow_auth_database_uri: str
     mlflow_auth_default_permission: str
     mlflow_auth_cache_seconds: int  # how long a checked credential is trusted (basic_auth.ini)
-    mlflow_job_execution: str  # MLflow's GenAI job runner (judges, prompt optimisation): unused here, off
+    mlflow_job_execution: str  # MLflow's GenAI job runner: off (NO_MLFLOW_JOBS) unless the operator asks
     mlflow_artifacts_destination: str
     mlflow_allowed_hosts: str | None
     mlflow_admin_username: str
@@ -165,7 +168,9 @@ class Settings:
             ),
             mlflow_auth_default_permission=get("MLFLOW_AUTH_DEFAULT_PERMISSION", "READ"),
             mlflow_auth_cache_seconds=int(get("MLOPS_MLFLOW_AUTH_CACHE_SECONDS", "60")),
-            mlflow_job_execution=get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false"),
+            mlflow_job_execution=get(
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", NO_MLFLOW_JOBS["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]
+            ),
             mlflow_artifacts_destination=get(
                 "MLFLOW_ARTIFACTS_DESTINATION", str(state_dir / "mlflow-artifacts")
             ),
@@ -305,7 +310,6 @@ class Settings:
             "MLFLOW_AUTH_ADMIN_USERNAME": self.mlflow_admin_username,
             "MLFLOW_AUTH_ADMIN_PASSWORD": self.mlflow_admin_password or "",
             "MLFLOW_FLASK_SERVER_SECRET_KEY": self.mlflow_secret_key or "",
-            # eight processes (a runner and its consumers) for features this project does not use
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": self.mlflow_job_execution,
         }
         if self.mlflow_allowed_hosts:

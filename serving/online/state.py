@@ -28,6 +28,7 @@ from usecases.spec import OnlineSpec
 
 NS_PER_DAY = 86_400 * 10**9
 RETRIES = 20  # optimistic transactions: conflicts only when replicas write the same key at once
+LABEL_CHUNK = 2_000  # labels per store transaction (OnlineState.label)
 
 
 class LateEventError(ValueError):
@@ -211,11 +212,22 @@ class OnlineState:
 
     # ----------------------------------------------------------------------------------------------- labels
 
-    def label(self, ids: Sequence[int], labels: Sequence[float]) -> Labelled:
-        """Record late labels; ids the state no longer (or never) held come back as `unknown`."""
+    def label(self, ids: Sequence[int], labels: Sequence[float], chunk: int = LABEL_CHUNK) -> Labelled:
+        """Record late labels; ids the state no longer (or never) held come back as `unknown`. A request's
+        labels go `chunk` ids at a time, each chunk one transaction: a day's labels in one transaction held
+        Redis past its socket timeout on a loaded machine. Recording a label twice changes nothing, so a
+        request that failed part-way is simply sent again."""
         watermark = self.watermark()
         if watermark is None:
             return Labelled([], [int(i) for i in ids])
+        known, unknown = [], []
+        for start in range(0, len(ids), chunk):
+            done = self._label(ids[start : start + chunk], labels[start : start + chunk], watermark)
+            known += done.applied
+            unknown += done.unknown
+        return Labelled(sorted(known), unknown)
+
+    def _label(self, ids: Sequence[int], labels: Sequence[float], watermark: int) -> Labelled:
         days = range((watermark - self.retention_ns) // NS_PER_DAY, watermark // NS_PER_DAY + 1)
         names = [str(int(i)) for i in ids]
         where: dict[int, list[str]] = {}

@@ -49,6 +49,7 @@ from stores import (
 )
 
 from champion.lock import LEASE_SECONDS
+from infra.servers.settings import NO_MLFLOW_JOBS
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "fraud-detector"
@@ -323,7 +324,7 @@ def _answers(url: str) -> bool:
 
 def _server_env(**extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_TRACKING"))}
-    return {**env, **extra}
+    return {**env, **NO_MLFLOW_JOBS, **extra}
 
 
 class MlflowServer:

@@ -74,3 +74,18 @@ def test_a_duplicate_in_one_request_and_a_late_event(state):
     with pytest.raises(LateEventError, match="behind the newest event"):
         state.ingest(events((9, -1, 7, 3)), constant, "2")
     assert len(state.events_of("CUSTOMER_ID", 7)) == 1
+
+
+def test_labels_go_in_chunks_and_land_as_in_one_transaction(state):
+    """A request's labels split into transactions of `chunk` ids record the same labels, and say the same
+    unknown ids, as one transaction would."""
+    rows = [(i, i % 3, 100 + i % 4, 200 + i % 5) for i in range(1, 12)]
+    state.ingest(events(*rows), constant, "1")
+    twin = OnlineState(MemoryStore(), SPEC, "test", lateness=timedelta(hours=1))
+    twin.ingest(events(*rows), constant, "1")
+    ids, labels = [*range(1, 12), 99], [float(i % 2) for i in range(1, 13)]
+    chunked, whole = state.label(ids, labels, chunk=2), twin.label(ids, labels, chunk=len(ids))
+    assert chunked == whole and chunked.unknown == [99] and chunked.applied == list(range(1, 12))
+    for card in range(100, 104):
+        mine, theirs = state.events_of("CUSTOMER_ID", card), twin.events_of("CUSTOMER_ID", card)
+        assert list(mine["label"]) == list(theirs["label"]) == [float(i % 2) for i in mine["id"]]
