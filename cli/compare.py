@@ -7,8 +7,9 @@ Options are the fields of `usecases.spec.CompareParams` (the deployments' form),
 
 Exit codes: 0 the rule decided (promoted or retired; with --no-decide: reported, it would act); 3 not enough
 evidence yet, or not conclusive, or the champion or challenger moved meanwhile (nothing moved); 2 bad input
-(an unknown use case or model, no champion or no challenger, a bad date, a labels file that cannot be read
-or lacks the id and label columns; nothing compared, nothing moved); 1 anything else.
+(an unknown use case or model, no champion or no challenger, a champion whose training parameters cannot be
+read, a bad date, a labels file that cannot be read or lacks the id and label columns; nothing compared,
+nothing moved); 1 anything else.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def compare(use_case: str, as_json: bool = False, **options: Any) -> None:
 
     Exit 0 decided (promoted or retired; with --no-decide: the rule would act), 3 waiting (too few labelled
     pairs or positives, not conclusive yet, or an alias moved meanwhile; nothing moved), 2 bad input (unknown
-    use case or model, no champion or challenger, a bad --since or --labels), 1 anything else. The report is
+    use case or model, no champion or challenger, a champion whose training parameters cannot be read, a bad
+    --since or --labels), 1 anything else. The report is
     an MLflow run in experiment `<use case>-challenger` (comparison_report.html, comparison.json).
     """
     require_use_case(use_case)

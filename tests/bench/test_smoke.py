@@ -232,3 +232,14 @@ def test_tuning(smoke_dir, prefect_server):
     written = check(doc, out, {"quality", "timing"})
     models = [row[0] for row in written["tables"]["quality"]["rows"]]
     assert models == ["spec defaults", "tuned, 1 trials", "tuned, 2 trials"]
+
+
+def test_suite_time():
+    """Two tiny JUnit reports: a row per test file, a column per run."""
+    doc = bench("suite_time").main(["--smoke"])
+    files = doc["tables"]["files"]
+    assert [c["name"] for c in files["columns"][1:]] == ["before s", "after s"]
+    assert {row[0]: row[1:] for row in files["rows"]} == {
+        "flow/test_b.py": [2.0, 1.0],
+        "unit/test_a.py": [2.0, 1.0],
+    }
