@@ -89,9 +89,9 @@ def run(data: str, checkpoints: tuple[int, ...], dask_trials: int) -> dict:
         val, test = fitted_scores(spec, table)
         rows.append([f"tuned, {checkpoint} trials", outcome.best_value, val, test, wall, pruned / total])
     rows.insert(0, ["spec defaults", defaults_cv, default_val, default_test, None, None])
-    from tasks.dask.cluster import ENV_WORKERS
+    from tasks.dask.cluster import DaskSettings
 
-    workers = os.environ.get(ENV_WORKERS, "2")
+    workers = DaskSettings.from_env().workers  # what the dask executor's LocalCluster will start
     _, dask_seconds = study_run(data, f"{study}-dask", dask_trials, executor="dask")
     _, local_seconds = study_run(data, f"{study}-local", dask_trials)
     quality = results_table(
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     data = str(smoke_fraud_data(home)) if args.smoke else args.data
     if args.smoke:  # one process worker proves the path (each imports the stack)
-        os.environ["MLOPS_DASK_WORKERS"] = "1"
+        os.environ["MLOPS_DASK_WORKERS"] = "1"  # tasks/dask/cluster.py: ENV_WORKERS
     checkpoints = SMOKE_CHECKPOINTS if args.smoke else args.checkpoints
     timing = 1 if args.smoke else args.timing_trials or checkpoints[0]
     tables = run(data, checkpoints, timing)

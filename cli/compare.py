@@ -52,10 +52,10 @@ def compare(use_case: str, as_json: bool = False, **options: Any) -> None:
     Exit 0 decided (promoted or retired; with --no-decide: the rule would act), 3 waiting (too few labelled
     pairs or positives, not conclusive yet, or an alias moved meanwhile; nothing moved), 2 bad input (unknown
     use case or model, no champion or challenger, a champion whose training parameters cannot be read, a bad
-    --since or --labels), 1 anything else. The report is
-    an MLflow run in experiment `<use case>-challenger` (comparison_report.html, comparison.json).
+    --since or --labels), 1 anything else. The report is an MLflow run in experiment `<use case>-challenger`
+    (comparison_report.html, comparison.json).
     """
-    require_use_case(use_case)
+    require_use_case(use_case, nothing=NOTHING_COMPARED)
     try:
         params = CompareParams(**options)
     except ValidationError as exc:

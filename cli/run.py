@@ -76,10 +76,13 @@ def _make_run_command(use_case: str):
 NOTHING_TRAINED = "Nothing was trained or registered; the champion is unchanged."
 
 
-def require_use_case(use_case: str) -> None:
-    """Exit 2 naming the known use cases when `use_case` is none of them: every command's first check."""
+def require_use_case(use_case: str, nothing: str | None = None) -> None:
+    """Exit 2 naming the known use cases when `use_case` is none of them (then what was not done, `nothing`,
+    where the command says it): every command's first check."""
     if problem := unknown_use_case(use_case):
         console.print(f"[bold red]input rejected[/]: {problem}", soft_wrap=True)
+        if nothing:
+            console.print(nothing)
         raise typer.Exit(EXIT_BAD_INPUT)
 
 

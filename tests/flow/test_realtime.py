@@ -12,6 +12,7 @@ import os
 import subprocess
 import uuid
 from datetime import timedelta
+from itertools import pairwise
 
 import mlflow
 import numpy as np
@@ -100,7 +101,7 @@ def replay(client: TestClient, day: pd.DataFrame, per_request: int, singly: int 
     records = payload(day)
     singly = min(singly, len(records))
     bounds = [*range(singly), *range(singly, len(records), per_request), len(records)]
-    for start, end in zip(bounds[:-1], bounds[1:], strict=False):
+    for start, end in pairwise(bounds):
         response = client.post("/transactions?features=true", json=records[start:end])
         assert response.status_code == 200, response.text
         answers += response.json()["results"]

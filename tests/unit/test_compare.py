@@ -447,6 +447,7 @@ def test_compare_refuses_bad_input_with_exit_2_naming_it(cli, registry, tmp_path
     _, name = registry
     result = cli("nope")
     assert result.exit_code == 2 and "unknown use case 'nope'" in result.output
+    assert "Nothing was compared; no alias moved." in result.output
     result = cli("fraud", "--since", "2024-02-30", "--registered-model", name)
     assert result.exit_code == 2 and "--since '2024-02-30'" in result.output
     result = cli("fraud", "--registered-model", name, "--labels", str(tmp_path / "missing.csv"))
