@@ -422,8 +422,8 @@ def test_worker_killed_mid_features_the_run_recomputes_its_tasks_and_completes(
     and promotes, and the nanny replaces the killed process. One outcome: a shard is rebuilt from the raw
     partitions, which the scheduler can always recompute (they are read again from their source, never
     scattered), and a single loss is within the scheduler's allowed failures per task (3)."""
-    # Shards of 500 rows: a feature stage of many tasks, long enough to be caught running.
-    monkeypatch.setenv("MLOPS_DASK_PARTITION_ROWS", "500")
+    # Shards of 2,000 rows: a feature stage of a dozen tasks or more, each long enough to be caught running.
+    monkeypatch.setenv("MLOPS_DASK_PARTITION_ROWS", "2000")
     pids_before = set(on_cluster.run(os.getpid).values())
     assert len(pids_before) == 2
     on_cluster.run_on_scheduler(_record, "features-shard-")

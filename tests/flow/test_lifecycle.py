@@ -1,7 +1,8 @@
 """`mlops status` and `mlops rollback`, and what the pipeline leaves behind when promotion fails.
 
 Rollback and status tests register small models directly with the tags the pipeline writes; the last test
-runs the real pipeline through a failed promotion, its recovery, a rollback and an identical rerun.
+runs the real pipeline (from the session's trained v1, `champion_home`) through a failed promotion, its
+recovery, a rollback and an identical rerun.
 """
 
 import json
@@ -184,14 +185,16 @@ def test_status_shows_champion_gates_history_and_previous_champions(mlops_home):
 
 
 @pytest.mark.usefixtures("prefect_server")
-def test_failed_promotion_leaves_no_half_state_then_recovers_and_respects_rollback(mlops_home, monkeypatch):
-    """The real pipeline: promotion fails after registration → alias unchanged, version says so, exit 1;
-    an identical rerun reuses that version and promotes it; after a rollback an identical rerun does not
-    quietly promote the rolled-back version again; `status` lists it as refused."""
-    model = "fraud-detector"
-    first = mlops("run", "fraud", *SMALL)
-    assert first.exit_code == 0, first.output
+def test_failed_promotion_leaves_no_half_state_then_recovers_and_respects_rollback(
+    champion_home, monkeypatch
+):
+    """The real pipeline, from what `mlops run fraud SMALL` left (v1 champion): promotion fails after
+    registration → alias unchanged, version says so, exit 1; an identical rerun reuses that version and
+    promotes it; after a rollback an identical rerun does not quietly promote the rolled-back version again;
+    `status` lists it as refused."""
+    model, mlops_home = "fraud-detector", champion_home
     client = client_for(mlops_home)
+    assert str(client.get_model_version_by_alias(model, "champion").version) == "1"
 
     def broken_alias(self, *args, **kwargs):
         raise RuntimeError("registry went away")

@@ -2,7 +2,7 @@
 
 One champion is trained once for the module (the real pipeline on simulated transactions), with a label delay
 of DELAY_DAYS rather than the default 7: features built with the defaults would score differently, so every
-test that compares scores with `reference_scores` also shows that scoring reads the training run's feature
+test that compares scores with `one_go_scores` also shows that scoring reads the training run's feature
 parameters. Every test scores another simulated month with it.
 """
 
@@ -65,20 +65,30 @@ def transactions(tmp_path_factory):
     return path
 
 
-def reference_scores(raw: pd.DataFrame, version: str = "1") -> pd.Series:
-    """What the model gives on features computed from the whole input in one go, by TRANSACTION_ID."""
-    model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{version}")
+def one_go_scores(raw: pd.DataFrame) -> pd.Series:
+    """What v1 gives on features computed from the whole input in one go, by TRANSACTION_ID."""
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}/1")
     columns = [c.name for c in model.metadata.get_input_schema().inputs]
     features = build_features(raw, delay_days=DELAY_DAYS)
     scores = np.asarray(model.predict(features[columns])).ravel()
     return pd.Series(scores, index=features["TRANSACTION_ID"].to_numpy())
 
 
+@pytest.fixture(scope="module")
+def reference(trained, transactions) -> pd.Series:
+    """`one_go_scores` of the module's input (computed once: every test scores the same rows)."""
+    mlflow.set_tracking_uri(f"sqlite:///{trained / 'mlflow.db'}")
+    try:
+        return one_go_scores(pd.read_parquet(transactions))
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
 def leftovers(folder) -> list:
     return [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_score_writes_ids_probability_and_version(home, transactions, tmp_path):
+def test_score_writes_ids_probability_and_version(home, transactions, reference, tmp_path):
     out = tmp_path / "scores.parquet"
     result = mlops("score", "fraud", "--input", str(transactions), "--output", str(out))
     assert result.exit_code == 0, result.output
@@ -89,30 +99,28 @@ def test_score_writes_ids_probability_and_version(home, transactions, tmp_path):
     assert len(scores) == len(raw) and set(scores.TRANSACTION_ID) == set(raw.TRANSACTION_ID)
     assert (scores.model_version == "1").all()
     assert scores.fraud_score.between(0, 1).all()
-    reference = reference_scores(raw)
     np.testing.assert_allclose(
         scores.fraud_score.to_numpy(), reference.loc[scores.TRANSACTION_ID].to_numpy(), rtol=0, atol=1e-6
     )
 
 
-@pytest.mark.parametrize("chunk_rows", [2_000, 3_001])
-def test_chunked_scores_equal_scores_in_one_go(home, transactions, tmp_path, chunk_rows):
+@pytest.mark.parametrize("chunk_rows, source", [(2_000, "parquet"), (3_001, "csv")])
+def test_chunked_scores_equal_scores_in_one_go(home, transactions, reference, tmp_path, chunk_rows, source):
     """Chunks carry 33 days of history (30-day windows + the 3-day delay): every score equals the one-go
-    score."""
+    score, from Parquet and from CSV (the same feature path from text timestamps)."""
     raw = pd.read_parquet(transactions)
     assert len(raw) > 5 * chunk_rows
-    # CSV input in, CSV out: the same feature path from text timestamps
-    csv_in = tmp_path / "transactions.csv"
-    raw.to_csv(csv_in, index=False)
-    for source, out in ((transactions, tmp_path / "a.parquet"), (csv_in, tmp_path / "b.parquet")):
-        result = batch_scoring("fraud", str(source), str(out), chunk_rows=chunk_rows)
-        assert result.chunks > 5 and result.rows_out == len(raw)
-        scores = pd.read_parquet(out)
-        assert scores.TRANSACTION_ID.is_unique and len(scores) == len(raw)
-        reference = reference_scores(raw).loc[scores.TRANSACTION_ID].to_numpy()
-        difference = np.abs(scores.fraud_score.to_numpy() - reference)
-        assert difference.max() <= 1e-6, difference.max()
-        assert (difference == 0).mean() > 0.999  # identical but for last-bit rounding of running sums
+    if source == "csv":
+        transactions = tmp_path / "transactions.csv"
+        raw.to_csv(transactions, index=False)
+    out = tmp_path / "scores.parquet"
+    result = batch_scoring("fraud", str(transactions), str(out), chunk_rows=chunk_rows)
+    assert result.chunks > 5 and result.rows_out == len(raw)
+    scores = pd.read_parquet(out)
+    assert scores.TRANSACTION_ID.is_unique and len(scores) == len(raw)
+    difference = np.abs(scores.fraud_score.to_numpy() - reference.loc[scores.TRANSACTION_ID].to_numpy())
+    assert difference.max() <= 1e-6, difference.max()
+    assert (difference == 0).mean() > 0.999  # identical but for last-bit rounding of running sums
 
 
 def test_csv_output_and_pinned_version(home, transactions, tmp_path):
@@ -124,24 +132,31 @@ def test_csv_output_and_pinned_version(home, transactions, tmp_path):
     assert (scores.model_version == 1).all()
 
 
-def test_score_explain_adds_the_strongest_reasons_from_the_contributions(home, transactions, tmp_path):
+def test_score_explain_adds_the_strongest_reasons_from_the_contributions(
+    home, transactions, reference, tmp_path
+):
     """`--explain 2`, chunked: per row the two features with the largest |contribution| to the margin, the
     fraud sentences, the scores unchanged. On the dask executor it is refused before anything is written."""
     from champion.loading import load_scoring_model
     from tasks.explain import contributions
 
+    # the module's first 40 days (features read no later row, so the one-go scores of the whole input hold)
     raw = pd.read_parquet(transactions)
+    raw = raw[raw["TX_DATETIME"] < raw["TX_DATETIME"].min().normalize() + pd.Timedelta(days=40)]
+    assert len(raw) > 3 * 3001  # chunked
+    first_days = tmp_path / "first-days.parquet"
+    raw.to_parquet(first_days)
     out = tmp_path / "reasons.parquet"
     result = mlops(
-        "score", "fraud", "-i", str(transactions), "-o", str(out), "--explain", "2", "--chunk-rows", "3001"
+        "score", "fraud", "-i", str(first_days), "-o", str(out), "--explain", "2", "--chunk-rows", "3001"
     )
     assert result.exit_code == 0, result.output
     scores = pd.read_parquet(out)
     reasons = [f"reason_{i}{part}" for i in (1, 2) for part in ("", "_feature", "_contribution")]
     assert list(scores.columns) == ["TRANSACTION_ID", "fraud_score", "model_version", *reasons]
     assert len(scores) == len(raw) and scores.reason_1.map(type).eq(str).all()
-    reference = reference_scores(raw).loc[scores.TRANSACTION_ID].to_numpy()
-    np.testing.assert_allclose(scores.fraud_score.to_numpy(), reference, rtol=0, atol=1e-6)
+    one_go = reference.loc[scores.TRANSACTION_ID].to_numpy()
+    np.testing.assert_allclose(scores.fraud_score.to_numpy(), one_go, rtol=0, atol=1e-6)
     assert (scores.reason_1_contribution.abs() >= scores.reason_2_contribution.abs()).all()
     assert (scores.reason_1_feature != scores.reason_2_feature).all()
 
@@ -203,7 +218,9 @@ def test_invalid_input_exits_2_and_writes_nothing(home, transactions, tmp_path, 
     assert not out.exists() and not leftovers(out.parent)
 
 
-def test_unsorted_input_is_refused_when_chunked_and_scored_in_one_piece(home, transactions, tmp_path):
+def test_unsorted_input_is_refused_when_chunked_and_scored_in_one_piece(
+    home, transactions, reference, tmp_path
+):
     raw = pd.read_parquet(transactions).sample(frac=1.0, random_state=0)
     shuffled = tmp_path / "shuffled.parquet"
     raw.to_parquet(shuffled)
@@ -214,8 +231,9 @@ def test_unsorted_input_is_refused_when_chunked_and_scored_in_one_piece(home, tr
     whole = mlops("score", "fraud", "-i", str(shuffled), "-o", str(out), "--chunk-rows", "0")
     assert whole.exit_code == 0, whole.output
     scores = pd.read_parquet(out)
-    reference = reference_scores(raw).loc[scores.TRANSACTION_ID].to_numpy()
-    np.testing.assert_allclose(scores.fraud_score.to_numpy(), reference, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        scores.fraud_score.to_numpy(), reference.loc[scores.TRANSACTION_ID].to_numpy(), rtol=0, atol=1e-6
+    )
 
 
 def test_failure_midway_leaves_the_previous_output_untouched(home, transactions, tmp_path, monkeypatch):

@@ -434,7 +434,9 @@ def test_too_few_labels_wait_and_a_labels_file_must_name_its_columns(registry, t
 
 
 @pytest.fixture
-def cli():
+def cli(prefect_server):
+    """`mlops compare` in this process; its flow runs on the session's Prefect test server (without it, the
+    first flow would start a temporary server that then runs beside the session's until the end)."""
     from cli import compare
 
     app = typer.Typer()
