@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 
 from infra import notifications
-from usecases import SPEC_MODULES
+from usecases import unknown_use_case
 from usecases.vocabulary import DATA_ARRIVED, MODEL_DEGRADED, MODEL_PROMOTED
 
 # Imports inside functions: each command loads only what it uses, so `mlops --help` and the light commands
@@ -103,17 +103,12 @@ UseCases = Annotated[
 ]
 
 
-def _known_use_cases() -> list[str]:
-    return list(SPEC_MODULES)
-
-
 def _check_use_cases(use_cases: list[str] | None) -> list[str] | None:
     if not use_cases:
         return None
-    known = _known_use_cases()
-    unknown = [u for u in use_cases if u not in known]
-    if unknown:
-        raise typer.BadParameter(f"unknown use case {', '.join(unknown)}; known: {', '.join(known)}")
+    problems = [problem for u in use_cases if (problem := unknown_use_case(u))]
+    if problems:
+        raise typer.BadParameter("; ".join(problems))
     return use_cases
 
 

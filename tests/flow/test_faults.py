@@ -16,6 +16,11 @@ imported the CLI once). Then:
 - the same command rerun — what a scheduler's retry or a person does — takes the lock without waiting and
   finishes the job: v2 registered once, champion, exit 0.
 
+The two kill points before the registry is touched are chained (a run killed in the raw data check, then the
+same command killed at the start of training, then it again to the end): each kill starts from what the
+previous one left, which for these two is the registry the baseline left plus a dead MLflow run, and one rerun
+proves the recovery of both.
+
 The outcome per kill point and backend is written to `<pytest basetemp>/faults.md` (the README's
 "Reliability" table).
 """
@@ -70,6 +75,9 @@ LEFT_BEHIND = {
     "promote->report": (["1", "2"], "2", 1, "released"),
 }
 ACQUIRED = f"champion lock on {MODEL} acquired"
+# The kill points of one test, in order (see the module's docstring): every point of LEFT_BEHIND once.
+CHAINS = [("validate", "train"), ("register",), ("register->promote",), ("promote",), ("promote->report",)]
+assert [p for chain in CHAINS for p in chain] == list(LEFT_BEHIND)
 
 pytestmark = [
     pytest.mark.usefixtures("prefect_server"),
@@ -234,33 +242,37 @@ def check_the_lock(store: Store, point: str, killed, dead_run_id: str) -> None:
 
 
 @pytest.mark.parametrize("store", ["sqlite", "postgres"], indirect=True)
-@pytest.mark.parametrize("point", list(LEFT_BEHIND))
+@pytest.mark.parametrize("chain", CHAINS, ids="-then-".join)
 def test_a_run_killed_at_any_point_leaves_a_consistent_registry_and_a_rerun_finishes(
-    point, store, launcher, tmp_path
+    chain, store, launcher, tmp_path
 ):
     before = snapshot(store.uri)
     assert before["registry"][MODEL]["aliases"] == {"champion": "1"}
     assert list(before["registry"][MODEL]["versions"]) == ["1"]
 
-    killed = mlops(launcher, store, tmp_path / "killed.log", *CANDIDATE, kill_at=point)
-    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:]
-    assert f"fault: SIGKILL at {point}" in killed.stdout, killed.stdout[-3000:]
-    assert not killed.stragglers, "a process the killed run started outlived it"
+    for n, point in enumerate(chain):
+        killed = mlops(launcher, store, tmp_path / f"killed-{n}.log", *CANDIDATE, kill_at=point)
+        assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:]
+        assert f"fault: SIGKILL at {point}" in killed.stdout, killed.stdout[-3000:]
+        assert not killed.stragglers, "a process the killed run started outlived it"
 
-    after = snapshot(store.uri)
-    versions, champion, logged_count, _ = LEFT_BEHIND[point]
-    assert list(after["registry"][MODEL]["versions"]) == versions, after["registry"]
-    assert after["registry"][MODEL]["aliases"] == {"champion": champion}, after["registry"]
-    assert invariant_violations(after) == []
-    dead = new_runs(before, after)  # and every run of the baseline unchanged
-    assert [r["status"] for r in dead.values()] == ["RUNNING"]  # nothing ran after the kill to end it
-    logged = new_logged_models(before, after)
-    assert len(logged) == logged_count, logged
-    assert all(m["run_id"] in dead for m in logged.values())
-    if "2" in versions:
-        assert after["registry"][MODEL]["versions"]["2"]["run_id"] in dead
-    found = describe(after, dead, logged)
-    check_the_lock(store, point, killed, next(iter(dead)))
+        after = snapshot(store.uri)
+        versions, champion, logged_count, _ = LEFT_BEHIND[point]
+        assert list(after["registry"][MODEL]["versions"]) == versions, after["registry"]
+        assert after["registry"][MODEL]["aliases"] == {"champion": champion}, after["registry"]
+        assert invariant_violations(after) == []
+        dead = new_runs(before, after)  # and every earlier run unchanged
+        assert [r["status"] for r in dead.values()] == ["RUNNING"]  # nothing ran after the kill to end it
+        logged = new_logged_models(before, after)
+        assert len(logged) == logged_count, logged
+        assert all(m["run_id"] in dead for m in logged.values())
+        if "2" in versions:
+            assert after["registry"][MODEL]["versions"]["2"]["run_id"] in dead
+        found = describe(after, dead, logged)
+        check_the_lock(store, point, killed, next(iter(dead)))
+        if n + 1 < len(chain):  # the same command again, killed at the next point
+            OUTCOMES[(point, store.backend)] = (found, f"killed at {chain[n + 1]} (next row)")
+            before = after
 
     # the same command again finishes what the killed one started
     rerun = mlops(launcher, store, tmp_path / "rerun.log", *CANDIDATE)

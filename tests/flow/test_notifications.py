@@ -116,6 +116,9 @@ def test_deploy_checks_the_webhook_before_anything_and_dry_run_says_what_it_woul
     runner = CliRunner()
     bad = runner.invoke(app, ["deploy", "--webhook", "hooks.slack.com/x"])
     assert bad.exit_code == 2 and "http:// or https://" in bad.output, bad.output
+    unknown = runner.invoke(app, ["deploy", "--dry-run", "--use-case", "fraud", "--use-case", "frod"])
+    said = " ".join(unknown.output.replace("│", " ").split())
+    assert unknown.exit_code == 2 and "unknown use case 'frod'; known: fraud, stock" in said, unknown.output
     monkeypatch.setenv(notifications.WEBHOOK_ENV, f"https://hooks.example.com/services/{TOKEN}")
     dry = runner.invoke(app, ["deploy", "--dry-run"])
     assert dry.exit_code == 0, dry.output
