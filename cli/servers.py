@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 
 from infra import notifications
-from usecases import unknown_use_case
+from usecases import unknown_use_cases
 from usecases.vocabulary import DATA_ARRIVED, MODEL_DEGRADED, MODEL_PROMOTED
 
 # Imports inside functions: each command loads only what it uses, so `mlops --help` and the light commands
@@ -106,9 +106,8 @@ UseCases = Annotated[
 def _check_use_cases(use_cases: list[str] | None) -> list[str] | None:
     if not use_cases:
         return None
-    problems = [problem for u in use_cases if (problem := unknown_use_case(u))]
-    if problems:
-        raise typer.BadParameter("; ".join(problems))
+    if problem := unknown_use_cases(use_cases):
+        raise typer.BadParameter(problem)
     return use_cases
 
 

@@ -34,7 +34,7 @@ from prefect.events import DeploymentEventTrigger
 from prefect.schedules import Cron, Schedule
 from prefect.types.entrypoint import EntrypointType
 
-from usecases import default_registered_model, spec_module, unknown_use_case
+from usecases import default_registered_model, spec_module, unknown_use_cases
 from usecases.vocabulary import (
     DATA_ARRIVED,
     MODEL_DEGRADED,
@@ -261,9 +261,8 @@ def training_plans(use_cases: Iterable[str] | None = None) -> list[DeploymentPla
     from flows.training import TRAINING_FLOWS
 
     wanted = list(TRAINING_FLOWS) if use_cases is None else list(use_cases)
-    problems = [problem for u in wanted if (problem := unknown_use_case(u))]
-    if problems:
-        raise KeyError("; ".join(problems))
+    if problem := unknown_use_cases(wanted):
+        raise KeyError(problem)
     plans = []
     for use_case in wanted:
         flow = TRAINING_FLOWS[use_case]

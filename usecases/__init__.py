@@ -8,6 +8,7 @@ the flows and the deployments find it. Discovery lists folders only; a spec modu
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from importlib import import_module
 from pathlib import Path
 
@@ -24,11 +25,18 @@ def _discover() -> dict[str, str]:
 SPEC_MODULES: dict[str, str] = _discover()
 
 
-def unknown_use_case(name: str) -> str | None:
-    """What every command says of a name that is no use case (None when it is one)."""
-    if name in SPEC_MODULES:
+def unknown_use_cases(names: Iterable[str]) -> str | None:
+    """What every command says of names that are no use case, all of them in one sentence (None when each
+    one is)."""
+    unknown = [name for name in names if name not in SPEC_MODULES]
+    if not unknown:
         return None
-    return f"unknown use case {name!r}; known: {', '.join(sorted(SPEC_MODULES))}"
+    return f"unknown use case {', '.join(map(repr, unknown))}; known: {', '.join(sorted(SPEC_MODULES))}"
+
+
+def unknown_use_case(name: str) -> str | None:
+    """`unknown_use_cases` of one name."""
+    return unknown_use_cases([name])
 
 
 def spec_module(name: str):
