@@ -15,6 +15,10 @@ export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install run test test-fast lint bench docs clean
 
+# pytest workers for `make test` (pytest-xdist): one per core of this 2-core machine; the files that start servers
+# and processes of their own run one after the other on one worker, the rest beside them (tests/conftest.py).
+WORKERS ?= 2
+
 # The environment follows the committed uv.lock exactly (`--locked` fails if it is out of date). Bytecode is
 # compiled once here: where PYTHONDONTWRITEBYTECODE is set (CI), every process would otherwise compile
 # MLflow, Prefect and pandas from source again (about 8 s of CPU each).
@@ -30,7 +34,7 @@ test: install  ## lint, the docs build (strict), the layering (import-linter), t
 	$(UV) run ruff format --check .
 	NO_MKDOCS_2_WARNING=1 $(UV) run mkdocs build --strict --site-dir site
 	$(UV) run lint-imports
-	$(UV) run pytest -q
+	$(UV) run pytest -q -n $(WORKERS) --dist loadgroup --no-loadscope-reorder
 
 test-fast: install  ## the unit tests only (no servers, no flows): the inner loop
 	$(UV) run pytest -q tests/unit

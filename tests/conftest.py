@@ -41,42 +41,56 @@ HANDBOOK = Path(__file__).resolve().parents[1].parent / "shared/data/fraud-handb
 KINDS = ("unit", "flow", "server", "bench")
 
 
-# Under pytest-xdist (`-n 2 --dist loadfile`: a file stays on one worker, its module fixtures with it; `make
-# test` runs serially, see docs/tests.md) the files are handed out in collection order: these first, longest
-# first, so that the last file to start is a short one. Seconds of a serial run here, for the order only.
+# `make test` runs on two pytest-xdist workers (`-n 2 --dist loadgroup --no-loadscope-reorder`, see
+# docs/tests.md). Each file is one work unit, so its module fixtures stay together, except these three: they
+# start servers and processes of their own and keep more than a core busy each, so two of them side by side
+# only share the same two cores (measured: no gain). They form one unit, run one after the other by one
+# worker, while the other worker takes the files that mostly run in the pytest process, longest first.
+BESIDE_EACH_OTHER_NEVER = ("server/test_server_mode.py", "bench/test_smoke.py", "flow/test_faults.py")
+# Seconds of a serial run here (bench/results/suite_time.json), for the order of the other files only.
 LONGEST_FIRST = {
-    "server/test_server_mode.py": 790,
-    "bench/test_smoke.py": 400,
-    "flow/test_faults.py": 300,
-    "flow/test_browser.py": 120,
-    "flow/test_concurrent_promotion.py": 120,
-    "flow/test_dask.py": 120,
-    "flow/test_scoring.py": 100,
-    "flow/test_pipeline.py": 95,
-    "flow/test_bad_input.py": 80,
-    "flow/test_realtime.py": 80,
-    "flow/test_wheel.py": 75,
-    "flow/test_monitoring.py": 70,
+    "flow/test_pipeline.py": 130,
+    "flow/test_concurrent_promotion.py": 110,
+    "flow/test_scoring.py": 105,
+    "flow/test_browser.py": 105,
+    "flow/test_dask.py": 90,
+    "flow/test_wheel.py": 90,
+    "flow/test_tuning.py": 85,
+    "flow/test_monitoring.py": 75,
     "flow/test_lifecycle.py": 65,
-    "flow/test_tuning.py": 65,
-    "flow/test_stock_pipeline.py": 40,
-    "unit/test_layout.py": 35,
+    "flow/test_bad_input.py": 55,
+    "flow/test_realtime.py": 45,
+    "flow/test_stock_pipeline.py": 45,
+    "flow/test_prefect_local.py": 40,
+    "flow/test_serving.py": 40,
     "flow/test_compact.py": 35,
+    "unit/test_compare.py": 35,
+    "flow/test_continual_pipeline.py": 35,
+    "unit/test_layout.py": 35,
 }
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups from the marks
 def pytest_collection_modifyitems(config, items):
     for item in items:
         parts = Path(str(item.fspath)).parts
         for kind in KINDS:
             if kind in parts:
                 item.add_marker(getattr(pytest.mark, kind))
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
 
-        def rank(item) -> int:
-            return -LONGEST_FIRST.get(Path(str(item.fspath)).relative_to(Path(__file__).parent).as_posix(), 0)
+    def unit(item) -> str:
+        file = Path(str(item.fspath)).relative_to(Path(__file__).parent).as_posix()
+        return "servers-and-processes" if file in BESIDE_EACH_OTHER_NEVER else file
 
-        items.sort(key=rank)  # stable: a file's tests keep their order
+    def rank(item) -> int:
+        name = unit(item)
+        return -1_000_000 if name == "servers-and-processes" else -LONGEST_FIRST.get(name, 0)
+
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(unit(item)))
+    items.sort(key=rank)  # stable: a file's tests keep their order
 
 
 def registry_client(home: Path):
