@@ -34,7 +34,7 @@ test: install  ## lint, the docs build (strict), the layering (import-linter), t
 	$(UV) run ruff format --check .
 	NO_MKDOCS_2_WARNING=1 $(UV) run mkdocs build --strict --site-dir site
 	$(UV) run lint-imports
-	$(UV) run pytest -q -n $(WORKERS) --dist loadgroup --no-loadscope-reorder
+	$(UV) run pytest -q -n $(WORKERS) --no-loadscope-reorder
 
 test-fast: install  ## the unit tests only (no servers, no flows): the inner loop
 	$(UV) run pytest -q tests/unit

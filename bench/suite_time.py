@@ -3,11 +3,12 @@
     uv run pytest --junitxml=before.xml ...; (a change) ...; uv run pytest --junitxml=after.xml
     uv run python bench/suite_time.py --run "before=before.xml" --run "after=after.xml" [--out PATH] [--smoke]
 
-Each `--run LABEL=PATH` is one whole run of `pytest` (serial, or on pytest-xdist workers as `make test` runs
-it; say which in the label): its wall time as pytest reports it (collection and session fixtures included;
-the lint and docs steps of `make test` excluded), and per test file the sum of its tests' setup, call and
-teardown times (on workers the files run beside each other, so they add up to more than the wall time). The files are listed longest first by the
-last run. `--smoke`: two tiny reports written here, to a temporary folder.
+Each `--run LABEL=PATH` is one whole run of `pytest` (serial, or on pytest-xdist workers as `make test`
+runs it; say which in the label): its wall time as pytest reports it (collection and session fixtures
+included; the lint and docs steps of `make test` excluded), and per test file the sum of its tests' setup,
+call and teardown times (on workers the files run beside each other: they add up to more than the wall
+time). The files are listed longest first by the last run. `--smoke`: two tiny reports written here, to a
+temporary folder.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ def tables(runs: dict[str, dict]) -> dict:
         ["file", *seconds],
         rows,
         method="sums of pytest's per-test times in each run's JUnit XML report; the runs one after the other "
-        "on the same machine (a run on workers runs files beside each other: its files add up to more than its "
-        "wall time)",
+        "on the same machine (on workers the files run beside each other: they add up to more than the wall "
+        "time)",
     )
     totals = table(
         "Whole runs",

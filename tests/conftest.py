@@ -41,7 +41,7 @@ HANDBOOK = Path(__file__).resolve().parents[1].parent / "shared/data/fraud-handb
 KINDS = ("unit", "flow", "server", "bench")
 
 
-# `make test` runs on two pytest-xdist workers (`-n 2 --dist loadgroup --no-loadscope-reorder`, see
+# `make test` runs on two pytest-xdist workers (`-n 2 --no-loadscope-reorder`, the scheduler below; see
 # docs/tests.md). Each file is one work unit, so its module fixtures stay together, except these three: they
 # start servers and processes of their own and keep more than a core busy each, so two of them side by side
 # only share the same two cores (measured: no gain). They form one unit, run one after the other by one
@@ -70,7 +70,27 @@ LONGEST_FIRST = {
 }
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups from the marks
+HEAVY_UNIT = "servers-and-processes"
+
+
+def work_unit(path: str) -> str:
+    """A test's unit of work for the xdist workers, from its path under tests/: its file, or HEAVY_UNIT."""
+    file = path.split("::", 1)[0].removeprefix("tests/")
+    return HEAVY_UNIT if file in BESIDE_EACH_OTHER_NEVER else file
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """The workers' scheduler: xdist's load-scope one, with `work_unit` as the scope (all tests of a unit go
+    to one worker, in order; a unit at a time)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByWorkUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return ByWorkUnit(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         parts = Path(str(item.fspath)).parts
@@ -80,16 +100,10 @@ def pytest_collection_modifyitems(config, items):
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
 
-    def unit(item) -> str:
-        file = Path(str(item.fspath)).relative_to(Path(__file__).parent).as_posix()
-        return "servers-and-processes" if file in BESIDE_EACH_OTHER_NEVER else file
+    def rank(item) -> int:  # the order the units are handed out in (`--no-loadscope-reorder`)
+        unit = work_unit(Path(str(item.fspath)).relative_to(Path(__file__).parent).as_posix())
+        return -1_000_000 if unit == HEAVY_UNIT else -LONGEST_FIRST.get(unit, 0)
 
-    def rank(item) -> int:
-        name = unit(item)
-        return -1_000_000 if name == "servers-and-processes" else -LONGEST_FIRST.get(name, 0)
-
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(unit(item)))
     items.sort(key=rank)  # stable: a file's tests keep their order
 
 
