@@ -74,7 +74,7 @@ HEAVY_UNIT = "servers-and-processes"
 
 
 def work_unit(path: str) -> str:
-    """A test's unit of work for the xdist workers, from its path under tests/: its file, or HEAVY_UNIT."""
+    """A test's unit of work for the xdist workers, from its node id: its file under tests/, or HEAVY_UNIT."""
     file = path.split("::", 1)[0].removeprefix("tests/")
     return HEAVY_UNIT if file in BESIDE_EACH_OTHER_NEVER else file
 
@@ -100,9 +100,9 @@ def pytest_collection_modifyitems(config, items):
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
 
-    def rank(item) -> int:  # the order the units are handed out in (`--no-loadscope-reorder`)
-        unit = work_unit(Path(str(item.fspath)).relative_to(Path(__file__).parent).as_posix())
-        return -1_000_000 if unit == HEAVY_UNIT else -LONGEST_FIRST.get(unit, 0)
+    def rank(item) -> tuple[bool, int]:  # the order the units are handed out in (`--no-loadscope-reorder`)
+        unit = work_unit(item.nodeid)  # as the scheduler reads it
+        return unit != HEAVY_UNIT, -LONGEST_FIRST.get(unit, 0)
 
     items.sort(key=rank)  # stable: a file's tests keep their order
 

@@ -441,7 +441,8 @@ def test_worker_killed_mid_features_the_run_recomputes_its_tasks_and_completes(
     # Two outcomes, both a lost task computed again: the kill caught it running (it finished only elsewhere),
     # or it finished on the worker in the instant between the check and the kill, and its result died with
     # the worker (it finished there first, then elsewhere).
-    outcome = "finished there just before the kill, result lost" if finished[:1] == [address] else "running"
+    lost_after_finishing = finished[:1] == [address]
+    outcome = "finished there just before the kill, result lost" if lost_after_finishing else "running"
     print(  # the outcome, under -s
         f"worker fault: killed worker {address} (pid {pid}) with {key} {outcome}; the task finished on "
         f"{finished}; the run exited {result.exit_code}"
@@ -450,7 +451,7 @@ def test_worker_killed_mid_features_the_run_recomputes_its_tasks_and_completes(
     assert address in recorded["removed"], recorded["removed"]  # the scheduler saw the worker go
     assert recorded["erred"] == []
     # after the kill the task ran again, to completion, on workers other than the killed one
-    after_kill = finished[1:] if outcome != "running" else finished
+    after_kill = finished[1:] if lost_after_finishing else finished
     assert after_kill and address not in after_kill, (key, outcome, finished)
     assert result.exit_code == 0, result.output
     client = registry_client(mlops_home)
