@@ -114,7 +114,7 @@ def _weekly(model, spec, profile, raw, start: str):
     import pandas as pd
 
     from tasks.monitoring.stages import Window, assess, thresholds_for
-    from usecases.spec import MonitorParams
+    from usecases.params import MonitorParams
 
     table_ = spec.build_features(raw)
     times = table_[spec.time_column]

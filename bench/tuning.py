@@ -59,7 +59,7 @@ def fitted_scores(spec, table) -> tuple[float, float]:
 def study_run(data: str, study: str, trials: int, executor: str = "local"):
     from flows.form import to_form
     from flows.tuning import TUNING_FLOWS
-    from usecases.spec import TuneParams
+    from usecases.params import TuneParams
 
     options = TuneParams(data=data, study=study, trials=trials, executor=executor, train_winner=False)
     started = time.perf_counter()

@@ -3,7 +3,7 @@ NAME]`: the challenger in shadow against the champion, on the live pairs both sc
 arrived, and the decision the use case's rule takes on that evidence (`flows/challenger.py`, the flow the
 `<use case>-challenger` deployments run).
 
-Options are the fields of `usecases.spec.CompareParams` (the deployments' form), and `--json`.
+Options are the fields of `usecases.params.CompareParams` (the deployments' form), and `--json`.
 
 Exit codes: 0 the rule decided (promoted or retired; with --no-decide: reported, it would act); 3 not enough
 evidence yet, or not conclusive, or the champion or challenger moved meanwhile (nothing moved); 2 bad input
@@ -27,7 +27,7 @@ from rich.table import Table
 from cli.run import options_from, reject_options, require_use_case
 from cli.servers import reflow, use_prefect_server
 from usecases import SPEC_MODULES, default_registered_model
-from usecases.spec import CompareParams
+from usecases.params import CompareParams
 
 # Imports inside functions: Prefect is imported only after `use_prefect_server()` has chosen its API, and
 # MLflow, pandas and the stages only when a comparison runs (`mlops --help` stays fast).

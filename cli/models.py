@@ -23,7 +23,7 @@ from champion import store
 from cli.run import options_from, require_use_case
 from cli.servers import reflow, use_prefect_server
 from usecases import default_registered_model
-from usecases.spec import MonitorParams
+from usecases.params import MonitorParams
 
 # Imports inside functions: each command loads only what it uses, so `mlops --help` and the light commands
 # start fast, and Prefect is imported only after `use_prefect_server()` has chosen its API.

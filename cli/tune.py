@@ -2,7 +2,7 @@
 over the use case's declared search space, its trials as Prefect task runs and MLflow child runs, and the
 winner trained through every gate when it beats the spec's defaults on the same folds (`flows/tuning.py`).
 
-Options are the fields of `usecases.spec.TuneParams`, the model behind the `<use case>-tuning` deployments'
+Options are the fields of `usecases.params.TuneParams`, the model behind the `<use case>-tuning` deployments'
 form. A line per trial says its value, whether and why it was pruned, its seconds and the budget used.
 
 Exit codes: 0 the winner was promoted; 3 completed without promotion (the winner did not beat the defaults,
@@ -30,7 +30,7 @@ from cli.run import (
 from cli.run import print_summary as training_summary
 from cli.servers import use_prefect_server
 from usecases import SPEC_MODULES
-from usecases.spec import TuneParams
+from usecases.params import TuneParams
 
 # Imports inside functions: Prefect is imported only after `use_prefect_server()` has chosen its API, and
 # Optuna, MLflow and the stages only when a study runs (`mlops --help` stays fast).

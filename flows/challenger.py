@@ -24,7 +24,7 @@ from tasks.challenger.evidence import Evidence, gather_evidence
 from tasks.challenger.records import close_record, open_record
 from tasks.ingest import confine_to_data_roots
 from usecases import SPEC_MODULES, default_registered_model
-from usecases.spec import CompareParams
+from usecases.params import CompareParams
 
 
 @dataclass(frozen=True)

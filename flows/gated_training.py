@@ -41,7 +41,8 @@ from tasks.register import LoggedCandidate, Registration, fingerprint, log_candi
 from tasks.report import Decision, report
 from tasks.slices import evaluate_slices
 from tasks.split import Splits
-from usecases.spec import NON_MODEL_PARAMS, TrainingParams, UseCaseSpec
+from usecases.params import NON_MODEL_PARAMS, TrainingParams
+from usecases.spec import UseCaseSpec
 from usecases.vocabulary import FINGERPRINT_TAG, INIT_TAG, PARENT_TAG, TRAINED_ON_TAG, UPDATE_TAG, param_keys
 
 

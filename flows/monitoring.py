@@ -26,7 +26,7 @@ from tasks.monitoring.stages import alert, assess, monitoring_window, record_ass
 from tasks.monitoring.verdict import Assessment
 from tasks.score import load_model
 from usecases import SPEC_MODULES, default_registered_model, spec_module
-from usecases.spec import MonitorParams
+from usecases.params import MonitorParams
 
 
 @dataclass(frozen=True)

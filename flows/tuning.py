@@ -4,7 +4,7 @@
     them → trials, each a task run on the flow's task runner (threads, or Dask workers with --executor dask)
     → the study's summary in MLflow → the winner, if it beats the defaults, through a normal gated run
 
-Parameters are `usecases.spec.TuneParams` (the CLI's options and the deployment's form). The study lives in
+Parameters are `usecases.params.TuneParams` (the CLI's options and the deployment's form). The study lives in
 its storage (`tasks/tuning/study.py`), so the budget is what this run adds: an existing `--study` continues.
 The winner's gated run (`<use case>-training`, a subflow) reads its parameters with
 `params_from=study:NAME#TRIAL`, so its MLflow run and the registered version's card name the study and trial.
@@ -43,7 +43,7 @@ from tasks.tuning.study import (
 )
 from tasks.tuning.trial import TrialJob, run_trial, score_defaults
 from usecases import SPEC_MODULES, spec_module
-from usecases.spec import TuneParams
+from usecases.params import TuneParams
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ from usecases.vocabulary import CHAMPION, COMPACT_SUFFIX
 
 if TYPE_CHECKING:
     from tasks.split import Splits
-    from usecases.spec import TrainingParams, UseCaseSpec
+    from usecases.params import TrainingParams
+    from usecases.spec import UseCaseSpec
 
 
 def compact_name(teacher_name: str) -> str:

@@ -33,7 +33,8 @@ from tasks.dask.validate import validate_distributed
 from usecases.spec import ContinualSpec
 
 if TYPE_CHECKING:
-    from usecases.spec import TrainingParams, UseCaseSpec
+    from usecases.params import TrainingParams
+    from usecases.spec import UseCaseSpec
 
 
 def unsupported(spec: UseCaseSpec, params: TrainingParams) -> list[str]:

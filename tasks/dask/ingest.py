@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     import dask.dataframe as dd
 
     from tasks.split import Splits
-    from usecases.spec import TrainingParams, UseCaseSpec
+    from usecases.params import TrainingParams
+    from usecases.spec import UseCaseSpec
 
 # A CSV block of `partition_rows` rows: the handbook's transactions take ~70 bytes a line.
 CSV_BYTES_PER_ROW = 64

@@ -37,7 +37,8 @@ if TYPE_CHECKING:
     from champion.loading import ScoringModel
     from tasks.evaluate import Evaluation, Scored
     from tasks.split import Splits
-    from usecases.spec import Metrics, Schema, TrainingParams, UseCaseSpec
+    from usecases.params import TrainingParams
+    from usecases.spec import Metrics, Schema, UseCaseSpec
 
 PROFILE_PATH = "monitoring/profile.json"
 FORMAT_VERSION = 1

@@ -37,7 +37,8 @@ from usecases.vocabulary import MODEL_DEGRADED, model_resource
 
 if TYPE_CHECKING:
     from champion.loading import ScoringModel
-    from usecases.spec import MonitorParams, UseCaseSpec
+    from usecases.params import MonitorParams
+    from usecases.spec import UseCaseSpec
 
 
 @dataclass(frozen=True)

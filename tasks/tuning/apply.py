@@ -18,8 +18,9 @@ from usecases.search_space import SearchSpaceError
 from usecases.vocabulary import TUNING_STUDY_TAG, TUNING_TRIAL_TAG
 
 if TYPE_CHECKING:
+    from usecases.params import TrainingParams
     from usecases.search_space import Tuned
-    from usecases.spec import TrainingParams, UseCaseSpec
+    from usecases.spec import UseCaseSpec
 
 # What a tuned run field may not change: the windows' positions, so every trial is scored on the same folds
 # and the winner is judged on the same test window.

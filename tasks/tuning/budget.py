@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from champion.store import run_logger
 
 if TYPE_CHECKING:
-    from usecases.spec import TuneParams
+    from usecases.params import TuneParams
 
 
 def run_within_budget(start: Callable[[int], object], options: TuneParams) -> list:

@@ -23,8 +23,9 @@ from tasks.tuning.space import suggest
 from tasks.tuning.study import TrialResult, load, open_storage, run_one
 
 if TYPE_CHECKING:
+    from usecases.params import TrainingParams
     from usecases.search_space import Tuned
-    from usecases.spec import TrainingParams, UseCaseSpec
+    from usecases.spec import UseCaseSpec
 
 
 @dataclass(frozen=True)

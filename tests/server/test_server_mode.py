@@ -55,7 +55,7 @@ from infra.servers.processes import Managed
 from infra.servers.settings import QUIET, SECRETS, Settings, read_env_file
 from infra.servers.stack import discard_stack
 from usecases import spec_module
-from usecases.spec import TrainingParams
+from usecases.params import TrainingParams
 
 ROOT = Path(__file__).resolve().parents[2]
 MLOPS = [sys.executable, "-m", "cli.main"]

@@ -31,7 +31,8 @@ from tasks.challenger.evidence import (
 )
 from tasks.challenger.pairs import write_batch
 from tasks.challenger.records import close_record, open_record
-from usecases.spec import ChallengerRule, CompareParams, Metrics
+from usecases.params import CompareParams
+from usecases.spec import ChallengerRule, Metrics
 from usecases.vocabulary import CHALLENGER_TAG, FINGERPRINT_TAG, GATES_TAG, param_keys
 
 NAME = "compare-unit"

@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from flows.form import form_order, form_properties, form_signature, from_form, to_form
-from usecases.spec import MonitorParams, TrainingParams
+from usecases.params import MonitorParams, TrainingParams
 from usecases.stock.spec import Params as StockParams
 
 

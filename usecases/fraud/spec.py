@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from usecases.params import TrainingParams, with_default
 from usecases.search_space import TuningSpec, choice, float_range, int_range
 from usecases.spec import (
     AbsoluteGate,
@@ -28,9 +29,7 @@ from usecases.spec import (
     OnlineSpec,
     Slice,
     SplitSpec,
-    TrainingParams,
     UseCaseSpec,
-    with_default,
 )
 
 # Imports inside functions: `Params` alone serves `mlops --help` and the Prefect UI's form, so NumPy,

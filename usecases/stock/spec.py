@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from usecases.params import TrainingParams, with_default
 from usecases.search_space import TuningSpec, float_range, int_range
 from usecases.spec import (
     Baseline,
@@ -26,9 +27,7 @@ from usecases.spec import (
     ModelSpec,
     Slice,
     SplitSpec,
-    TrainingParams,
     UseCaseSpec,
-    with_default,
 )
 
 # Imports inside functions: `Params` alone serves `mlops --help` and the Prefect UI's form, so NumPy,
